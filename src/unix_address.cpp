@@ -21,8 +21,8 @@ result<unix_sockaddr> make_unix_sockaddr(std::string_view where, std::string_vie
                                                   " bytes a unix socket name can hold");
   std::memcpy(out.addr.sun_path, where.data(), where.size());
   if (abstract) out.addr.sun_path[0] = '\0';
-  out.length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + where.size() +
-                                      (abstract ? 0 : 1));
+  out.length =
+      static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + where.size() + (abstract ? 0 : 1));
   return out;
 }
 

@@ -62,9 +62,8 @@ struct child_output {
 
 // Spawns `options` (its stdout replaced by a pipe), reads stdout to EOF and reaps the child,
 // all within `timeout`. A child that outlives it is killed and reported as errc::timed_out.
-inline result<child_output> run_and_capture(spawn_options options,
-                                            std::chrono::milliseconds timeout =
-                                                std::chrono::seconds(20)) {
+inline result<child_output> run_and_capture(
+    spawn_options options, std::chrono::milliseconds timeout = std::chrono::seconds(20)) {
   int p[2];
   if (::pipe2(p, O_CLOEXEC) != 0) return error::from_errno(errno, "pipe2");
   unique_fd read_end(p[0]), write_end(p[1]);

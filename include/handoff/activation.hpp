@@ -13,10 +13,11 @@
 // default so that grandchildren do not take them by mistake.
 #pragma once
 
+#include <sys/types.h>
+
 #include <optional>
 #include <string>
 #include <string_view>
-#include <sys/types.h>
 #include <vector>
 
 #include "handoff/fd.hpp"

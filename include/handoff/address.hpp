@@ -46,7 +46,8 @@ struct address {
 result<address> parse_address(std::string_view text);
 
 // Whether `name` may be used as a socket name: what systemd accepts in LISTEN_FDNAMES and
-// FDNAME= (1 to 255 printable ASCII characters, no ':'); our parser also excludes '='.
+// FDNAME= (fdname_is_valid: 1 to 255 printable ASCII characters, no ':'). In an address the
+// name ends at the first '=', so it cannot contain one there.
 bool valid_socket_name(std::string_view name) noexcept;
 
 }  // namespace handoff

@@ -20,12 +20,12 @@ namespace handoff {
 
 // Failures that are not an errno: malformed input and misbehaving peers.
 enum class errc {
-  invalid_address = 1,      // an address string that does not parse
-  invalid_environment,      // LISTEN_* or NOTIFY_SOCKET that is malformed
-  invalid_message,          // a notify datagram that is not a valid message
-  timed_out,                // a wait that reached its deadline
-  child_failed,             // a spawned process that exited or was killed
-  unsupported,              // a well-formed request that this build cannot honour
+  invalid_address = 1,  // an address string that does not parse
+  invalid_environment,  // LISTEN_* or NOTIFY_SOCKET that is malformed
+  invalid_message,      // a notify datagram that is not a valid message
+  timed_out,            // a wait that reached its deadline
+  child_failed,         // a spawned process that exited or was killed
+  unsupported,          // a well-formed request that this build cannot honour
 };
 
 const std::error_category& handoff_category() noexcept;
@@ -50,7 +50,9 @@ class error {
     return {std::error_code(err, std::system_category()), std::move(context)};
   }
   // A handoff error whose context is the whole message.
-  static error make(errc e, std::string message) { return {make_error_code(e), std::move(message)}; }
+  static error make(errc e, std::string message) {
+    return {make_error_code(e), std::move(message)};
+  }
 
   const std::error_code& code() const noexcept { return code_; }
   const std::string& context() const noexcept { return context_; }
@@ -62,7 +64,7 @@ class error {
   }
 
   bool operator==(errc e) const noexcept { return code_ == make_error_code(e); }
-  bool operator==(std::errc e) const noexcept { return code_ == std::make_error_code(e); }
+  bool operator==(std::errc e) const noexcept { return code_ == e; }  // by error_condition
 
  private:
   std::error_code code_;
@@ -84,7 +86,8 @@ template <class T>
 class [[nodiscard]] result {
  public:
   result(T value) : v_(std::in_place_index<0>, std::move(value)) {}  // NOLINT: implicit by design
-  result(handoff::error e) : v_(std::in_place_index<1>, std::move(e)) {}      // NOLINT: implicit by design
+  result(handoff::error e)
+      : v_(std::in_place_index<1>, std::move(e)) {}  // NOLINT: implicit by design
 
   bool has_value() const noexcept { return v_.index() == 0; }
   explicit operator bool() const noexcept { return has_value(); }

@@ -9,8 +9,9 @@
 //   bind tcp://127.0.0.1:8080: Address already in use
 #pragma once
 
-#include <optional>
 #include <sys/types.h>
+
+#include <optional>
 
 #include "handoff/address.hpp"
 #include "handoff/fd.hpp"
@@ -21,10 +22,10 @@ namespace handoff {
 enum class ipv6_only { dual_stack, v6_only, kernel_default };
 
 struct listen_options {
-  int backlog = 0;                      // 0: net.core.somaxconn
+  int backlog = 0;  // 0: net.core.somaxconn
   ipv6_only v6only = ipv6_only::dual_stack;
-  std::optional<mode_t> unix_mode;      // chmod of a unix socket file after bind
-  bool reuse_port = false;              // SO_REUSEPORT (TCP/UDP), off by default: see PITFALLS
+  std::optional<mode_t> unix_mode;  // chmod of a unix socket file after bind
+  bool reuse_port = false;          // SO_REUSEPORT (TCP/UDP), off by default: see PITFALLS
 };
 
 result<unique_fd> open_listener(const address& where, const listen_options& options = {});

@@ -19,13 +19,14 @@
 //                                processed everything sent before (see barrier())
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <cstdint>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
-#include <sys/types.h>
 
 #include "handoff/error.hpp"
 
@@ -66,8 +67,7 @@ class notifier {
 
   // BARRIER=1: returns once the manager has processed every message sent before, or
   // errc::timed_out. Use before exiting right after a notification (e.g. MAINPID= handed on).
-  result<notify_outcome> barrier(
-      std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
+  result<notify_outcome> barrier(std::chrono::milliseconds timeout = std::chrono::seconds(5)) const;
 
  private:
   std::optional<std::string> socket_;

@@ -10,11 +10,12 @@
 // is consumed, its fds closed, and reported as an error; the receiver stays usable.
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <optional>
 #include <string>
 #include <string_view>
-#include <sys/types.h>
 #include <utility>
 #include <vector>
 

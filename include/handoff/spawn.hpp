@@ -9,10 +9,11 @@
 // caller through a close-on-exec pipe, never swallowed.
 #pragma once
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <optional>
 #include <string>
-#include <sys/types.h>
 #include <vector>
 
 #include "handoff/fd.hpp"
@@ -34,7 +35,7 @@ struct spawn_options {
   // and LISTEN_FDNAMES are always removed from it and set anew when fds are passed.
   std::optional<std::vector<std::string>> environment;
   std::vector<std::string> extra_environment;  // "KEY=VALUE", replacing KEY if present
-  std::optional<std::string> notify_socket;     // sets NOTIFY_SOCKET
+  std::optional<std::string> notify_socket;    // sets NOTIFY_SOCKET
   process_group group = process_group::inherit;
   std::optional<std::string> working_directory;
   // Replacements for the child's stdin/stdout/stderr (-1: inherit this process's).
