@@ -1,0 +1,87 @@
+#!/bin/bash
+# Runs inside the systemd-harness container (systemd 252 is PID 1). Each scenario sets up units
+# the way a user would, drives them with systemctl, and checks what systemd itself reports.
+# Binaries: /build/examples/hello_activated, /build/tests/notify_probe (handoff::core only).
+set -uo pipefail
+passed=0 failed=0
+units=/run/systemd/system
+
+check() {  # check DESCRIPTION EXPECTED ACTUAL
+  if [ "$2" = "$3" ]; then
+    passed=$((passed + 1)); echo "ok: $1"
+  else
+    failed=$((failed + 1)); echo "FAILED: $1: expected '$2', got '$3'"
+  fi
+}
+prop() { systemctl show -P "$2" "$1"; }
+# One HTTP request with bash's /dev/tcp; prints the body's first line.
+fetch() {
+  exec 3<>"/dev/tcp/$1/$2" || return 1
+  printf 'GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n' >&3
+  timeout 10 cat <&3 | tail -n 1
+  exec 3<&-
+}
+# Waits (bounded) until process $1 is gone.
+wait_gone() { timeout 10 tail --pid="$1" -f /dev/null; }
+
+echo "== socket activation: systemd's socket, our receiving side, READY=1 and STATUS="
+cat > $units/hello.socket <<UNIT
+[Socket]
+ListenStream=127.0.0.1:8080
+FileDescriptorName=http
+UNIT
+cat > $units/hello.service <<UNIT
+[Service]
+Type=notify
+ExecStart=/build/examples/hello_activated --version sd
+UNIT
+systemctl daemon-reload
+systemctl start hello.socket
+body=$(fetch 127.0.0.1 8080)   # the first connection starts the service
+main=$(prop hello.service MainPID)
+check "answer comes from the service's main process" "hello from pid $main version sd" "$body"
+check "Type=notify service is active (READY=1 accepted)" active "$(prop hello.service ActiveState)"
+check "STATUS= shown by systemd" "serving on tcp://127.0.0.1:8080" "$(prop hello.service StatusText)"
+systemctl stop hello.service
+check "stop: clean exit after STOPPING=1" success "$(prop hello.service Result)"
+body=$(fetch 127.0.0.1 8080)   # the socket stayed; a new connection starts a new instance
+check "socket re-activates a new instance" "hello from pid $(prop hello.service MainPID) version sd" "$body"
+systemctl stop hello.socket hello.service
+
+echo "== FDSTORE=1: fds kept across restart, returned with FDNAME="
+cat > $units/probe.service <<UNIT
+[Service]
+Type=notify
+NotifyAccess=all
+FileDescriptorStoreMax=4
+ExecStart=/build/tests/notify_probe /run/probe.report
+ExecReload=/bin/kill -HUP \$MAINPID
+UNIT
+systemctl daemon-reload
+rm -f /run/probe.report
+systemctl start probe.service
+check "first start" "starts 1" "$(grep '^starts' /run/probe.report | tail -n 1)"
+check "status text" "probe started 1 times" "$(prop probe.service StatusText)"
+systemctl restart probe.service
+check "stored fd came back by name" "fd state not a socket" "$(grep '^fd' /run/probe.report | tail -n 1)"
+check "its content survived the restart" "starts 2" "$(grep '^starts' /run/probe.report | tail -n 1)"
+
+echo "== RELOADING=1 with MONOTONIC_USEC=, then READY=1: systemctl reload returns"
+timeout 20 systemctl reload probe.service
+check "systemctl reload finished" 0 "$?"
+check "the app saw the reload" reloaded "$(tail -n 1 /run/probe.report)"
+check "still active after reload" active "$(prop probe.service ActiveState)"
+
+echo "== MAINPID= hand-off with BARRIER=1: the successor becomes the main process"
+old=$(prop probe.service MainPID)
+systemctl kill --kill-who=main -s USR2 probe.service
+wait_gone "$old"
+new=$(grep '^successor' /run/probe.report | tail -n 1 | cut -d' ' -f2)
+check "the old main process exited" "predecessor $old exits" "$(grep '^predecessor' /run/probe.report | tail -n 1)"
+check "systemd's MainPID is the successor's pid" "$new" "$(prop probe.service MainPID)"
+check "the service stayed active" active "$(prop probe.service ActiveState)"
+systemctl stop probe.service
+check "the successor stops cleanly" success "$(prop probe.service Result)"
+
+echo "systemd scenarios: $passed passed, $failed failed"
+[ "$failed" = 0 ]
