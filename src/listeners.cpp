@@ -184,7 +184,7 @@ int kernel_somaxconn() noexcept {
   if (std::FILE* f = std::fopen("/proc/sys/net/core/somaxconn", "re")) {
     int read = 0;
     if (std::fscanf(f, "%d", &read) == 1 && read > 0) value = read;
-    std::fclose(f);
+    (void)std::fclose(f);
   }
   return value;
 }
