@@ -2,7 +2,7 @@
 # and a pkg-config file for everybody else. tests/consumer proves both.
 include(CMakePackageConfigHelpers)
 
-install(TARGETS handoff_core EXPORT handoff-targets
+install(TARGETS handoff_core handoff_http EXPORT handoff-targets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
 install(DIRECTORY include/handoff DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}

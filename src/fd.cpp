@@ -14,11 +14,13 @@ void unique_fd::reset(int fd) noexcept {
   fd_ = fd;
 }
 
-result<unique_fd> unique_fd::duplicate(int min_fd) const {
-  int fd = ::fcntl(fd_, F_DUPFD_CLOEXEC, min_fd);
-  if (fd < 0) return error::from_errno(errno, "dup fd " + std::to_string(fd_));
-  return unique_fd(fd);
+result<unique_fd> duplicate_fd(int fd, int min_fd) {
+  const int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, min_fd);
+  if (copy < 0) return error::from_errno(errno, "dup fd " + std::to_string(fd));
+  return unique_fd(copy);
 }
+
+result<unique_fd> unique_fd::duplicate(int min_fd) const { return duplicate_fd(fd_, min_fd); }
 
 result<void> set_cloexec(int fd, bool on) {
   int flags = ::fcntl(fd, F_GETFD);

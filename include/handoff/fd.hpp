@@ -40,6 +40,8 @@ class unique_fd {
   int fd_ = -1;
 };
 
+// A close-on-exec duplicate of an fd the caller does not necessarily own.
+result<unique_fd> duplicate_fd(int fd, int min_fd = 0);
 // Sets or clears FD_CLOEXEC on an fd the caller does not necessarily own.
 result<void> set_cloexec(int fd, bool on = true);
 // Sets or clears O_NONBLOCK.

@@ -1,0 +1,186 @@
+// example_server: the HTTP server a user would copy, on handoff::http.
+//
+// Sockets come from the systemd protocol when a manager passes them (systemd, `handoff run`,
+// an upgrading parent), else from --listen. READY=1 once serving; SIGTERM or SIGINT drains
+// (see handoff/http/server.hpp) and reports what the drain did.
+//
+//   GET  /                 "hello from pid N version V"   (and X-Served-By: N)
+//   GET  /health           200 "ready", 503 "draining"
+//   GET  /slow?ms=N        answers after N ms; cancelled at the drain deadline
+//   GET  /stream?seconds=N a chunked response, a line every 100 ms for N seconds
+//   POST /echo             the request body back
+#include <signal.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <charconv>
+#include <cstdio>
+#include <fmt/core.h>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "handoff/activation.hpp"
+#include "handoff/duration.hpp"
+#include "handoff/http/server.hpp"
+#include "handoff/notify.hpp"
+
+namespace {
+
+namespace http = handoff::http;
+namespace bhttp = boost::beast::http;
+using namespace std::chrono_literals;
+
+// The value of `key` in a query string such as "ms=100&x=1", as a number within [0, max].
+std::optional<long> query_number(std::string_view target, std::string_view key, long max) {
+  const auto q = target.find('?');
+  if (q == std::string_view::npos) return std::nullopt;
+  std::string_view query = target.substr(q + 1);
+  while (!query.empty()) {
+    const auto amp = query.find('&');
+    const std::string_view pair = query.substr(0, amp);
+    if (pair.substr(0, key.size()) == key && pair.size() > key.size() && pair[key.size()] == '=') {
+      const std::string_view value = pair.substr(key.size() + 1);
+      long n = 0;
+      auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+      if (ec != std::errc() || end != value.data() + value.size() || n < 0 || n > max)
+        return std::nullopt;
+      return n;
+    }
+    if (amp == std::string_view::npos) break;
+    query.remove_prefix(amp + 1);
+  }
+  return std::nullopt;
+}
+
+http::response text(bhttp::status status, unsigned version, std::string body) {
+  http::response res{status, version};
+  res.set(bhttp::field::content_type, "text/plain");
+  res.set("X-Served-By", std::to_string(::getpid()));
+  res.body() = std::move(body);
+  return res;
+}
+
+struct app {
+  std::string version;
+  const http::server* server = nullptr;
+
+  boost::asio::awaitable<http::response> operator()(http::request_context& ctx) const {
+    const auto& req = ctx.req();
+    const std::string_view target = req.target();
+    const std::string_view path = target.substr(0, target.find('?'));
+    const unsigned v = req.version();
+    if (path == "/" && req.method() == bhttp::verb::get) {
+      co_return text(bhttp::status::ok, v,
+                     fmt::format("hello from pid {} version {}\n", ::getpid(), version));
+    }
+    if (path == "/health") {
+      if (server->ready()) co_return text(bhttp::status::ok, v, "ready\n");
+      co_return text(bhttp::status::service_unavailable, v, "draining\n");
+    }
+    if (path == "/slow") {
+      const auto ms = query_number(target, "ms", 600'000);
+      if (!ms) co_return text(bhttp::status::bad_request, v, "usage: /slow?ms=0..600000\n");
+      // Cancelled (operation_aborted, thrown) when the drain deadline passes.
+      boost::asio::steady_timer timer(ctx.executor(), std::chrono::milliseconds(*ms));
+      co_await timer.async_wait(boost::asio::use_awaitable);
+      co_return text(bhttp::status::ok, v, fmt::format("slept {} ms\n", *ms));
+    }
+    if (path == "/stream") {
+      const auto seconds = query_number(target, "seconds", 3600);
+      if (!seconds) co_return text(bhttp::status::bad_request, v, "usage: /stream?seconds=N\n");
+      bhttp::response_header<> header;
+      header.result(bhttp::status::ok);
+      header.version(v);
+      header.set(bhttp::field::content_type, "text/plain");
+      co_await ctx.send_header(std::move(header));
+      boost::asio::steady_timer timer(ctx.executor());
+      for (long tick = 0; tick < *seconds * 10; ++tick) {
+        co_await ctx.send_chunk(fmt::format("tick {} from pid {}\n", tick, ::getpid()));
+        timer.expires_after(100ms);
+        co_await timer.async_wait(boost::asio::use_awaitable);
+      }
+      co_return http::response{};
+    }
+    if (path == "/echo" && req.method() == bhttp::verb::post) {
+      auto res = text(bhttp::status::ok, v, req.body());
+      const std::string_view type = req[bhttp::field::content_type];
+      res.set(bhttp::field::content_type, type.empty() ? "application/octet-stream" : type);
+      co_return res;
+    }
+    co_return text(bhttp::status::not_found, v, "not found\n");
+  }
+};
+
+std::chrono::milliseconds duration_option(const std::string& text, const char* what) {
+  auto d = handoff::parse_duration(text);
+  if (!d) throw CLI::ValidationError(what, d.error().message());
+  return *d;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App cli{"example_server: an HTTP server that hands over without failing a request"};
+  std::vector<std::string> listen{"http=127.0.0.1:8080"};
+  std::string version = "1", drain_timeout = "30s", health_delay = "0", start_delay = "0";
+  unsigned threads = 0;
+  cli.add_option("-l,--listen", listen, "[NAME=]ADDRESS to listen on when none is inherited");
+  cli.add_option("--version", version, "version text in the answers");
+  cli.add_option("--threads", threads, "threads (0: one per core)");
+  cli.add_option("--drain-timeout", drain_timeout, "drain deadline after SIGTERM, e.g. 30s");
+  cli.add_option("--health-delay", health_delay, "503 on /health this long before draining");
+  cli.add_option("--start-delay", start_delay, "pretend start-up work before READY=1");
+  CLI11_PARSE(cli, argc, argv);
+
+  try {
+    http::server_options options;
+    options.threads = threads;
+    options.health_delay = duration_option(health_delay, "--health-delay");
+    const auto drain_deadline = duration_option(drain_timeout, "--drain-timeout");
+    const auto startup = duration_option(start_delay, "--start-delay");
+
+    // Signals go to sigwait() below, never to a handler: block them before any thread starts.
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    sigaddset(&stop_signals, SIGTERM);
+    sigaddset(&stop_signals, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+    auto sockets = handoff::socket_set::from_environment().value();
+    const bool inherited = !sockets.sockets().empty();
+    app handler{version};
+    http::server server(options, std::ref(handler));
+    handler.server = &server;
+    std::string where;
+    for (const auto& text : listen) {
+      const int fd = sockets.listen(text).value();
+      server.add_listener(handoff::duplicate_fd(fd).value());  // the set keeps its own
+      where += (where.empty() ? "" : " ") + handoff::local_address(fd).value().to_string();
+    }
+    if (startup.count() > 0) std::this_thread::sleep_for(startup);
+    server.start();
+
+    const auto notify = handoff::notifier::from_environment(/*unset=*/true);
+    (void)notify.ready("serving on " + where);
+    fmt::print(stderr, "example_server: pid {} version {} serving on {} ({})\n", ::getpid(),
+               version, where, inherited ? "inherited" : "opened");
+
+    int sig = 0;
+    sigwait(&stop_signals, &sig);
+    (void)notify.stopping("draining");
+    fmt::print(stderr, "example_server: pid {} draining ({})\n", ::getpid(), strsignal(sig));
+    const auto report = server.drain(drain_deadline);
+    fmt::print(stderr,
+               "example_server: pid {} stopped: {} connections at drain, {} requests completed, "
+               "{} connections and {} requests aborted at the deadline\n",
+               ::getpid(), report.connections_at_start, report.requests_completed,
+               report.connections_aborted, report.requests_aborted);
+    return report.clean() ? 0 : 3;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "example_server: {}\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,130 @@
+// handoff::http::server: an HTTP/1.1 server on Boost.Beast that drains without failing a request.
+//
+// Lifecycle: construct with a handler, add listeners (inherited or opened by handoff::core),
+// start(), then drain() once. States: starting -> ready -> draining -> stopped.
+//
+// Draining, in order:
+//  1. state() becomes draining at once, so a health endpoint answers 503; during the optional
+//     health_delay the server still accepts (load balancers must notice before the door shuts).
+//  2. Stop accepting: the server closes its own copies of the listening sockets. It never calls
+//     shutdown(2) on them: another process (the next generation) may be accepting from them, and
+//     connections queued there are that process's to serve.
+//  3. Requests in flight complete; their responses carry Connection: close.
+//  4. Idle keep-alive connections are not closed under a client that may be sending: the next
+//     request on each is served with Connection: close; one that stays idle for drain_idle_grace
+//     is closed.
+//  5. At the deadline, what remains is aborted (handlers see cancellation) and counted.
+//
+// Threads: `threads` run one io_context; each connection lives on its own strand, so a handler
+// never runs concurrently with itself for one connection, but handlers of different connections
+// do run in parallel.
+#pragma once
+
+#include <atomic>
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string_view>
+
+#include "handoff/fd.hpp"
+
+namespace handoff::http {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+
+using request = beast::http::request<beast::http::string_body>;
+using response = beast::http::response<beast::http::string_body>;
+using std::chrono::milliseconds;
+
+enum class server_state { starting, ready, draining, stopped };
+const char* to_string(server_state state) noexcept;
+
+struct server_options {
+  unsigned threads = 0;                      // 0: one per core
+  milliseconds header_timeout{10'000};       // first byte of a request to the end of its headers
+  milliseconds body_timeout{30'000};         // reading the body
+  milliseconds write_timeout{30'000};        // writing a response (each chunk of a stream)
+  milliseconds idle_timeout{60'000};         // keep-alive connection waiting for its next request
+  std::size_t max_header_bytes = 16 * 1024;  // beyond: 431
+  std::size_t max_body_bytes = 1024 * 1024;  // beyond: 413
+  std::size_t max_connections = 10'000;      // beyond: new ones wait in the kernel's accept queue
+  milliseconds health_delay{0};         // drain step 1: 503 on health while still accepting
+  milliseconds drain_idle_grace{1'000};  // drain step 4: how long an idle connection is kept
+};
+
+// What a drain did.
+struct drain_report {
+  std::size_t connections_at_start = 0;  // open when accepting stopped
+  std::size_t requests_completed = 0;    // requests answered during the drain
+  std::size_t connections_aborted = 0;   // still open at the deadline
+  std::size_t requests_aborted = 0;      // of those, the ones with a request in flight
+  bool clean() const noexcept { return connections_aborted == 0; }
+};
+
+class connection;
+
+// What a handler sees of its request.
+class request_context {
+ public:
+  const request& req() const noexcept { return req_; }
+  // True once the server drains: long work should wrap up (the response will close the
+  // connection either way).
+  bool draining() const noexcept;
+  // The time by which the handler must be done: the drain deadline while draining, else max().
+  // Past it, the handler's pending operations are cancelled (operation_aborted).
+  std::chrono::steady_clock::time_point deadline() const noexcept;
+  asio::any_io_executor executor() const;
+
+  // Streaming: send the header (the body is then chunked), then chunks. The handler's returned
+  // response is ignored once the header was sent. Each write honours write_timeout; a write
+  // that fails (client gone, timeout, abort) throws boost::system::system_error.
+  asio::awaitable<void> send_header(beast::http::response_header<> header);
+  asio::awaitable<void> send_chunk(std::string_view data);
+  bool streaming() const noexcept { return streaming_; }
+
+ private:
+  friend class connection;
+  request_context(connection& conn, const request& req) : conn_(conn), req_(req) {}
+  connection& conn_;
+  const request& req_;
+  bool streaming_ = false;
+};
+
+// A function from request to response. Exceptions become 500 (and close the connection).
+using handler = std::function<asio::awaitable<response>(request_context&)>;
+
+class server {
+ public:
+  server(server_options options, handler on_request);
+  ~server();  // drains with a zero deadline if still running
+  server(const server&) = delete;
+  server& operator=(const server&) = delete;
+
+  // A listening TCP or unix stream socket; the server owns this fd (dup one you keep).
+  void add_listener(unique_fd fd);
+  // Runs the threads and accepts; the state becomes ready.
+  void start();
+  server_state state() const noexcept;
+  bool ready() const noexcept { return state() == server_state::ready; }
+
+  // Drains (see the top of this file) and stops the threads; blocks until done. `timeout`
+  // counts from the end of the health delay. Call from a thread of your own, once.
+  drain_report drain(milliseconds timeout = milliseconds(30'000));
+
+  // Currently open connections and requests in flight (for tests and status).
+  std::size_t connections() const noexcept;
+  std::size_t requests_in_flight() const noexcept;
+
+  struct impl;
+
+ private:
+  std::shared_ptr<impl> impl_;
+};
+
+}  // namespace handoff::http

@@ -1,0 +1,33 @@
+#include "handoff/duration.hpp"
+
+#include <string>
+
+namespace handoff {
+
+result<std::chrono::milliseconds> parse_duration(std::string_view text) {
+  auto fail = [&](const char* why) {
+    return error(std::make_error_code(std::errc::invalid_argument),
+                 "duration \"" + std::string(text) + "\": " + why +
+                     " (expected a whole number with ms, s, m or h, as in 500ms, 30s, 2m)");
+  };
+  std::size_t digits = 0;
+  unsigned long long value = 0;
+  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') {
+    if (value > 1'000'000'000ULL) return fail("too large");
+    value = value * 10 + static_cast<unsigned>(text[digits] - '0');
+    ++digits;
+  }
+  if (digits == 0) return fail("no number");
+  const std::string_view unit = text.substr(digits);
+  unsigned long long ms = 0;
+  if (unit == "ms") ms = value;
+  else if (unit == "s") ms = value * 1000;
+  else if (unit == "m") ms = value * 60'000;
+  else if (unit == "h") ms = value * 3'600'000;
+  else if (unit.empty() && value == 0) ms = 0;
+  else return fail(unit.empty() ? "missing unit" : "unknown unit");
+  if (ms > 30ULL * 24 * 3'600'000) return fail("longer than 30 days");
+  return std::chrono::milliseconds(ms);
+}
+
+}  // namespace handoff

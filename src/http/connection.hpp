@@ -1,0 +1,108 @@
+// Internal: one HTTP/1.1 connection of handoff::http::server, and the server's shared state.
+//
+// A connection is a coroutine on its own strand. Its one timer is a watchdog: every phase
+// (idle, header, body, write) sets deadline_, and the watchdog closes the socket once the
+// deadline passes, which ends whatever read or write was pending. Moving a deadline later
+// costs nothing (the watchdog re-arms when it wakes early); moving it earlier cancels the timer.
+#pragma once
+
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/basic_socket_acceptor.hpp>
+#include <boost/asio/generic/stream_protocol.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "handoff/http/server.hpp"
+
+namespace handoff::http {
+
+using clock_type = std::chrono::steady_clock;
+using stream_socket = asio::generic::stream_protocol::socket;
+using stream_acceptor = asio::basic_socket_acceptor<asio::generic::stream_protocol>;
+
+struct server::impl {
+  impl(server_options o, handler h);
+
+  server_options options;
+  handler on_request;
+  asio::io_context io;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
+  std::vector<std::thread> threads;
+  std::atomic<server_state> state{server_state::starting};
+  std::atomic<clock_type::rep> drain_deadline{clock_type::time_point::max().time_since_epoch().count()};
+
+  std::vector<unique_fd> listener_fds;
+  struct accept_loop {
+    explicit accept_loop(asio::io_context& io) : strand(asio::make_strand(io)), acceptor(strand),
+                                                 throttle(strand) {}
+    asio::strand<asio::io_context::executor_type> strand;
+    stream_acceptor acceptor;
+    asio::steady_timer throttle;  // waited on while max_connections are open
+    bool stopped = false;
+  };
+  std::vector<std::unique_ptr<accept_loop>> accept_loops;
+
+  std::mutex mutex;  // guards live and protects the wait for the last connection
+  std::condition_variable changed;
+  std::unordered_map<connection*, std::weak_ptr<connection>> live;
+  std::atomic<std::size_t> open_connections{0};
+  std::atomic<std::size_t> slots{0};  // open connections and accepts under way
+  std::atomic<std::size_t> in_flight{0};
+  std::atomic<std::size_t> completed_while_draining{0};
+
+  bool draining() const noexcept {
+    const auto s = state.load(std::memory_order_acquire);
+    return s == server_state::draining || s == server_state::stopped;
+  }
+  clock_type::time_point deadline() const noexcept {
+    return clock_type::time_point(clock_type::duration(drain_deadline.load()));
+  }
+  asio::awaitable<void> accept(accept_loop& loop);
+  void connection_closed(connection* c);
+};
+
+class connection : public std::enable_shared_from_this<connection> {
+ public:
+  connection(server::impl& srv, stream_socket socket);
+
+  asio::awaitable<void> run();
+  // Called on the strand: the server began to drain / reached its deadline.
+  void on_drain();
+  void abort();
+  bool busy() const noexcept { return busy_; }
+
+  // For request_context.
+  asio::awaitable<void> send_header(beast::http::response_header<> header);
+  asio::awaitable<void> send_chunk(std::string_view data);
+  server::impl& srv() const noexcept { return srv_; }
+  asio::any_io_executor executor() { return socket_.get_executor(); }
+
+ private:
+  asio::awaitable<void> watchdog();
+  void set_deadline(clock_type::time_point when);
+  asio::awaitable<bool> serve_one();
+  asio::awaitable<void> send_error(beast::http::status status, unsigned version);
+  asio::awaitable<response> call_handler(request_context& ctx);
+  void close();
+
+  server::impl& srv_;
+  stream_socket socket_;
+  asio::steady_timer timer_;
+  clock_type::time_point deadline_ = clock_type::time_point::max();
+  beast::flat_buffer buffer_;
+  bool idle_ = false;  // waiting for the first byte of the next request
+  bool busy_ = false;  // a request is being read, handled or answered
+  bool aborted_ = false;
+ public:
+  asio::cancellation_signal cancel;  // terminal: the drain deadline passed
+};
+
+}  // namespace handoff::http

@@ -1,0 +1,188 @@
+#include <sys/socket.h>
+
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/use_future.hpp>
+#include <future>
+
+#include "connection.hpp"
+
+namespace handoff::http {
+
+using asio::redirect_error;
+using asio::use_awaitable;
+using boost::system::error_code;
+
+const char* to_string(server_state state) noexcept {
+  switch (state) {
+    case server_state::starting: return "starting";
+    case server_state::ready: return "ready";
+    case server_state::draining: return "draining";
+    case server_state::stopped: return "stopped";
+  }
+  return "unknown";
+}
+
+server::impl::impl(server_options o, handler h) : options(o), on_request(std::move(h)) {
+  if (options.threads == 0) options.threads = std::max(1u, std::thread::hardware_concurrency());
+  if (options.max_connections == 0) options.max_connections = 1;
+}
+
+asio::awaitable<void> server::impl::accept(accept_loop& loop) {
+  while (!loop.stopped) {
+    // A slot is reserved before accepting, so that several accept loops together never take
+    // more than max_connections. At the limit, new connections stay in the kernel's queue
+    // (they wait, they are not refused); connection_closed() wakes this timer.
+    if (slots.fetch_add(1) >= options.max_connections) {
+      slots.fetch_sub(1);
+      loop.throttle.expires_after(std::chrono::seconds(1));
+      error_code ignored;
+      co_await loop.throttle.async_wait(redirect_error(use_awaitable, ignored));
+      continue;
+    }
+    error_code ec;
+    stream_socket socket = co_await loop.acceptor.async_accept(asio::make_strand(io),
+                                                               redirect_error(use_awaitable, ec));
+    if (loop.stopped || ec == asio::error::operation_aborted) {
+      slots.fetch_sub(1);
+      break;
+    }
+    if (ec) {
+      slots.fetch_sub(1);
+      if (ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space ||
+          ec == asio::error::no_memory) {
+        // Out of fds or memory: back off instead of spinning; the connection stays queued.
+        loop.throttle.expires_after(std::chrono::milliseconds(100));
+        error_code ignored;
+        co_await loop.throttle.async_wait(redirect_error(use_awaitable, ignored));
+      }
+      continue;  // ECONNABORTED and the like: that client is gone, the next one waits
+    }
+    auto conn = std::make_shared<connection>(*this, std::move(socket));
+    {
+      std::lock_guard lock(mutex);
+      live.emplace(conn.get(), conn);
+    }
+    open_connections.fetch_add(1);
+    auto executor = conn->executor();
+    asio::co_spawn(executor, conn->run(),
+                   asio::bind_cancellation_slot(conn->cancel.slot(), asio::detached));
+  }
+}
+
+void server::impl::connection_closed(connection* c) {
+  {
+    std::lock_guard lock(mutex);
+    live.erase(c);
+  }
+  open_connections.fetch_sub(1);
+  if (slots.fetch_sub(1) >= options.max_connections) {
+    for (auto& loop : accept_loops)
+      asio::post(loop->strand, [l = loop.get()] { l->throttle.cancel(); });
+  }
+  changed.notify_all();
+}
+
+server::server(server_options options, handler on_request)
+    : impl_(std::make_shared<impl>(options, std::move(on_request))) {}
+
+server::~server() {
+  const auto s = impl_->state.load();
+  if (s == server_state::ready || s == server_state::draining) (void)drain(milliseconds(0));
+}
+
+void server::add_listener(unique_fd fd) { impl_->listener_fds.push_back(std::move(fd)); }
+
+void server::start() {
+  auto& s = *impl_;
+  // One accept loop per thread and listener, each on its own dup of the fd, so that accepting
+  // scales with the threads (new-connection-per-request clients).
+  for (auto& fd : s.listener_fds) {
+    sockaddr_storage local{};
+    socklen_t length = sizeof local;
+    ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&local), &length);
+    const asio::generic::stream_protocol protocol(local.ss_family,
+                                                  local.ss_family == AF_UNIX ? 0 : IPPROTO_TCP);
+    for (unsigned i = 0; i < s.options.threads; ++i) {
+      auto copy = fd.duplicate();
+      if (!copy) throw std::runtime_error(copy.error().message());
+      auto loop = std::make_unique<impl::accept_loop>(s.io);
+      loop->acceptor.assign(protocol, copy->release());
+      s.accept_loops.push_back(std::move(loop));
+    }
+  }
+  s.listener_fds.clear();  // the loops hold their own copies
+  s.work.emplace(s.io.get_executor());
+  for (auto& loop : s.accept_loops) asio::co_spawn(loop->strand, s.accept(*loop), asio::detached);
+  s.state = server_state::ready;
+  for (unsigned i = 0; i < s.options.threads; ++i) s.threads.emplace_back([&s] { s.io.run(); });
+}
+
+server_state server::state() const noexcept { return impl_->state.load(); }
+std::size_t server::connections() const noexcept { return impl_->open_connections.load(); }
+std::size_t server::requests_in_flight() const noexcept { return impl_->in_flight.load(); }
+
+drain_report server::drain(milliseconds timeout) {
+  auto& s = *impl_;
+  drain_report report;
+  auto expected = server_state::ready;
+  if (!s.state.compare_exchange_strong(expected, server_state::draining)) return report;
+  // Health says 503 from now on; keep accepting for the delay so that load balancers stop
+  // sending before the door closes (the delay is the feature, not a stand-in for an event).
+  if (s.options.health_delay.count() > 0) std::this_thread::sleep_for(s.options.health_delay);
+  s.drain_deadline = (clock_type::now() + timeout).time_since_epoch().count();
+
+  // Stop accepting. Closing our copies leaves the socket itself open for every other holder;
+  // never shutdown(2) it, which would stop them too.
+  std::vector<std::future<void>> stopped;
+  for (auto& loop : s.accept_loops) {
+    stopped.push_back(asio::post(loop->strand, asio::use_future([l = loop.get()] {
+      l->stopped = true;
+      error_code ignored;
+      l->acceptor.close(ignored);
+      l->throttle.cancel();
+    })));
+  }
+  for (auto& f : stopped) f.wait();
+
+  // Tell every connection; from now on none is added.
+  std::vector<std::shared_ptr<connection>> conns;
+  {
+    std::lock_guard lock(s.mutex);
+    for (auto& [raw, weak] : s.live)
+      if (auto c = weak.lock()) conns.push_back(std::move(c));
+  }
+  report.connections_at_start = conns.size();
+  for (auto& c : conns) asio::post(c->executor(), [c] { c->on_drain(); });
+  conns.clear();
+
+  {
+    std::unique_lock lock(s.mutex);
+    s.changed.wait_until(lock, s.deadline(), [&] { return s.live.empty(); });
+    for (auto& [raw, weak] : s.live)
+      if (auto c = weak.lock()) conns.push_back(std::move(c));
+  }
+  report.connections_aborted = conns.size();
+  report.requests_aborted = s.in_flight.load();
+  for (auto& c : conns) asio::post(c->executor(), [c] { c->abort(); });
+  conns.clear();
+  {
+    std::unique_lock lock(s.mutex);
+    // Aborted connections end at their next suspension point; a handler that ignores
+    // cancellation is waited for only this long more.
+    s.changed.wait_for(lock, std::chrono::seconds(5), [&] { return s.live.empty(); });
+  }
+  report.requests_completed = s.completed_while_draining.load();
+  s.state = server_state::stopped;
+  s.work.reset();
+  s.io.stop();
+  for (auto& t : s.threads) t.join();
+  s.threads.clear();
+  return report;
+}
+
+}  // namespace handoff::http

@@ -1,0 +1,245 @@
+// The protections of handoff::http::server, each with a real client over loopback: the server
+// runs in this process on 127.0.0.1:0 with short limits.
+#include <gtest/gtest.h>
+
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <stdexcept>
+
+#include "handoff/http/server.hpp"
+#include "handoff/listeners.hpp"
+#include "handoff/socket_info.hpp"
+#include "raw_client.hpp"
+
+namespace handoff::http {
+namespace {
+
+using namespace std::chrono_literals;
+using test::outcome;
+using test::raw_connection;
+namespace bhttp = boost::beast::http;
+
+asio::awaitable<response> test_handler(request_context& ctx) {
+  const auto& req = ctx.req();
+  const std::string_view target = req.target();
+  response res{bhttp::status::ok, req.version()};
+  if (target == "/throw") throw std::runtime_error("handler bug");
+  if (target == "/slow") {
+    asio::steady_timer timer(ctx.executor(), 300ms);
+    co_await timer.async_wait(asio::use_awaitable);
+  }
+  res.body() = target == "/echo" ? req.body() : "ok " + std::string(target);
+  co_return res;
+}
+
+class HttpLimits : public testing::Test {
+ protected:
+  void start(server_options options) {
+    auto fd = open_listener(parse_address("127.0.0.1:0").value()).value();
+    port_ = local_address(fd.get()).value().port;
+    server_ = std::make_unique<server>(options, test_handler);
+    server_->add_listener(std::move(fd));
+    server_->start();
+  }
+  static server_options short_limits() {
+    server_options o;
+    o.threads = 2;
+    o.header_timeout = 300ms;
+    o.body_timeout = 300ms;
+    o.idle_timeout = 300ms;
+    o.max_header_bytes = 2048;
+    o.max_body_bytes = 1024;
+    return o;
+  }
+  // Another client is served normally: a misbehaving one costs nobody else.
+  void expect_others_served() {
+    raw_connection other(port_);
+    ASSERT_TRUE(other.valid());
+    auto r = other.get("/");
+    EXPECT_EQ(r.result, outcome::ok) << to_string(r.result);
+    EXPECT_EQ(r.status, 200);
+  }
+  void TearDown() override {
+    if (server_) {
+      auto report = server_->drain(2s);
+      EXPECT_EQ(server_->state(), server_state::stopped);
+      (void)report;
+    }
+  }
+  std::uint16_t port_ = 0;
+  std::unique_ptr<server> server_;
+};
+
+TEST_F(HttpLimits, ServesKeepAliveRequests) {
+  start(short_limits());
+  raw_connection c(port_);
+  for (int i = 0; i < 5; ++i) {
+    auto r = c.get("/n" + std::to_string(i));
+    ASSERT_EQ(r.result, outcome::ok) << to_string(r.result);
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(r.body, "ok /n" + std::to_string(i));
+    EXPECT_FALSE(r.close);
+  }
+}
+
+TEST_F(HttpLimits, SlowlorisIsClosedAfterTheHeaderTimeout) {
+  start(short_limits());
+  raw_connection slow(port_);
+  ASSERT_TRUE(slow.send_all("GET / HTTP/1.1\r\nHost: x\r\nX-Slow: "));
+  expect_others_served();
+  EXPECT_TRUE(slow.wait_closed(5s)) << "a header that never ends must not hold the connection";
+}
+
+TEST_F(HttpLimits, SilentConnectionIsClosedAfterTheIdleTimeout) {
+  start(short_limits());
+  raw_connection idle(port_);
+  ASSERT_EQ(idle.get("/").result, outcome::ok);
+  EXPECT_TRUE(idle.wait_closed(5s));
+}
+
+TEST_F(HttpLimits, OversizeHeaderGets431) {
+  start(short_limits());
+  raw_connection c(port_);
+  ASSERT_TRUE(c.send_all("GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(4096, 'a') +
+                         "\r\n\r\n"));
+  auto r = c.read_reply(5s);
+  ASSERT_EQ(r.result, outcome::ok) << to_string(r.result);
+  EXPECT_EQ(r.status, 431);
+  EXPECT_TRUE(r.close);
+  EXPECT_TRUE(c.wait_closed(5s));
+  expect_others_served();
+}
+
+TEST_F(HttpLimits, OversizeBodyGets413) {
+  start(short_limits());
+  raw_connection c(port_);
+  ASSERT_TRUE(c.send_all("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n" +
+                         std::string(5000, 'b')));
+  auto r = c.read_reply(5s);
+  ASSERT_EQ(r.result, outcome::ok) << to_string(r.result);
+  EXPECT_EQ(r.status, 413);
+  expect_others_served();
+}
+
+TEST_F(HttpLimits, BodyThatNeverArrivesTimesOut) {
+  start(short_limits());
+  raw_connection c(port_);
+  ASSERT_TRUE(c.send_all("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc"));
+  EXPECT_TRUE(c.wait_closed(5s));
+}
+
+TEST_F(HttpLimits, EchoesABody) {
+  start(short_limits());
+  raw_connection c(port_);
+  ASSERT_TRUE(c.send_all("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"));
+  auto r = c.read_reply(5s);
+  ASSERT_EQ(r.result, outcome::ok);
+  EXPECT_EQ(r.body, "hello");
+}
+
+TEST_F(HttpLimits, ExpectContinueGets100First) {
+  start(short_limits());
+  raw_connection c(port_);
+  ASSERT_TRUE(c.send_all(
+      "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n"));
+  auto cont = c.read_reply(5s);
+  ASSERT_EQ(cont.result, outcome::ok);
+  EXPECT_EQ(cont.status, 100);
+  ASSERT_TRUE(c.send_all("abc"));
+  auto r = c.read_reply(5s);
+  ASSERT_EQ(r.result, outcome::ok);
+  EXPECT_EQ(r.body, "abc");
+}
+
+struct garbage_case {
+  const char* name;
+  std::string bytes;
+};
+
+class HttpGarbage : public HttpLimits, public testing::WithParamInterface<garbage_case> {};
+
+TEST_P(HttpGarbage, Gets400AndTheConnectionCloses) {
+  start(short_limits());
+  raw_connection c(port_);
+  ASSERT_TRUE(c.send_all(GetParam().bytes));
+  auto r = c.read_reply(5s);
+  ASSERT_EQ(r.result, outcome::ok) << to_string(r.result);
+  EXPECT_EQ(r.status, 400);
+  EXPECT_TRUE(c.wait_closed(5s));
+  expect_others_served();
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Malformed, HttpGarbage,
+    testing::Values(
+        garbage_case{"NotHttp", "this is not http at all\r\n\r\n"},
+        garbage_case{"BadVersion", "GET / HTTP/9.x\r\n\r\n"},
+        garbage_case{"BinaryMethod", std::string("G\0T / HTTP/1.1\r\n\r\n", 18)},
+        garbage_case{"BadContentLength", "POST / HTTP/1.1\r\nContent-Length: xyz\r\n\r\n"},
+        garbage_case{"TwoContentLengths",
+                     "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"},
+        garbage_case{"BadChunk", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"},
+        garbage_case{"HeaderWithoutColon", "GET / HTTP/1.1\r\nNoColonHere\r\n\r\n"}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+TEST_F(HttpLimits, HandlerExceptionGets500AndServerGoesOn) {
+  start(short_limits());
+  raw_connection c(port_);
+  auto r = c.get("/throw");
+  ASSERT_EQ(r.result, outcome::ok);
+  EXPECT_EQ(r.status, 500);
+  EXPECT_TRUE(r.close);
+  expect_others_served();
+}
+
+TEST_F(HttpLimits, HeadHasNoBody) {
+  start(short_limits());
+  raw_connection c(port_);
+  ASSERT_TRUE(c.send_all("HEAD /abc HTTP/1.1\r\nHost: x\r\n\r\n"));
+  auto r = c.read_reply(5s, /*head_request=*/true);
+  ASSERT_EQ(r.result, outcome::ok);
+  EXPECT_EQ(r.header("content-length"), "7");  // of "ok /abc", which is not sent
+  // The next request on the same connection parses: no stray body bytes were sent.
+  auto next = c.get("/next");
+  ASSERT_EQ(next.result, outcome::ok);
+  EXPECT_EQ(next.body, "ok /next");
+}
+
+TEST_F(HttpLimits, PipelinedRequestsAreAnsweredInOrder) {
+  start(short_limits());
+  raw_connection c(port_);
+  ASSERT_TRUE(c.send_all("GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n"));
+  EXPECT_EQ(c.read_reply(5s).body, "ok /a");
+  EXPECT_EQ(c.read_reply(5s).body, "ok /b");
+}
+
+TEST_F(HttpLimits, Http10ClosesUnlessKeepAlive) {
+  start(short_limits());
+  raw_connection c(port_);
+  ASSERT_TRUE(c.send_all("GET / HTTP/1.0\r\n\r\n"));
+  auto r = c.read_reply(5s);
+  ASSERT_EQ(r.result, outcome::ok);
+  EXPECT_TRUE(c.wait_closed(5s));
+}
+
+TEST_F(HttpLimits, ConnectionsBeyondTheLimitWaitInTheQueue) {
+  auto options = short_limits();
+  options.max_connections = 2;
+  options.idle_timeout = 10s;
+  start(options);
+  raw_connection a(port_), b(port_);
+  ASSERT_EQ(a.get("/").result, outcome::ok);
+  ASSERT_EQ(b.get("/").result, outcome::ok);
+  // The third connection is accepted by the kernel, not refused, and waits.
+  raw_connection third(port_);
+  ASSERT_TRUE(third.valid()) << "refused: " << third.error();
+  ASSERT_TRUE(third.send_all("GET /third HTTP/1.1\r\nHost: x\r\n\r\n"));
+  EXPECT_EQ(third.read_reply(200ms).result, outcome::timed_out) << "served beyond the limit";
+  a.close();  // a slot frees up: the waiting connection is taken and served
+  auto r = third.read_reply(5s);
+  ASSERT_EQ(r.result, outcome::ok) << to_string(r.result);
+  EXPECT_EQ(r.body, "ok /third");
+}
+
+}  // namespace
+}  // namespace handoff::http
