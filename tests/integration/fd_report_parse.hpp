@@ -218,6 +218,44 @@ inline unique_fd unix_socket(const std::string& path, int type = SOCK_STREAM) {
   return fd;
 }
 
+// The same open file on a number >= `min`, close-on-exec; the original is closed. Sockets made
+// for the clobbering tests first go up there, out of the range 3.. they are then placed on.
+inline unique_fd lifted(unique_fd fd, int min = 100) {
+  unique_fd high(::fcntl(fd.get(), F_DUPFD_CLOEXEC, min));
+  return high;
+}
+
+// Puts a duplicate of `source` on the number `target` for the lifetime of the lease, with
+// FD_CLOEXEC as every fd of ours. Whatever this process had on `target` (ctest leaks its log
+// file into tests on fd 3) is kept aside meanwhile and put back afterwards.
+class fd_lease {
+ public:
+  fd_lease(int source, int target) : target_(target) {
+    const int flags = ::fcntl(target, F_GETFD);
+    if (flags >= 0) {
+      saved_ = unique_fd(::fcntl(target, F_DUPFD_CLOEXEC, 1000));
+      saved_cloexec_ = (flags & FD_CLOEXEC) != 0;
+    }
+    ok_ = source != target && ::dup3(source, target, O_CLOEXEC) == target;
+  }
+  ~fd_lease() {
+    if (saved_)
+      ::dup3(saved_.get(), target_, saved_cloexec_ ? O_CLOEXEC : 0);
+    else if (ok_)
+      ::close(target_);
+  }
+  fd_lease(const fd_lease&) = delete;
+  fd_lease& operator=(const fd_lease&) = delete;
+  bool ok() const { return ok_; }
+  int get() const { return target_; }
+
+ private:
+  int target_;
+  unique_fd saved_;
+  bool saved_cloexec_ = false;
+  bool ok_ = false;
+};
+
 // Whether this kernel has a usable ::1 (some containers have no IPv6).
 inline bool have_ipv6_loopback() { return inet_socket("::1").valid(); }
 
@@ -234,7 +272,11 @@ inline bool place_at(unique_fd& fd, int target) {
 // Spawns, captures stdout and parses it as a report.
 inline child_report run_report(spawn_options options, exit_status* status = nullptr) {
   auto out = run_and_capture(std::move(options));
-  if (!out) return child_report{.error = "run_and_capture: " + out.error().message()};
+  if (!out) {
+    child_report failed;
+    failed.error = "run_and_capture: " + out.error().message();
+    return failed;
+  }
   if (status != nullptr) *status = out->status;
   return parse_report(out->out);
 }
