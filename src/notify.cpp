@@ -43,9 +43,8 @@ result<void> check_message(std::string_view message, std::size_t n_fds) {
                            std::to_string(message.size()) + " bytes, more than the " +
                            std::to_string(notify_message_max) + " a manager reads");
   if (n_fds > notify_fds_max)
-    return error::make(errc::invalid_message, "notify message " + sys::quote(message) +
-                                                  " with " + std::to_string(n_fds) +
-                                                  " fds, more than the " +
+    return error::make(errc::invalid_message, "notify message " + sys::quote(message) + " with " +
+                                                  std::to_string(n_fds) + " fds, more than the " +
                                                   std::to_string(notify_fds_max) +
                                                   " one message can carry");
   return {};
@@ -64,9 +63,9 @@ result<sys::unix_sockaddr> notify_address(const std::string& socket) {
   // sd_notify(3) accepts an absolute path or an abstract name; systemd 253+ also knows
   // "vsock:CID:PORT", which this library does not speak.
   if (socket.empty() || (socket.front() != '/' && socket.front() != '@'))
-    return error::make(errc::invalid_environment,
-                       subject(socket) +
-                           ": not an absolute path or an abstract socket name (\"@name\")");
+    return error::make(
+        errc::invalid_environment,
+        subject(socket) + ": not an absolute path or an abstract socket name (\"@name\")");
   auto addr = sys::make_unix_sockaddr(socket, env_name);
   if (!addr) return error::make(errc::invalid_environment, addr.error().message());
   return addr;
@@ -217,8 +216,8 @@ result<notify_outcome> notifier::barrier(std::chrono::milliseconds timeout) cons
   write_end.reset();
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now());
+    const auto left =
+        std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     const int wait_ms = static_cast<int>(std::clamp<std::int64_t>(left.count(), 0, INT_MAX));
     pollfd pfd{read_end.get(), 0, 0};
     const int r = ::poll(&pfd, 1, wait_ms);

@@ -21,8 +21,8 @@ namespace {
 bool valid_key_char(char c) { return (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_'; }
 
 error bad_message(pid_t pid, const std::string& what) {
-  return error::make(errc::invalid_message, "notify message from pid " + std::to_string(pid) +
-                                                ": " + what);
+  return error::make(errc::invalid_message,
+                     "notify message from pid " + std::to_string(pid) + ": " + what);
 }
 
 }  // namespace
@@ -34,7 +34,8 @@ std::optional<std::string> parse_fields(std::string_view datagram, notify_fields
   if (const auto at = datagram.find('\0'); at != std::string_view::npos) {
     const auto before = datagram.rfind('\n', at);
     const auto start = before == std::string_view::npos ? 0 : before + 1;
-    return "NUL byte in line " + sys::quote(datagram.substr(start, datagram.find('\n', at) - start));
+    return "NUL byte in line " +
+           sys::quote(datagram.substr(start, datagram.find('\n', at) - start));
   }
   std::size_t pos = 0;
   while (pos < datagram.size()) {
@@ -159,9 +160,8 @@ result<std::optional<notify_message>> notify_receiver::try_receive() {
   msg.msg_control = control;
   msg.msg_controllen = sizeof control;
   // MSG_TRUNC: the real length of a datagram longer than the buffer, so it is seen as oversized.
-  const ssize_t n = sys::retry_eintr([&] {
-    return ::recvmsg(fd_.get(), &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT | MSG_TRUNC);
-  });
+  const ssize_t n = sys::retry_eintr(
+      [&] { return ::recvmsg(fd_.get(), &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT | MSG_TRUNC); });
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return std::optional<notify_message>();
     return error::from_errno(errno, "receive on notify socket " + sys::quote(address_));
@@ -190,9 +190,9 @@ result<std::optional<notify_message>> notify_receiver::try_receive() {
   }
 
   if (!have_creds)
-    return error::make(errc::invalid_message,
-                       "notify message without sender credentials (SCM_CREDENTIALS) on " +
-                           sys::quote(address_));
+    return error::make(
+        errc::invalid_message,
+        "notify message without sender credentials (SCM_CREDENTIALS) on " + sys::quote(address_));
   if ((msg.msg_flags & MSG_CTRUNC) != 0)
     return bad_message(m.pid, "control data truncated (more than " +
                                   std::to_string(notify_fds_max) +
@@ -211,12 +211,12 @@ result<std::optional<notify_message>> notify_receiver::try_receive() {
   const bool fdstore = m.has("FDSTORE");
   if (barrier && fdstore) return bad_message(m.pid, "BARRIER=1 and FDSTORE=1 in one message");
   if (barrier && m.fds.size() != 1)
-    return bad_message(m.pid, "BARRIER=1 with " + std::to_string(m.fds.size()) +
-                                  " fds instead of exactly one");
+    return bad_message(
+        m.pid, "BARRIER=1 with " + std::to_string(m.fds.size()) + " fds instead of exactly one");
   if (!barrier && !fdstore && !m.fds.empty())
-    return bad_message(m.pid, std::to_string(m.fds.size()) +
-                                  " fds in a message with neither FDSTORE=1 nor BARRIER=1: " +
-                                  sys::quote(text));
+    return bad_message(
+        m.pid, std::to_string(m.fds.size()) +
+                   " fds in a message with neither FDSTORE=1 nor BARRIER=1: " + sys::quote(text));
   // Closing the barrier's fd is the answer: everything sent before it has been read.
   if (barrier) m.fds.clear();
   return std::optional<notify_message>(std::move(m));
@@ -228,12 +228,11 @@ result<notify_message> notify_receiver::receive(std::chrono::milliseconds timeou
     auto r = try_receive();
     if (!r) return r.error();
     if (*r) return std::move(**r);
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now());
+    const auto left =
+        std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0)
       return error::make(errc::timed_out, "no notify message on " + sys::quote(address_) +
-                                              " within " + std::to_string(timeout.count()) +
-                                              " ms");
+                                              " within " + std::to_string(timeout.count()) + " ms");
     pollfd pfd{fd_.get(), POLLIN, 0};
     const int p = ::poll(&pfd, 1, static_cast<int>(std::min<std::int64_t>(left.count(), INT_MAX)));
     if (p < 0 && errno != EINTR)

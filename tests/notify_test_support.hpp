@@ -42,8 +42,8 @@ inline unix_addr make_addr(const std::string& where) {
 
 // Sends `bytes` with `fds` (SCM_RIGHTS, split over `cmsgs` control messages) from a fresh
 // socket. Returns 0 or the errno of sendmsg.
-inline int send_raw(const std::string& where, std::string_view bytes,
-                    std::span<const int> fds = {}, std::size_t cmsgs = 1) {
+inline int send_raw(const std::string& where, std::string_view bytes, std::span<const int> fds = {},
+                    std::size_t cmsgs = 1) {
   const unique_fd sock(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   if (!sock) return errno;
   const unix_addr a = make_addr(where);

@@ -11,8 +11,8 @@
 //                       "memfd:NAME")
 //   barrier             sd_notify_barrier(0, 5 s)
 //
-// Prints "pid <its pid>", then "<command> <return value>" per command on stdout. Any failure (including a return of
-// 0, which means NOTIFY_SOCKET is unset) goes to stderr and exits 1.
+// Prints "pid <its pid>", then "<command> <return value>" per command on stdout. Any failure
+// (including a return of 0, which means NOTIFY_SOCKET is unset) goes to stderr and exits 1.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <systemd/sd-daemon.h>
@@ -27,7 +27,8 @@
 namespace {
 
 int fail(const char* what, int r) {
-  std::fprintf(stderr, "sd_notify_sender: %s: %s\n", what, r < 0 ? std::strerror(-r) : "returned 0");
+  std::fprintf(stderr, "sd_notify_sender: %s: %s\n", what,
+               r < 0 ? std::strerror(-r) : "returned 0");
   return 1;
 }
 

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <functional>
 #include <optional>
+#include <ostream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -255,8 +256,7 @@ TEST_F(SystemdNotify, NoBlockSendsNoBarrier) {
 TEST_F(SystemdNotify, PidAndExtraVariables) {
   auto rx = notify_receiver::open_unique();
   ASSERT_TRUE(rx);
-  running_child child({systemd_notify, "--pid", "STATUS=upgrading", "X_CUSTOM=a=b"},
-                      rx->address());
+  running_child child({systemd_notify, "--pid", "STATUS=upgrading", "X_CUSTOM=a=b"}, rx->address());
   ASSERT_GT(child.pid(), 0);
   auto m = rx->receive(10s);
   ASSERT_TRUE(m) << m.error().message();
@@ -280,6 +280,7 @@ struct same_bytes_case {
   std::vector<std::string> sender_args;  // what libsystemd is asked to send
   std::function<result<notify_outcome>(const notifier&, std::span<const int>)> ours;
 };
+void PrintTo(const same_bytes_case& c, std::ostream* os) { *os << c.name; }
 
 class SameBytesAsLibsystemd : public testing::TestWithParam<same_bytes_case> {};
 
@@ -329,22 +330,26 @@ TEST_P(SameBytesAsLibsystemd, FieldByField) {
 INSTANTIATE_TEST_SUITE_P(
     InteropNotify, SameBytesAsLibsystemd,
     testing::Values(
-        same_bytes_case{"Ready", {"ready"},
-                        [](const notifier& n, auto) { return n.ready(); }},
-        same_bytes_case{"Status", {"status", "x y: z"},
+        same_bytes_case{"Ready", {"ready"}, [](const notifier& n, auto) { return n.ready(); }},
+        same_bytes_case{"Status",
+                        {"status", "x y: z"},
                         [](const notifier& n, auto) { return n.status("x y: z"); }},
-        same_bytes_case{"Mainpid", {"mainpid", "4242"},
+        same_bytes_case{"Mainpid",
+                        {"mainpid", "4242"},
                         [](const notifier& n, auto) { return n.mainpid(4242); }},
-        same_bytes_case{"ReadyWithStatus", {"raw", "READY=1\nSTATUS=up"},
+        same_bytes_case{"ReadyWithStatus",
+                        {"raw", "READY=1\nSTATUS=up"},
                         [](const notifier& n, auto) { return n.ready("up"); }},
-        same_bytes_case{"Stopping", {"raw", "STOPPING=1"},
+        same_bytes_case{"Stopping",
+                        {"raw", "STOPPING=1"},
                         [](const notifier& n, auto) { return n.stopping(); }},
-        same_bytes_case{"Watchdog", {"raw", "WATCHDOG=1"},
+        same_bytes_case{"Watchdog",
+                        {"raw", "WATCHDOG=1"},
                         [](const notifier& n, auto) { return n.watchdog(); }},
-        same_bytes_case{"Fdstore", {"fdstore", "db"},
-                        [](const notifier& n, std::span<const int> fds) {
-                          return n.fdstore(fds, "db");
-                        }}),
+        same_bytes_case{
+            "Fdstore",
+            {"fdstore", "db"},
+            [](const notifier& n, std::span<const int> fds) { return n.fdstore(fds, "db"); }}),
     [](const testing::TestParamInfo<same_bytes_case>& param) {
       return std::string(param.param.name);
     });

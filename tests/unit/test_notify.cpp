@@ -13,6 +13,7 @@
 
 #include <chrono>
 #include <functional>
+#include <ostream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -130,8 +131,8 @@ TEST(Notifier, FromEnvironmentSendsToTheNamedSocket) {
 // Invalid NOTIFY_SOCKET values and send errors
 
 TEST(Notifier, InvalidNotifySocketIsAnErrorNamingTheValue) {
-  const std::vector<std::string> bad = {"relative/notify.sock", "notify.sock", "vsock:2:1234",
-                                        "", "@", "/" + std::string(200, 'p')};
+  const std::vector<std::string> bad = {
+      "relative/notify.sock", "notify.sock", "vsock:2:1234", "", "@", "/" + std::string(200, 'p')};
   for (const std::string& value : bad) {
     scoped_notify_socket env(value.c_str());
     const notifier n = notifier::from_environment();
@@ -139,8 +140,7 @@ TEST(Notifier, InvalidNotifySocketIsAnErrorNamingTheValue) {
     auto r = n.ready();
     ASSERT_FALSE(r) << "\"" << value << "\" accepted";
     EXPECT_EQ(r.error(), errc::invalid_environment) << r.error().message();
-    EXPECT_NE(r.error().message().find("NOTIFY_SOCKET \"" + value.substr(0, 60)),
-              std::string::npos)
+    EXPECT_NE(r.error().message().find("NOTIFY_SOCKET \"" + value.substr(0, 60)), std::string::npos)
         << r.error().message();
     auto b = n.barrier(10ms);
     ASSERT_FALSE(b) << value;
@@ -151,7 +151,10 @@ TEST(Notifier, InvalidNotifySocketIsAnErrorNamingTheValue) {
 TEST(Notifier, NobodyListeningIsAnErrorNamingThePath) {
   test::temp_dir dir;
   const std::string path = dir / "stale.sock";
-  { raw_datagram_socket gone(path); ASSERT_TRUE(gone.ok()); }  // the file stays, the socket not
+  {
+    raw_datagram_socket gone(path);
+    ASSERT_TRUE(gone.ok());
+  }  // the file stays, the socket not
   auto r = notifier(path).ready();
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().code(), std::errc::connection_refused);
@@ -200,6 +203,7 @@ struct datagram_case {
   std::function<result<notify_outcome>(const notifier&)> call;
   std::string expected;
 };
+void PrintTo(const datagram_case& c, std::ostream* os) { *os << c.name; }
 
 class NotifierDatagram : public testing::TestWithParam<datagram_case> {};
 
@@ -231,17 +235,15 @@ INSTANTIATE_TEST_SUITE_P(
         datagram_case{"Status", [](const notifier& n) { return n.status("a = b; c"); },
                       "STATUS=a = b; c"},
         datagram_case{"EmptyStatus", [](const notifier& n) { return n.status(""); }, "STATUS="},
-        datagram_case{"Mainpid", [](const notifier& n) { return n.mainpid(4242); },
-                      "MAINPID=4242"},
+        datagram_case{"Mainpid", [](const notifier& n) { return n.mainpid(4242); }, "MAINPID=4242"},
         datagram_case{"Watchdog", [](const notifier& n) { return n.watchdog(); }, "WATCHDOG=1"},
         datagram_case{"WatchdogUsec", [](const notifier& n) { return n.watchdog_usec(30s); },
                       "WATCHDOG_USEC=30000000"},
-        datagram_case{"ExtendTimeout",
-                      [](const notifier& n) { return n.extend_timeout(1500ms); },
+        datagram_case{"ExtendTimeout", [](const notifier& n) { return n.extend_timeout(1500ms); },
                       "EXTEND_TIMEOUT_USEC=1500000"},
         datagram_case{"Errno", [](const notifier& n) { return n.errno_value(EIO); }, "ERRNO=5"},
-        datagram_case{"SendAsIs",
-                      [](const notifier& n) { return n.send("X=1\nY=2\n"); }, "X=1\nY=2\n"},
+        datagram_case{"SendAsIs", [](const notifier& n) { return n.send("X=1\nY=2\n"); },
+                      "X=1\nY=2\n"},
         datagram_case{"MaxSize",
                       [](const notifier& n) {
                         return n.send("STATUS=" + std::string(notify_message_max - 7, 's'));
@@ -337,7 +339,8 @@ void ignore_signal(int) {}
 TEST(Notifier, BarrierKeepsWaitingThroughSignals) {
   raw_manager m;
   ASSERT_TRUE(m.sock.ok());
-  struct sigaction sa {}, old {};
+  struct sigaction sa {
+  }, old{};
   sa.sa_handler = ignore_signal;  // no SA_RESTART: poll(2) fails with EINTR
   ASSERT_EQ(::sigaction(SIGALRM, &sa, &old), 0);
   itimerval every_20ms{{0, 20000}, {0, 20000}}, off{};
@@ -372,6 +375,7 @@ struct refused_case {
   std::function<result<notify_outcome>(const notifier&)> call;
   std::string expected;  // part of the message
 };
+void PrintTo(const refused_case& c, std::ostream* os) { *os << c.name; }
 
 class NotifierRefuses : public testing::TestWithParam<refused_case> {};
 
@@ -397,18 +401,17 @@ INSTANTIATE_TEST_SUITE_P(
     testing::Values(
         refused_case{"Empty", [](const notifier& n) { return n.send(""); }, "empty"},
         refused_case{"Nul", [](const notifier& n) { return n.send("READY=1\0X=1"s); }, "NUL"},
-        refused_case{"Oversized",
-                     [](const notifier& n) { return n.send(std::string(4097, 'x')); },
+        refused_case{"Oversized", [](const notifier& n) { return n.send(std::string(4097, 'x')); },
                      "4097 bytes"},
         refused_case{"TooManyFds",
                      [](const notifier& n) { return n.send("FDSTORE=1", too_many_fds); },
                      "254 fds"},
-        refused_case{"StatusNewline",
-                     [](const notifier& n) { return n.status("ok\nMAINPID=1"); }, "newline"},
-        refused_case{"ReadyStatusNewline",
-                     [](const notifier& n) { return n.ready("ok\nREADY=0"); }, "newline"},
-        refused_case{"StoppingStatusNewline",
-                     [](const notifier& n) { return n.stopping("a\n"); }, "newline"},
+        refused_case{"StatusNewline", [](const notifier& n) { return n.status("ok\nMAINPID=1"); },
+                     "newline"},
+        refused_case{"ReadyStatusNewline", [](const notifier& n) { return n.ready("ok\nREADY=0"); },
+                     "newline"},
+        refused_case{"StoppingStatusNewline", [](const notifier& n) { return n.stopping("a\n"); },
+                     "newline"},
         refused_case{"StatusNul", [](const notifier& n) { return n.status("a\0b"s); }, "NUL"},
         refused_case{"StatusOversized",
                      [](const notifier& n) { return n.status(std::string(4090, 's')); },
@@ -416,25 +419,21 @@ INSTANTIATE_TEST_SUITE_P(
         refused_case{"MainpidZero", [](const notifier& n) { return n.mainpid(0); }, "MAINPID=0"},
         refused_case{"MainpidNegative", [](const notifier& n) { return n.mainpid(-5); },
                      "MAINPID=-5"},
-        refused_case{"NegativeWatchdog",
-                     [](const notifier& n) { return n.watchdog_usec(-1us); }, "WATCHDOG_USEC"},
-        refused_case{"NegativeExtend",
-                     [](const notifier& n) { return n.extend_timeout(-1us); },
+        refused_case{"NegativeWatchdog", [](const notifier& n) { return n.watchdog_usec(-1us); },
+                     "WATCHDOG_USEC"},
+        refused_case{"NegativeExtend", [](const notifier& n) { return n.extend_timeout(-1us); },
                      "EXTEND_TIMEOUT_USEC"},
-        refused_case{"NegativeErrno", [](const notifier& n) { return n.errno_value(-1); },
-                     "ERRNO"},
-        refused_case{"FdstoreWithoutFds",
-                     [](const notifier& n) { return n.fdstore({}, "name"); }, "without any fd"},
-        refused_case{"FdnameEmpty",
-                     [](const notifier& n) {
-                       return n.fdstore(std::span<const int>(&some_fd, 1), "");
-                     },
-                     "FDNAME"},
-        refused_case{"FdnameColon",
-                     [](const notifier& n) {
-                       return n.fdstore(std::span<const int>(&some_fd, 1), "a:b");
-                     },
-                     "\"a:b\""},
+        refused_case{"NegativeErrno", [](const notifier& n) { return n.errno_value(-1); }, "ERRNO"},
+        refused_case{"FdstoreWithoutFds", [](const notifier& n) { return n.fdstore({}, "name"); },
+                     "without any fd"},
+        refused_case{
+            "FdnameEmpty",
+            [](const notifier& n) { return n.fdstore(std::span<const int>(&some_fd, 1), ""); },
+            "FDNAME"},
+        refused_case{
+            "FdnameColon",
+            [](const notifier& n) { return n.fdstore(std::span<const int>(&some_fd, 1), "a:b"); },
+            "\"a:b\""},
         refused_case{"FdnameNewline",
                      [](const notifier& n) {
                        return n.fdstore(std::span<const int>(&some_fd, 1), "a\nMAINPID=1");

@@ -15,6 +15,7 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -80,6 +81,7 @@ struct parse_ok_case {
   std::string input;
   notify_fields expected;
 };
+void PrintTo(const parse_ok_case& c, std::ostream* os) { *os << c.name; }
 
 class ParseValid : public testing::TestWithParam<parse_ok_case> {};
 
@@ -92,19 +94,22 @@ TEST_P(ParseValid, Fields) {
 INSTANTIATE_TEST_SUITE_P(
     NotifyMessage, ParseValid,
     testing::Values(
-        parse_ok_case{"Empty", "", {}},
-        parse_ok_case{"OnlyNewlines", "\n\n\n", {}},
+        parse_ok_case{"Empty", "", {}}, parse_ok_case{"OnlyNewlines", "\n\n\n", {}},
         parse_ok_case{"Ready", "READY=1", {{"READY", "1"}}},
         parse_ok_case{"TrailingNewline", "READY=1\n", {{"READY", "1"}}},
         parse_ok_case{"Several",
                       "READY=1\nSTATUS=up and running\nMAINPID=42",
                       {{"READY", "1"}, {"STATUS", "up and running"}, {"MAINPID", "42"}}},
-        parse_ok_case{"EmptyLinesSkipped", "\nREADY=1\n\n\nSTATUS=x\n", {{"READY", "1"}, {"STATUS", "x"}}},
+        parse_ok_case{
+            "EmptyLinesSkipped", "\nREADY=1\n\n\nSTATUS=x\n", {{"READY", "1"}, {"STATUS", "x"}}},
         parse_ok_case{"EmptyValue", "STATUS=", {{"STATUS", ""}}},
         parse_ok_case{"EqualsInValue", "STATUS=a=b=c", {{"STATUS", "a=b=c"}}},
-        parse_ok_case{"DigitsAndUnderscore", "X_1=2\n_=3\n9=4", {{"X_1", "2"}, {"_", "3"}, {"9", "4"}}},
-        parse_ok_case{"DuplicatesKeptInOrder", "STATUS=a\nSTATUS=b", {{"STATUS", "a"}, {"STATUS", "b"}}},
-        parse_ok_case{"Utf8AndControlInValue", "STATUS=caf\xc3\xa9\t\r", {{"STATUS", "caf\xc3\xa9\t\r"}}}),
+        parse_ok_case{
+            "DigitsAndUnderscore", "X_1=2\n_=3\n9=4", {{"X_1", "2"}, {"_", "3"}, {"9", "4"}}},
+        parse_ok_case{
+            "DuplicatesKeptInOrder", "STATUS=a\nSTATUS=b", {{"STATUS", "a"}, {"STATUS", "b"}}},
+        parse_ok_case{
+            "Utf8AndControlInValue", "STATUS=caf\xc3\xa9\t\r", {{"STATUS", "caf\xc3\xa9\t\r"}}}),
     case_name());
 
 struct parse_bad_case {
@@ -112,6 +117,7 @@ struct parse_bad_case {
   std::string input;
   std::string quoted;  // what the error must quote
 };
+void PrintTo(const parse_bad_case& c, std::ostream* os) { *os << c.name; }
 
 class ParseMalformed : public testing::TestWithParam<parse_bad_case> {};
 
@@ -127,19 +133,19 @@ using namespace std::string_literals;
 
 INSTANTIATE_TEST_SUITE_P(
     NotifyMessage, ParseMalformed,
-    testing::Values(
-        parse_bad_case{"NoEquals", "READY", "\"READY\""},
-        parse_bad_case{"NoEqualsAfterGoodLine", "READY=1\nGARBAGE\nSTATUS=x", "\"GARBAGE\""},
-        parse_bad_case{"EmptyKey", "=1", "\"=1\""},
-        parse_bad_case{"LowercaseKey", "ready=1", "\"ready=1\""},
-        parse_bad_case{"SpaceInKey", "READY =1", "\"READY =1\""},
-        parse_bad_case{"DashInKey", "MAIN-PID=1", "\"MAIN-PID=1\""},
-        parse_bad_case{"NulInValue", "READY=1\nSTATUS=a\0b\nX=1"s, "\"STATUS=a\\0b\""},
-        parse_bad_case{"NulAtEnd", "READY=1\0"s, "\"READY=1\\0\""},
-        parse_bad_case{"NulAlone", "\0"s, "\"\\0\""},
-        parse_bad_case{"ControlInKey", "A\x01=1", "\"A\\x01=1\""},
-        parse_bad_case{"LongLineCut", "X" + std::string(1000, 'y'), "\"Xyyy"},
-        parse_bad_case{"CarriageReturnInKey", "READY\r=1", "\"READY\\r=1\""}),
+    testing::Values(parse_bad_case{"NoEquals", "READY", "\"READY\""},
+                    parse_bad_case{"NoEqualsAfterGoodLine", "READY=1\nGARBAGE\nSTATUS=x",
+                                   "\"GARBAGE\""},
+                    parse_bad_case{"EmptyKey", "=1", "\"=1\""},
+                    parse_bad_case{"LowercaseKey", "ready=1", "\"ready=1\""},
+                    parse_bad_case{"SpaceInKey", "READY =1", "\"READY =1\""},
+                    parse_bad_case{"DashInKey", "MAIN-PID=1", "\"MAIN-PID=1\""},
+                    parse_bad_case{"NulInValue", "READY=1\nSTATUS=a\0b\nX=1"s, "\"STATUS=a\\0b\""},
+                    parse_bad_case{"NulAtEnd", "READY=1\0"s, "\"READY=1\\0\""},
+                    parse_bad_case{"NulAlone", "\0"s, "\"\\0\""},
+                    parse_bad_case{"ControlInKey", "A\x01=1", "\"A\\x01=1\""},
+                    parse_bad_case{"LongLineCut", "X" + std::string(1000, 'y'), "\"Xyyy"},
+                    parse_bad_case{"CarriageReturnInKey", "READY\r=1", "\"READY\\r=1\""}),
     case_name());
 
 TEST(NotifyMessage, ErrorCutsLongLines) {
@@ -347,7 +353,8 @@ void ignore_signal(int) {}
 
 TEST(NotifyReceiver, ReceiveKeepsWaitingThroughSignals) {
   // SIGALRM without SA_RESTART interrupts poll(2) with EINTR, several times during the wait.
-  struct sigaction sa {}, old {};
+  struct sigaction sa {
+  }, old{};
   sa.sa_handler = ignore_signal;
   ASSERT_EQ(::sigaction(SIGALRM, &sa, &old), 0);
   itimerval every_20ms{{0, 20000}, {0, 20000}}, off{};
@@ -465,9 +472,10 @@ TEST(NotifyReceiver, BarrierIsAnsweredAndOrderedAfterEarlierMessages) {
 struct garbage_case {
   const char* name;
   std::string bytes;
-  std::size_t fds;        // how many pipe ends to pass along
-  std::string expected;   // part of the error text
+  std::size_t fds;       // how many pipe ends to pass along
+  std::string expected;  // part of the error text
 };
+void PrintTo(const garbage_case& c, std::ostream* os) { *os << c.name; }
 
 class NotifyGarbage : public testing::TestWithParam<garbage_case> {};
 
@@ -506,8 +514,7 @@ INSTANTIATE_TEST_SUITE_P(
         garbage_case{"Oversized4097", "STATUS=" + std::string(4097 - 7, 'x'), 0, "4097 bytes"},
         garbage_case{"Oversized64k", std::string(65000, 'A'), 0, "65000 bytes"},
         garbage_case{"OversizedWithFds", "FDSTORE=1\nX=" + std::string(5000, 'x'), 3, "bytes"},
-        garbage_case{"Empty", "", 0, "empty"},
-        garbage_case{"EmptyWithFd", "", 1, "empty"},
+        garbage_case{"Empty", "", 0, "empty"}, garbage_case{"EmptyWithFd", "", 1, "empty"},
         garbage_case{"OnlyNewlines", "\n\n", 0, "no KEY=VALUE"},
         garbage_case{"NoEquals", "READY=1\nhello", 0, "\"hello\""},
         garbage_case{"BadKey", "ready=1", 0, "\"ready=1\""},
