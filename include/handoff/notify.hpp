@@ -3,7 +3,10 @@
 //
 // NOTIFY_SOCKET names a unix datagram socket: an absolute path, or "@name" for the abstract
 // namespace. Each message is one datagram of newline-separated KEY=VALUE lines. Without
-// NOTIFY_SOCKET there is nobody to tell: sending is a no-op reported as `false`, not an error.
+// NOTIFY_SOCKET there is nobody to tell: sending is a no-op reported as
+// notify_outcome::no_manager, not an error. A malformed message (empty, a NUL byte, over
+// notify_message_max bytes, a newline inside STATUS=) is errc::invalid_message with or without
+// a manager, so that it shows up in a test run too.
 //
 //   READY=1                      started (or reloaded); the manager may now route traffic
 //   RELOADING=1 MONOTONIC_USEC=  reloading; the CLOCK_MONOTONIC time in the same datagram
@@ -41,7 +44,7 @@ class notifier {
   notifier() = default;
   // Sends to this socket ("/path" or "@abstract"). An invalid name fails on the first send.
   explicit notifier(std::string socket) : socket_(std::move(socket)) {}
-  // From NOTIFY_SOCKET; with unset_environment::yes the variable is removed (sd_notify's
+  // From NOTIFY_SOCKET; with unset = true the variable is removed (sd_notify's
   // unset_environment), so children do not report in this process's name.
   static notifier from_environment(bool unset = false);
 
