@@ -146,6 +146,8 @@ asio::awaitable<bool> connection::serve_one() {
   if (ec) {
     if (ec == bhttp::error::header_limit) {
       co_await send_error(bhttp::status::request_header_fields_too_large, 11);
+    } else if (ec == bhttp::error::body_limit) {  // a Content-Length over the limit
+      co_await send_error(bhttp::status::payload_too_large, 11);
     } else if (is_malformed(ec)) {
       co_await send_error(bhttp::status::bad_request, 11);
     }

@@ -47,7 +47,9 @@ asio::awaitable<void> server::impl::accept(accept_loop& loop) {
     error_code ec;
     stream_socket socket = co_await loop.acceptor.async_accept(asio::make_strand(io),
                                                                redirect_error(use_awaitable, ec));
-    if (loop.stopped || ec == asio::error::operation_aborted) {
+    // A connection accepted just as accepting stopped is still served below: it is ours now,
+    // and dropping it would reset a client that did nothing wrong.
+    if (ec == asio::error::operation_aborted || (ec && loop.stopped)) {
       slots.fetch_sub(1);
       break;
     }

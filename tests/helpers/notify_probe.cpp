@@ -10,6 +10,7 @@
 // READY=1, waits on the barrier, then tells the parent, which exits; the child serves on
 // ("successor PID").
 // SIGTERM: STOPPING=1, exit 0.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/signalfd.h>

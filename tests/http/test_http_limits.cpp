@@ -180,7 +180,7 @@ INSTANTIATE_TEST_SUITE_P(
                      "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"},
         garbage_case{"BadChunk", "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"},
         garbage_case{"HeaderWithoutColon", "GET / HTTP/1.1\r\nNoColonHere\r\n\r\n"}),
-    [](const auto& info) { return std::string(info.param.name); });
+    [](const auto& p) { return std::string(p.param.name); });
 
 TEST_F(HttpLimits, HandlerExceptionGets500AndServerGoesOn) {
   start(short_limits());
