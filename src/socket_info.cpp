@@ -153,8 +153,8 @@ bool socket_matches(const socket_info& info, const address& want) {
   const socket_type type =
       want.kind == transport::udp ? socket_type::datagram : socket_type::stream;
   if (!ip || info.type != type) return false;
-  // Port 0 asks for any port: an inherited socket of the same kind and host serves it.
-  if (want.port != 0 && want.port != info.local.port) return false;
+  // Port 0 asks for a new port, which no inherited socket is: find those by name instead.
+  if (want.port == 0 || want.port != info.local.port) return false;
   if (want.is_wildcard()) return is_any(info.local.host);
   if (want.host == "localhost") return is_loopback(info.local.host);
   return same_ip(want.host, info.local.host);

@@ -34,8 +34,10 @@ result<socket_info> inspect_socket(int fd);
 // The bound address of a socket (after port 0, the port the kernel chose).
 result<address> local_address(int fd);
 
-// Whether the socket `fd` serves `want`: same transport, same port, and the same host, where
-// an empty (wildcard) host in `want` matches 0.0.0.0 and [::]. Host names are not resolved.
+// Whether the socket described by `info` serves `want`: same transport, same port, and the same
+// host, where an empty (wildcard) host in `want` matches 0.0.0.0 and [::], and "localhost" any
+// loopback address; other host names are not resolved. Port 0 matches nothing (it asks for a
+// new port): inherited sockets of port-0 listeners are found by name.
 bool socket_matches(const socket_info& info, const address& want);
 
 }  // namespace handoff

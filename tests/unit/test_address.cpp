@@ -14,6 +14,9 @@ struct good_case {
   const char* canonical;
 };
 
+// Readable test names in ctest: the input text, not the struct's bytes.
+void PrintTo(const good_case& c, std::ostream* os) { *os << '"' << c.text << '"'; }
+
 class ParseAddressGood : public testing::TestWithParam<good_case> {};
 
 TEST_P(ParseAddressGood, ParsesAndRoundTrips) {
@@ -74,6 +77,8 @@ struct bad_case {
   const char* text;
   const char* says;  // a part of the message that tells what is wrong
 };
+
+void PrintTo(const bad_case& c, std::ostream* os) { *os << testing::PrintToString(std::string(c.text)); }
 
 class ParseAddressBad : public testing::TestWithParam<bad_case> {};
 

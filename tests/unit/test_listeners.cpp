@@ -310,7 +310,7 @@ TEST(SocketMatches, HostsPortsAndKinds) {
   EXPECT_TRUE(socket_matches(i4, parse("127.0.0.1:" + p4)));
   EXPECT_TRUE(socket_matches(i4, parse("tcp://127.0.0.1:" + p4)));
   EXPECT_TRUE(socket_matches(i4, parse("localhost:" + p4)));
-  EXPECT_TRUE(socket_matches(i4, parse("127.0.0.1:0")));  // port 0: any port will do
+  EXPECT_FALSE(socket_matches(i4, parse("127.0.0.1:0")));  // port 0 asks for a new port
   EXPECT_FALSE(socket_matches(i4, parse("127.0.0.2:" + p4)));
   EXPECT_FALSE(socket_matches(i4, parse("udp://127.0.0.1:" + p4)));
   EXPECT_FALSE(socket_matches(i4, parse(":" + p4)));
