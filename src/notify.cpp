@@ -73,34 +73,31 @@ result<sys::unix_sockaddr> notify_address(const std::string& socket) {
 
 std::string decimal(std::int64_t n) { return std::to_string(n); }
 
-}  // namespace
-
-std::uint64_t monotonic_usec() noexcept {
-  timespec ts{};
-  ::clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000u +
-         static_cast<std::uint64_t>(ts.tv_nsec) / 1000u;
-}
-
-notifier notifier::from_environment(bool unset) {
-  const char* value = ::getenv(env_name);
-  if (value == nullptr) return notifier();
-  notifier n{std::string(value)};
-  if (unset) ::unsetenv(env_name);
-  return n;
-}
-
-result<notify_outcome> notifier::send(std::string_view message, std::span<const int> fds,
-                                      std::optional<pid_t> pid) const {
-  // Checked with or without a manager: a malformed message is the caller's bug, and it should
-  // show up in a test run without NOTIFY_SOCKET too.
-  if (auto ok = check_message(message, fds.size()); !ok) return ok.error();
-  if (!socket_) return notify_outcome::no_manager;
-  auto addr = notify_address(*socket_);
+// Sends one datagram to `socket`. Without `deadline` a full queue at the manager blocks, as
+// sd_notify does; with it the wait ends there (EAGAIN).
+result<void> send_datagram(const std::string& socket, std::string_view message,
+                           std::span<const int> fds, std::optional<pid_t> pid,
+                           std::optional<std::chrono::steady_clock::time_point> deadline) {
+  auto addr = notify_address(socket);
   if (!addr) return addr.error();
 
   unique_fd sock(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-  if (!sock) return error::from_errno(errno, "socket for " + subject(*socket_));
+  if (!sock) return error::from_errno(errno, "socket for " + subject(socket));
+  int flags = MSG_NOSIGNAL;
+  if (deadline) {
+    // A unix datagram sender waits for room in the receiver's queue (net.unix.max_dgram_qlen)
+    // for SO_SNDTIMEO; 0 there would mean forever, so an expired deadline does not wait at all.
+    const auto left =
+        std::chrono::ceil<std::chrono::microseconds>(*deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      flags |= MSG_DONTWAIT;
+    } else {
+      const timeval tv{static_cast<time_t>(left.count() / 1000000),
+                       static_cast<suseconds_t>(left.count() % 1000000)};
+      if (::setsockopt(sock.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0)
+        return error::from_errno(errno, "setsockopt SO_SNDTIMEO for " + subject(socket));
+    }
+  }
 
   // Our own pid is what the kernel puts in SCM_CREDENTIALS anyway; another pid needs
   // CAP_SYS_ADMIN (unix(7)) and a live process (ESRCH otherwise).
@@ -138,9 +135,39 @@ result<notify_outcome> notifier::send(std::string_view message, std::span<const 
   }
   // Unlike libsystemd, a refused pid is not retried with our own: the manager would attribute
   // the message to the wrong process.
-  if (sys::retry_eintr([&] { return ::sendmsg(sock.get(), &msg, MSG_NOSIGNAL); }) < 0)
-    return error::from_errno(errno, "send to " + subject(*socket_) +
+  // EINTR after a partial SO_SNDTIMEO wait restarts the full timeout; the caller's deadline
+  // check after the send bounds the total.
+  if (sys::retry_eintr([&] { return ::sendmsg(sock.get(), &msg, flags); }) < 0)
+    return error::from_errno(errno, "send to " + subject(socket) +
                                         (send_creds ? " as pid " + std::to_string(*pid) : ""));
+  return {};
+}
+
+}  // namespace
+
+std::uint64_t monotonic_usec() noexcept {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000u +
+         static_cast<std::uint64_t>(ts.tv_nsec) / 1000u;
+}
+
+notifier notifier::from_environment(bool unset) {
+  const char* value = ::getenv(env_name);
+  if (value == nullptr) return notifier();
+  notifier n{std::string(value)};
+  if (unset) ::unsetenv(env_name);
+  return n;
+}
+
+result<notify_outcome> notifier::send(std::string_view message, std::span<const int> fds,
+                                      std::optional<pid_t> pid) const {
+  // Checked with or without a manager: a malformed message is the caller's bug, and it should
+  // show up in a test run without NOTIFY_SOCKET too.
+  if (auto ok = check_message(message, fds.size()); !ok) return ok.error();
+  if (!socket_) return notify_outcome::no_manager;
+  if (auto sent = send_datagram(*socket_, message, fds, pid, std::nullopt); !sent)
+    return sent.error();
   return notify_outcome::sent;
 }
 
@@ -204,17 +231,25 @@ result<notify_outcome> notifier::fdstore(std::span<const int> fds, std::string_v
 
 result<notify_outcome> notifier::barrier(std::chrono::milliseconds timeout) const {
   if (!socket_) return notify_outcome::no_manager;
+  // One deadline for both waits: for room in the manager's queue, then for its answer.
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  const auto timed_out = [&](const std::string& what) {
+    return error::make(errc::timed_out, "barrier on " + subject(*socket_) + ": " + what +
+                                            " within " + std::to_string(timeout.count()) + " ms");
+  };
   int p[2];
   if (::pipe2(p, O_CLOEXEC) != 0)
     return error::from_errno(errno, "pipe2 for the barrier on " + subject(*socket_));
   unique_fd read_end(p[0]), write_end(p[1]);
   const int passed[] = {write_end.get()};
-  auto sent = send("BARRIER=1", passed);
-  if (!sent) return sent.error();
+  if (auto sent = send_datagram(*socket_, "BARRIER=1", passed, std::nullopt, deadline); !sent) {
+    if (sent.error().code() == std::errc::resource_unavailable_try_again)
+      return timed_out("the manager's queue stayed full");
+    return sent.error();
+  }
   // The manager now holds the only other reference to the write end; when it closes it, the read
   // end reports POLLHUP (poll(2) reports it without being asked).
   write_end.reset();
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     const auto left =
         std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
@@ -224,10 +259,8 @@ result<notify_outcome> notifier::barrier(std::chrono::milliseconds timeout) cons
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) return error::from_errno(errno, "poll the barrier on " + subject(*socket_));
     if (r > 0) return notify_outcome::sent;
-    if (left.count() <= 0 || std::chrono::steady_clock::now() >= deadline)
-      return error::make(errc::timed_out, "barrier on " + subject(*socket_) +
-                                              ": the manager did not answer within " +
-                                              std::to_string(timeout.count()) + " ms");
+    if (std::chrono::steady_clock::now() >= deadline)
+      return timed_out("the manager did not answer");
   }
 }
 

@@ -149,10 +149,10 @@ result<notify_receiver> notify_receiver::open_unique() {
 
 result<std::optional<notify_message>> notify_receiver::try_receive() {
   char buf[notify_message_max + 1];
-  // cmsghdr alignment: an array of cmsghdr large enough for the bytes.
-  constexpr std::size_t control_size =
-      CMSG_SPACE(sizeof(ucred)) + CMSG_SPACE(sizeof(int) * notify_fds_max);
-  cmsghdr control[(control_size + sizeof(cmsghdr) - 1) / sizeof(cmsghdr)];
+  // Room for the credentials and the most fds one message can carry (SCM_MAX_FD), so that
+  // MSG_CTRUNC means a real loss.
+  alignas(
+      cmsghdr) char control[CMSG_SPACE(sizeof(ucred)) + CMSG_SPACE(sizeof(int) * notify_fds_max)];
   iovec iov{buf, sizeof buf};
   msghdr msg{};
   msg.msg_iov = &iov;

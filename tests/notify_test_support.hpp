@@ -4,14 +4,18 @@
 #pragma once
 
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstring>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -134,6 +138,24 @@ class raw_datagram_socket {
  private:
   unique_fd fd_;
 };
+
+// Runs `body` in a fork()ed child, which exits with its return value.
+inline pid_t fork_child(const std::function<int()>& body) {
+  const pid_t pid = ::fork();
+  if (pid == 0) ::_exit(body());
+  return pid;
+}
+
+// Reaps `pid` within `timeout` (pidfd + poll); -1 when it did not end (it is killed then).
+inline int reap(pid_t pid, std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+  const unique_fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  if (!pidfd) return -1;
+  pollfd p{pidfd.get(), POLLIN, 0};
+  if (::poll(&p, 1, static_cast<int>(timeout.count())) != 1) ::kill(pid, SIGKILL);
+  int status = 0;
+  if (::waitpid(pid, &status, 0) != pid) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
 
 // Splits a datagram into its lines, as a field-by-field comparison wants them.
 inline std::vector<std::string> lines_of(std::string_view bytes) {

@@ -334,6 +334,39 @@ TEST(Notifier, BarrierNobodyAnswersTimesOut) {
   EXPECT_LT(took, 3s);
 }
 
+TEST(Notifier, BarrierKeepsItsDeadlineWhenTheManagersQueueIsFull) {
+  // A manager that stopped reading: its queue holds net.unix.max_dgram_qlen datagrams, after
+  // which a sender waits for room. The barrier's deadline must cover that wait too.
+  raw_manager m;
+  ASSERT_TRUE(m.sock.ok());
+  const unique_fd filler(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  const auto addr = test::make_addr(m.path);
+  int queued = 0;
+  while (::sendto(filler.get(), "X=1", 3, MSG_DONTWAIT, addr.get(), addr.length) == 3) ++queued;
+  ASSERT_EQ(errno, EAGAIN);
+  ASSERT_GT(queued, 0);
+
+  // In a child, so that a barrier that blocks for ever fails the test instead of hanging it.
+  const std::string path = m.path;
+  const pid_t child = test::fork_child([&] {
+    const auto start = std::chrono::steady_clock::now();
+    auto r = notifier(path).barrier(200ms);
+    const auto took = std::chrono::steady_clock::now() - start;
+    if (r || r.error() != errc::timed_out) return 1;
+    if (r.error().message().find("queue") == std::string::npos) return 2;
+    return took >= 200ms && took < 3s ? 0 : 3;
+  });
+  ASSERT_GT(child, 0);
+  EXPECT_EQ(test::reap(child, 5s), 0);
+  // The barrier never got in; only the filler's datagrams are there.
+  for (int i = 0; i < queued; ++i) {
+    auto d = m.sock.receive(0ms);
+    ASSERT_TRUE(d);
+    EXPECT_EQ(d->bytes, "X=1");
+  }
+  EXPECT_FALSE(m.sock.receive(0ms));
+}
+
 void ignore_signal(int) {}
 
 TEST(Notifier, BarrierKeepsWaitingThroughSignals) {

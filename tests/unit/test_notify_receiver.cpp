@@ -29,29 +29,13 @@ namespace {
 
 using namespace std::chrono_literals;
 using test::count_open_fds;
+using test::fork_child;
+using test::reap;
 using test::send_raw;
 
 std::string unique_abstract_name() {
   static std::atomic<int> counter{0};
   return "@handoff-test-notify-" + std::to_string(::getpid()) + "-" + std::to_string(++counter);
-}
-
-// Runs `body` in a fork()ed child, which exits with its return value.
-pid_t fork_child(const std::function<int()>& body) {
-  const pid_t pid = ::fork();
-  if (pid == 0) ::_exit(body());
-  return pid;
-}
-
-// Reaps `pid` within `timeout` (pidfd + poll); -1 when it did not end (it is killed then).
-int reap(pid_t pid, std::chrono::milliseconds timeout = 10s) {
-  const unique_fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-  if (!pidfd) return -1;
-  pollfd p{pidfd.get(), POLLIN, 0};
-  if (::poll(&p, 1, static_cast<int>(timeout.count())) != 1) ::kill(pid, SIGKILL);
-  int status = 0;
-  if (::waitpid(pid, &status, 0) != pid) return -1;
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 // A pipe whose ends are closed on destruction.
