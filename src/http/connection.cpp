@@ -3,6 +3,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 
+#include <algorithm>
+
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -28,6 +30,8 @@ namespace {
 
 // A parse error of Beast's (the client sent bytes that are not HTTP), as opposed to the client
 // closing or the watchdog ending the read: only those get a 400.
+constexpr std::size_t read_chunk = 8192;
+
 bool is_malformed(const error_code& ec) {
   return ec.category() == bhttp::make_error_code(bhttp::error::bad_method).category() &&
          ec != bhttp::error::end_of_stream && ec != bhttp::error::partial_message;
@@ -37,6 +41,8 @@ bool is_malformed(const error_code& ec) {
 
 connection::connection(server::impl& srv, stream_socket socket)
     : srv_(srv), socket_(std::move(socket)), timer_(socket_.get_executor()) {
+  const auto& o = srv.options;
+  tick_ = std::min({o.header_timeout, o.body_timeout, o.write_timeout, o.idle_timeout});
   // Small responses must leave at once, not wait for Nagle's algorithm to batch them.
   const int one = 1;
   if (socket_.local_endpoint().protocol().family() != AF_UNIX)
@@ -44,15 +50,19 @@ connection::connection(server::impl& srv, stream_socket socket)
 }
 
 void connection::set_deadline(clock_type::time_point when) {
-  const bool earlier = when < deadline_;
   deadline_ = when;
-  if (earlier) timer_.cancel();  // the watchdog re-arms for the nearer deadline
+  // Only a deadline nearer than the one the watchdog waits for needs it woken; a later one is
+  // picked up when it wakes. This keeps timer operations off the path of most requests.
+  if (when < armed_) timer_.cancel();
 }
 
 asio::awaitable<void> connection::watchdog() {
   auto self = shared_from_this();
   while (socket_.is_open()) {
-    timer_.expires_at(deadline_);
+    // Wake at least every `tick` (the shortest timeout): a new phase's deadline then never
+    // lies before the armed one, so set_deadline() need not cancel the timer per request.
+    armed_ = std::min(deadline_, clock_type::now() + tick_);
+    timer_.expires_at(armed_);
     error_code ec;
     co_await timer_.async_wait(redirect_error(use_awaitable, ec));
     if (!socket_.is_open()) break;
@@ -132,9 +142,13 @@ asio::awaitable<bool> connection::serve_one() {
     auto wait = opts.idle_timeout;
     if (srv_.draining()) wait = std::min(wait, opts.drain_idle_grace);
     set_deadline(clock_type::now() + wait);
-    co_await socket_.async_wait(stream_socket::wait_read, redirect_error(use_awaitable, ec));
+    // Reading (not just waiting for readability) lets Asio try the read at once: a keep-alive
+    // client's next request is often already here, and this saves a trip through epoll.
+    const std::size_t n = co_await socket_.async_read_some(buffer_.prepare(read_chunk),
+                                                           redirect_error(use_awaitable, ec));
     idle_ = false;
-    if (ec || !socket_.is_open()) co_return false;
+    if (ec || !socket_.is_open()) co_return false;  // EOF: the client closed, nothing lost
+    buffer_.commit(n);
   }
 
   busy_ = true;

@@ -2,8 +2,9 @@
 //
 // A connection is a coroutine on its own strand. Its one timer is a watchdog: every phase
 // (idle, header, body, write) sets deadline_, and the watchdog closes the socket once the
-// deadline passes, which ends whatever read or write was pending. Moving a deadline later
-// costs nothing (the watchdog re-arms when it wakes early); moving it earlier cancels the timer.
+// deadline passes, which ends whatever read or write was pending. The watchdog sleeps until the
+// deadline or for the shortest timeout, whichever is nearer, and re-checks; only a deadline
+// nearer than that (a drain's grace) cancels the timer.
 #pragma once
 
 #include <boost/asio/cancellation_signal.hpp>
@@ -97,6 +98,8 @@ class connection : public std::enable_shared_from_this<connection> {
   stream_socket socket_;
   asio::steady_timer timer_;
   clock_type::time_point deadline_ = clock_type::time_point::max();
+  clock_type::time_point armed_ = clock_type::time_point::max();  // what the watchdog waits for
+  clock_type::duration tick_;  // the watchdog's longest sleep
   beast::flat_buffer buffer_;
   bool idle_ = false;  // waiting for the first byte of the next request
   bool busy_ = false;  // a request is being read, handled or answered

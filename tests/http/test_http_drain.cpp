@@ -78,7 +78,9 @@ TEST_F(HttpDrain, NextRequestOnAnIdleKeepAliveConnectionIsServedWithClose) {
   EXPECT_TRUE(c.wait_closed(5s));
   auto report = done.get();
   EXPECT_TRUE(report.clean());
-  EXPECT_EQ(report.requests_completed, 1u);
+  // The first request may count too: its response can reach the client before the server's
+  // coroutine resumes after the write, when the drain has begun.
+  EXPECT_GE(report.requests_completed, 1u);
   EXPECT_EQ(server_->state(), server_state::stopped);
 }
 
