@@ -9,6 +9,7 @@
 //   GET  /slow?ms=N        answers after N ms; cancelled at the drain deadline
 //   GET  /stream?seconds=N a chunked response, a line every 100 ms for N seconds
 //   POST /echo             the request body back
+#include <fmt/core.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -17,7 +18,6 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <charconv>
 #include <cstdio>
-#include <fmt/core.h>
 #include <string>
 #include <thread>
 #include <vector>

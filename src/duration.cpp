@@ -20,12 +20,18 @@ result<std::chrono::milliseconds> parse_duration(std::string_view text) {
   if (digits == 0) return fail("no number");
   const std::string_view unit = text.substr(digits);
   unsigned long long ms = 0;
-  if (unit == "ms") ms = value;
-  else if (unit == "s") ms = value * 1000;
-  else if (unit == "m") ms = value * 60'000;
-  else if (unit == "h") ms = value * 3'600'000;
-  else if (unit.empty() && value == 0) ms = 0;
-  else return fail(unit.empty() ? "missing unit" : "unknown unit");
+  if (unit == "ms")
+    ms = value;
+  else if (unit == "s")
+    ms = value * 1000;
+  else if (unit == "m")
+    ms = value * 60'000;
+  else if (unit == "h")
+    ms = value * 3'600'000;
+  else if (unit.empty() && value == 0)
+    ms = 0;
+  else
+    return fail(unit.empty() ? "missing unit" : "unknown unit");
   if (ms > 30ULL * 24 * 3'600'000) return fail("longer than 30 days");
   return std::chrono::milliseconds(ms);
 }

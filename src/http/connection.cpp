@@ -4,7 +4,6 @@
 #include <netinet/tcp.h>
 
 #include <algorithm>
-
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>

@@ -7,8 +7,8 @@
 // nearer than that (a drain's grace) cancels the timer.
 #pragma once
 
-#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/basic_socket_acceptor.hpp>
+#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -38,12 +38,13 @@ struct server::impl {
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
   std::vector<std::thread> threads;
   std::atomic<server_state> state{server_state::starting};
-  std::atomic<clock_type::rep> drain_deadline{clock_type::time_point::max().time_since_epoch().count()};
+  std::atomic<clock_type::rep> drain_deadline{
+      clock_type::time_point::max().time_since_epoch().count()};
 
   std::vector<unique_fd> listener_fds;
   struct accept_loop {
-    explicit accept_loop(asio::io_context& io) : strand(asio::make_strand(io)), acceptor(strand),
-                                                 throttle(strand) {}
+    explicit accept_loop(asio::io_context& io)
+        : strand(asio::make_strand(io)), acceptor(strand), throttle(strand) {}
     asio::strand<asio::io_context::executor_type> strand;
     stream_acceptor acceptor;
     asio::steady_timer throttle;  // waited on while max_connections are open
@@ -99,11 +100,12 @@ class connection : public std::enable_shared_from_this<connection> {
   asio::steady_timer timer_;
   clock_type::time_point deadline_ = clock_type::time_point::max();
   clock_type::time_point armed_ = clock_type::time_point::max();  // what the watchdog waits for
-  clock_type::duration tick_;  // the watchdog's longest sleep
+  clock_type::duration tick_;                                     // the watchdog's longest sleep
   beast::flat_buffer buffer_;
   bool idle_ = false;  // waiting for the first byte of the next request
   bool busy_ = false;  // a request is being read, handled or answered
   bool aborted_ = false;
+
  public:
   asio::cancellation_signal cancel;  // terminal: the drain deadline passed
 };

@@ -19,10 +19,14 @@ using boost::system::error_code;
 
 const char* to_string(server_state state) noexcept {
   switch (state) {
-    case server_state::starting: return "starting";
-    case server_state::ready: return "ready";
-    case server_state::draining: return "draining";
-    case server_state::stopped: return "stopped";
+    case server_state::starting:
+      return "starting";
+    case server_state::ready:
+      return "ready";
+    case server_state::draining:
+      return "draining";
+    case server_state::stopped:
+      return "stopped";
   }
   return "unknown";
 }
@@ -143,11 +147,11 @@ drain_report server::drain(milliseconds timeout) {
   std::vector<std::future<void>> stopped;
   for (auto& loop : s.accept_loops) {
     stopped.push_back(asio::post(loop->strand, asio::use_future([l = loop.get()] {
-      l->stopped = true;
-      error_code ignored;
-      l->acceptor.close(ignored);
-      l->throttle.cancel();
-    })));
+                                   l->stopped = true;
+                                   error_code ignored;
+                                   l->acceptor.close(ignored);
+                                   l->throttle.cancel();
+                                 })));
   }
   for (auto& f : stopped) f.wait();
 

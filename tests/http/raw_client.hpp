@@ -20,24 +20,31 @@
 namespace handoff::test {
 
 enum class outcome {
-  ok,             // a complete response (any status)
-  refused,        // connect refused
-  reset,          // ECONNRESET/EPIPE before the response was complete
-  closed_early,   // EOF before any response byte (on a reused connection: the keep-alive race)
-  truncated,      // EOF in the middle of the response
-  timed_out,      // no complete response within the timeout
-  malformed,      // bytes that are not an HTTP response
+  ok,            // a complete response (any status)
+  refused,       // connect refused
+  reset,         // ECONNRESET/EPIPE before the response was complete
+  closed_early,  // EOF before any response byte (on a reused connection: the keep-alive race)
+  truncated,     // EOF in the middle of the response
+  timed_out,     // no complete response within the timeout
+  malformed,     // bytes that are not an HTTP response
 };
 
 inline const char* to_string(outcome o) {
   switch (o) {
-    case outcome::ok: return "ok";
-    case outcome::refused: return "refused";
-    case outcome::reset: return "reset";
-    case outcome::closed_early: return "closed before response";
-    case outcome::truncated: return "truncated";
-    case outcome::timed_out: return "timed out";
-    case outcome::malformed: return "malformed";
+    case outcome::ok:
+      return "ok";
+    case outcome::refused:
+      return "refused";
+    case outcome::reset:
+      return "reset";
+    case outcome::closed_early:
+      return "closed before response";
+    case outcome::truncated:
+      return "truncated";
+    case outcome::timed_out:
+      return "timed out";
+    case outcome::malformed:
+      return "malformed";
   }
   return "?";
 }
@@ -51,7 +58,8 @@ struct reply {
 
   std::string header(std::string_view name) const {
     std::string lower_head;
-    for (char c : head) lower_head += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    for (char c : head)
+      lower_head += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     std::string key = "\r\n";
     for (char c : name) key += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     key += ":";
@@ -101,14 +109,14 @@ class raw_connection {
     std::size_t head_end;
     while ((head_end = buffer_.find("\r\n\r\n")) == std::string::npos) {
       const outcome o = fill(deadline);
-      if (o != outcome::ok) return r.result = (o == outcome::closed_early && !buffer_.empty())
-                                                  ? outcome::truncated
-                                                  : o,
-                                   r;
+      if (o != outcome::ok)
+        return r.result = (o == outcome::closed_early && !buffer_.empty()) ? outcome::truncated : o,
+               r;
     }
     r.head = buffer_.substr(0, head_end + 2);
     buffer_.erase(0, head_end + 4);
-    if (r.head.rfind("HTTP/1.", 0) != 0 || r.head.size() < 12) return r.result = outcome::malformed, r;
+    if (r.head.rfind("HTTP/1.", 0) != 0 || r.head.size() < 12)
+      return r.result = outcome::malformed, r;
     r.status = std::atoi(r.head.c_str() + 9);
     const std::string connection = r.header("connection");
     r.close = connection == "close" || connection == "Close";

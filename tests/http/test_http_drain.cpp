@@ -25,7 +25,8 @@ namespace bhttp = boost::beast::http;
 asio::awaitable<response> handler_with_slow(request_context& ctx) {
   const std::string_view target = ctx.req().target();
   if (target.rfind("/slow?ms=", 0) == 0) {
-    asio::steady_timer timer(ctx.executor(), std::chrono::milliseconds(std::atoi(target.data() + 9)));
+    asio::steady_timer timer(ctx.executor(),
+                             std::chrono::milliseconds(std::atoi(target.data() + 9)));
     co_await timer.async_wait(asio::use_awaitable);
   }
   response res{bhttp::status::ok, ctx.req().version()};

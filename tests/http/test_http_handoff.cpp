@@ -72,7 +72,7 @@ class HttpHandoff : public testing::Test {
   pid_t start_generation(const std::string& version) {
     spawn_options o;
     o.argv = {HANDOFF_EXAMPLE_SERVER, "--version", version, "--threads", "2",
-              "--drain-timeout", "20s"};
+              "--drain-timeout",      "20s"};
     o.fds = {{listener_.get(), "http"}};
     o.notify_socket = notify_->address();
     auto pid = spawn(o);

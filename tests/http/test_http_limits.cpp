@@ -100,8 +100,8 @@ TEST_F(HttpLimits, SilentConnectionIsClosedAfterTheIdleTimeout) {
 TEST_F(HttpLimits, OversizeHeaderGets431) {
   start(short_limits());
   raw_connection c(port_);
-  ASSERT_TRUE(c.send_all("GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(4096, 'a') +
-                         "\r\n\r\n"));
+  ASSERT_TRUE(
+      c.send_all("GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(4096, 'a') + "\r\n\r\n"));
   auto r = c.read_reply(5s);
   ASSERT_EQ(r.result, outcome::ok) << to_string(r.result);
   EXPECT_EQ(r.status, 431);

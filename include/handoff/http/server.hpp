@@ -54,8 +54,8 @@ struct server_options {
   std::size_t max_header_bytes = 16 * 1024;  // beyond: 431
   std::size_t max_body_bytes = 1024 * 1024;  // beyond: 413
   std::size_t max_connections = 10'000;      // beyond: new ones wait in the kernel's accept queue
-  milliseconds health_delay{0};         // drain step 1: 503 on health while still accepting
-  milliseconds drain_idle_grace{1'000};  // drain step 4: how long an idle connection is kept
+  milliseconds health_delay{0};              // drain step 1: 503 on health while still accepting
+  milliseconds drain_idle_grace{1'000};      // drain step 4: how long an idle connection is kept
 };
 
 // What a drain did.
