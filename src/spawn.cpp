@@ -93,7 +93,7 @@ struct child_plan {
   const char* program = nullptr;
   char* const* argv = nullptr;
   char* const* envp = nullptr;
-  char* pid_digits = nullptr;  // where LISTEN_PID's value goes (room for 20 digits), or null
+  char* pid_digits = nullptr;    // where LISTEN_PID's value goes (room for 20 digits), or null
   const int* sources = nullptr;  // the passed fds, in order
   int* moved = nullptr;          // scratch, one per source
   int count = 0;
@@ -312,8 +312,7 @@ result<pid_t> spawn(const spawn_options& options) {
   plan.moved = moved.data();
   plan.count = static_cast<int>(sources.size());
   plan.stdio = stdio;
-  plan.working_directory =
-      options.working_directory ? options.working_directory->c_str() : nullptr;
+  plan.working_directory = options.working_directory ? options.working_directory->c_str() : nullptr;
   plan.new_group = options.group == process_group::new_group;
   plan.report_fd = report_write.get();
 
@@ -370,8 +369,7 @@ result<exit_status> wait_exit(pid_t pid, std::chrono::milliseconds timeout) {
   using clock = std::chrono::steady_clock;
   const auto deadline = clock::now() + std::max(timeout, std::chrono::milliseconds(0));
   for (;;) {
-    const auto left =
-        std::chrono::ceil<std::chrono::milliseconds>(deadline - clock::now()).count();
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - clock::now()).count();
     pollfd p{pidfd.get(), POLLIN, 0};
     const int ready = ::poll(&p, 1, static_cast<int>(std::clamp<long long>(left, 0, INT_MAX)));
     if (ready < 0) {

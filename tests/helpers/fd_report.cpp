@@ -161,8 +161,8 @@ int main(int argc, char** argv) {
   status_signals();
   listen_variables("before");
 
-  auto sockets = handoff::listen_fds(keep ? handoff::unset_environment::no
-                                          : handoff::unset_environment::yes);
+  auto sockets =
+      handoff::listen_fds(keep ? handoff::unset_environment::no : handoff::unset_environment::yes);
   int exit_code = 0;
   if (sockets) {
     line({"result", "ok", "count=" + std::to_string(sockets->size())});

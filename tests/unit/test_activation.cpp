@@ -48,6 +48,9 @@ struct not_for_us_case {
   listen_environment vars;
 };
 
+// Failures name the case, not its bytes.
+void PrintTo(const not_for_us_case& c, std::ostream* os) { *os << c.what; }
+
 class NotForUs : public ::testing::TestWithParam<not_for_us_case> {};
 
 TEST_P(NotForUs, IsAnEmptyResultNotAnError) {
@@ -63,14 +66,13 @@ TEST_P(NotForUs, IsAnEmptyResultNotAnError) {
 
 INSTANTIATE_TEST_SUITE_P(
     Table, NotForUs,
-    ::testing::Values(
-        not_for_us_case{"nothing set", env(unset, unset)},
-        not_for_us_case{"pid missing", env(unset, "2", "a:b")},
-        not_for_us_case{"pid missing, garbage count", env(unset, "3x", "a")},
-        not_for_us_case{"other pid", env("4243", "2", "a:b")},
-        not_for_us_case{"other pid, garbage count", env("1", "-1", "::::")},
-        not_for_us_case{"other pid, prefix of ours", env("424", "1")},
-        not_for_us_case{"other pid, ours as prefix", env("42420", "1")}),
+    ::testing::Values(not_for_us_case{"nothing set", env(unset, unset)},
+                      not_for_us_case{"pid missing", env(unset, "2", "a:b")},
+                      not_for_us_case{"pid missing, garbage count", env(unset, "3x", "a")},
+                      not_for_us_case{"other pid", env("4243", "2", "a:b")},
+                      not_for_us_case{"other pid, garbage count", env("1", "-1", "::::")},
+                      not_for_us_case{"other pid, prefix of ours", env("424", "1")},
+                      not_for_us_case{"other pid, ours as prefix", env("42420", "1")}),
     case_name<not_for_us_case>);
 
 struct valid_case {
@@ -79,6 +81,9 @@ struct valid_case {
   int count;
   std::vector<std::string> names;
 };
+
+// Failures name the case, not its bytes.
+void PrintTo(const valid_case& c, std::ostream* os) { *os << c.what; }
 
 class Valid : public ::testing::TestWithParam<valid_case> {};
 
@@ -99,10 +104,11 @@ INSTANTIATE_TEST_SUITE_P(
         valid_case{"names missing", env("4242", "3"), 3, {"unknown", "unknown", "unknown"}},
         valid_case{"named", env("4242", "2", "http:https"), 2, {"http", "https"}},
         valid_case{"one empty name", env("4242", "1", ""), 1, {"unknown"}},
-        valid_case{"empty name in the middle", env("4242", "3", "a::c"), 3,
-                   {"a", "unknown", "c"}},
+        valid_case{"empty name in the middle", env("4242", "3", "a::c"), 3, {"a", "unknown", "c"}},
         valid_case{"only separators", env("4242", "2", ":"), 2, {"unknown", "unknown"}},
-        valid_case{"names systemd accepts", env("4242", "2", "web server=1:x.y"), 2,
+        valid_case{"names systemd accepts",
+                   env("4242", "2", "web server=1:x.y"),
+                   2,
                    {"web server=1", "x.y"}},
         valid_case{"leading zeros are decimal", env("4242", "010"), 10,
                    std::vector<std::string>(10, "unknown")},
@@ -116,6 +122,9 @@ struct invalid_case {
   listen_environment vars;
   const char* message_part;  // the quoted variable and value, and the reason
 };
+
+// Failures name the case, not its bytes.
+void PrintTo(const invalid_case& c, std::ostream* os) { *os << c.what; }
 
 class Invalid : public ::testing::TestWithParam<invalid_case> {};
 
@@ -149,10 +158,8 @@ INSTANTIATE_TEST_SUITE_P(
                      "fd 3 on)"},
         invalid_case{"count minus one", env("4242", "-1"), "LISTEN_FDS=\"-1\": negative"},
         invalid_case{"count plus", env("4242", "+1"), "LISTEN_FDS=\"+1\": not a number"},
-        invalid_case{"count leading space", env("4242", " 1"),
-                     "LISTEN_FDS=\" 1\": not a number"},
-        invalid_case{"count trailing space", env("4242", "1 "),
-                     "LISTEN_FDS=\"1 \": not a number"},
+        invalid_case{"count leading space", env("4242", " 1"), "LISTEN_FDS=\" 1\": not a number"},
+        invalid_case{"count trailing space", env("4242", "1 "), "LISTEN_FDS=\"1 \": not a number"},
         invalid_case{"count hex", env("4242", "0x1"), "LISTEN_FDS=\"0x1\": not a number"},
         invalid_case{"count minus", env("4242", "-"), "LISTEN_FDS=\"-\": not a number"},
         invalid_case{"count huge", env("4242", "99999999999"),
