@@ -281,6 +281,12 @@ result<pid_t> spawn(const spawn_options& options) {
   }
   auto program = resolve_program(name);
   if (!program) return program.error();
+  // Resolved here means relative to this process's directory, not to the child's new one.
+  if (options.working_directory && program->front() != '/') {
+    char cwd[PATH_MAX];
+    if (::getcwd(cwd, sizeof cwd) == nullptr) return error::from_errno(errno, "getcwd");
+    *program = std::string(cwd) + "/" + *program;
+  }
 
   std::vector<char*> argv;
   argv.reserve(options.argv.size() + 1);

@@ -116,10 +116,10 @@ TEST(FdLeaks, ChildSeesOnlyStdioAndThePassedFds) {
   // Inheritable fds in this process, as careless code (or a library) leaves them: none of
   // them may reach the child.
   int p[2];
-  ASSERT_EQ(::pipe(p), 0);
+  ASSERT_EQ(::pipe(p), 0);  // NOLINT(android-cloexec-pipe)
   unique_fd pipe_read(p[0]), pipe_write(p[1]);
-  unique_fd raw_socket(::socket(AF_INET, SOCK_STREAM, 0));
-  unique_fd dev_null(::open("/dev/null", O_RDONLY));
+  unique_fd raw_socket(::socket(AF_INET, SOCK_STREAM, 0));  // NOLINT(android-cloexec-socket)
+  unique_fd dev_null(::open("/dev/null", O_RDONLY));        // NOLINT(android-cloexec-open)
   unique_fd high(::fcntl(dev_null.get(), F_DUPFD, 900));
   ASSERT_TRUE(pipe_read && raw_socket && dev_null && high);
   for (int fd : {pipe_read.get(), pipe_write.get(), raw_socket.get(), high.get()})

@@ -583,6 +583,20 @@ TEST(SpawnWorkingDirectory, ChangesIntoIt) {
   EXPECT_EQ(r.cwd, std::filesystem::canonical(dir.path()).string());
 }
 
+TEST(SpawnWorkingDirectory, RelativeProgramIsFoundFromOurDirectory) {
+  temp_dir here, there;
+  std::filesystem::create_symlink(fd_report_path, here / "fdrep");
+  const auto old = std::filesystem::current_path();
+  std::filesystem::current_path(here.path());
+  auto options = report_options();
+  options.argv = {"./fdrep"};
+  options.working_directory = there.path().string();
+  auto r = run_report(options);
+  std::filesystem::current_path(old);
+  ASSERT_TRUE(r.complete) << r.error;
+  EXPECT_EQ(r.cwd, std::filesystem::canonical(there.path()).string());
+}
+
 TEST(WaitExit, TimesOutAndLeavesTheChildAlone) {
   spawn_options options;
   options.argv = {"sleep", "30"};

@@ -303,7 +303,8 @@ TEST(ListenFds, MakesOpenFdsCloseOnExecEvenWhenOneIsMissing) {
   // An fd without FD_CLOEXEC inside the announced range, and a hole right after it: the
   // error must come, and the open fd must have been made close-on-exec first.
   const int at = free_run(2);
-  unique_fd sock(::socket(AF_UNIX, SOCK_STREAM, 0));  // deliberately inheritable
+  // Deliberately inheritable, as a manager passes it.
+  unique_fd sock(::socket(AF_UNIX, SOCK_STREAM, 0));  // NOLINT(android-cloexec-socket)
   ASSERT_TRUE(sock);
   if (sock.get() != at) {
     ASSERT_EQ(::dup2(sock.get(), at), at);
@@ -357,7 +358,8 @@ std::string in_clean_child(std::string (*body)()) {
 TEST(ListenFds, MakesOpenFdsCloseOnExecEvenWhenTheNamesAreWrong) {
   const std::string found = in_clean_child([] {
     std::string failures;
-    const int sock = ::socket(AF_UNIX, SOCK_STREAM, 0);  // inheritable, as a manager passes it
+    // Inheritable, as a manager passes it.
+    const int sock = ::socket(AF_UNIX, SOCK_STREAM, 0);  // NOLINT(android-cloexec-socket)
     CHILD_CHECK(sock == listen_fds_start);
     auto sockets = listen_fds(env(std::to_string(self), "1", "a:b"), self);
     CHILD_CHECK(!sockets);
@@ -375,7 +377,7 @@ TEST(ListenFds, MakesOpenFdsCloseOnExecEvenWhenTheNamesAreWrong) {
 TEST(ListenFds, TakesRealFdsFromThree) {
   const std::string found = in_clean_child([] {
     std::string failures;
-    const int listener = ::socket(AF_INET, SOCK_STREAM, 0);  // inheritable
+    const int listener = ::socket(AF_INET, SOCK_STREAM, 0);  // NOLINT(android-cloexec-socket)
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -384,10 +386,10 @@ TEST(ListenFds, TakesRealFdsFromThree) {
     socklen_t len = sizeof addr;
     CHILD_CHECK(::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
     int pair[2];
-    CHILD_CHECK(::socketpair(AF_UNIX, SOCK_DGRAM, 0, pair) == 0);
+    CHILD_CHECK(::socketpair(AF_UNIX, SOCK_DGRAM, 0, pair) == 0);  // NOLINT(android-cloexec-*)
     ::close(pair[1]);
     int pipe_fds[2];
-    CHILD_CHECK(::pipe(pipe_fds) == 0);
+    CHILD_CHECK(::pipe(pipe_fds) == 0);  // NOLINT(android-cloexec-pipe)
     ::close(pipe_fds[1]);
     CHILD_CHECK(listener == 3 && pair[0] == 4 && pipe_fds[0] == 5);
 
