@@ -65,8 +65,9 @@ result<std::string> resolve_program(const std::string& name) {
   for (;;) {
     const std::size_t colon = dirs.find(':', start);
     std::string dir(dirs.substr(start, colon == std::string_view::npos ? colon : colon - start));
-    if (dir.empty()) dir = ".";
-    std::string candidate = dir + "/" + name;
+    std::string candidate = dir.empty() ? std::string(".") : std::move(dir);
+    candidate += '/';
+    candidate += name;
     struct stat st {};
     if (::stat(candidate.c_str(), &st) == 0) {
       if (S_ISREG(st.st_mode) && ::access(candidate.c_str(), X_OK) == 0) return candidate;
