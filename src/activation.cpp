@@ -130,9 +130,9 @@ result<std::vector<std::string>> parse_names(const listen_environment& env, int 
     }
   }
   if (names.size() != static_cast<std::size_t>(count)) {
+    // As split above: "" is one (empty) name, "a:" two.
     std::size_t fields = 1;
     for (char c : text) fields += c == ':' ? 1 : 0;
-    if (text.empty()) fields = 0;
     return error::make(errc::invalid_environment,
                        quoted(names_var, text) + " has " + std::to_string(fields) +
                            (fields == 1 ? " name" : " names") + " but " +

@@ -177,7 +177,7 @@ INSTANTIATE_TEST_SUITE_P(
         invalid_case{"names, count unset", env("4242", unset, "a"),
                      "LISTEN_FDNAMES=\"a\" has 1 name but LISTEN_FDS unset passes 0 fds"},
         invalid_case{"empty names for two", env("4242", "2", ""),
-                     "LISTEN_FDNAMES=\"\" has 0 names but LISTEN_FDS=\"2\" passes 2 fds"}),
+                     "LISTEN_FDNAMES=\"\" has 1 name but LISTEN_FDS=\"2\" passes 2 fds"}),
     case_name<invalid_case>);
 
 TEST(ParseListenEnvironment, QuotesAbsurdValuesShortAndEscaped) {
