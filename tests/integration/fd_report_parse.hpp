@@ -261,16 +261,6 @@ class fd_lease {
 // Whether this kernel has a usable ::1 (some containers have no IPv6).
 inline bool have_ipv6_loopback() { return inet_socket("::1").valid(); }
 
-// Moves `fd` onto the number `target`, which must be free (false otherwise: the caller skips).
-// The new fd is close-on-exec, like every fd of ours.
-inline bool place_at(unique_fd& fd, int target) {
-  if (fd.get() == target) return true;
-  if (fd_is_open(target)) return false;
-  if (::dup3(fd.get(), target, O_CLOEXEC) != target) return false;
-  fd.reset(target);
-  return true;
-}
-
 // waitpid(-1) finds no child: every child was reaped, none is a zombie.
 inline bool no_children_left() {
   int status = 0;
