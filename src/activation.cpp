@@ -82,7 +82,8 @@ result<bool> parse_pid(const listen_environment& env, pid_t self) {
   std::int64_t pid = 0;
   const auto status = parse_decimal(*env.pid, 0x7fffffff, pid);
   if (status != number_status::ok || pid == 0)
-    return invalid(pid_var, *env.pid, "not a process id (expected the pid of the receiving process)");
+    return invalid(pid_var, *env.pid,
+                   "not a process id (expected the pid of the receiving process)");
   return pid == self;
 }
 
@@ -129,15 +130,14 @@ result<std::vector<std::string>> parse_names(const listen_environment& env, int 
     }
   }
   if (names.size() != static_cast<std::size_t>(count)) {
+    // As split above: "" is one (empty) name, "a:" two.
     std::size_t fields = 1;
     for (char c : text) fields += c == ':' ? 1 : 0;
-    if (text.empty()) fields = 0;
     return error::make(errc::invalid_environment,
                        quoted(names_var, text) + " has " + std::to_string(fields) +
                            (fields == 1 ? " name" : " names") + " but " +
                            (env.fds ? quoted(fds_var, *env.fds) : std::string(fds_var) + " unset") +
-                           " passes " +
-                           std::to_string(count) + (count == 1 ? " fd" : " fds"));
+                           " passes " + std::to_string(count) + (count == 1 ? " fd" : " fds"));
   }
   return names;
 }

@@ -65,8 +65,9 @@ result<std::string> resolve_program(const std::string& name) {
   for (;;) {
     const std::size_t colon = dirs.find(':', start);
     std::string dir(dirs.substr(start, colon == std::string_view::npos ? colon : colon - start));
-    if (dir.empty()) dir = ".";
-    std::string candidate = dir + "/" + name;
+    std::string candidate = dir.empty() ? std::string(".") : std::move(dir);
+    candidate += '/';
+    candidate += name;
     struct stat st {};
     if (::stat(candidate.c_str(), &st) == 0) {
       if (S_ISREG(st.st_mode) && ::access(candidate.c_str(), X_OK) == 0) return candidate;
@@ -93,7 +94,7 @@ struct child_plan {
   const char* program = nullptr;
   char* const* argv = nullptr;
   char* const* envp = nullptr;
-  char* pid_digits = nullptr;  // where LISTEN_PID's value goes (room for 20 digits), or null
+  char* pid_digits = nullptr;    // where LISTEN_PID's value goes (room for 20 digits), or null
   const int* sources = nullptr;  // the passed fds, in order
   int* moved = nullptr;          // scratch, one per source
   int count = 0;
@@ -281,6 +282,12 @@ result<pid_t> spawn(const spawn_options& options) {
   }
   auto program = resolve_program(name);
   if (!program) return program.error();
+  // Resolved here means relative to this process's directory, not to the child's new one.
+  if (options.working_directory && program->front() != '/') {
+    char cwd[PATH_MAX];
+    if (::getcwd(cwd, sizeof cwd) == nullptr) return error::from_errno(errno, "getcwd");
+    *program = std::string(cwd) + "/" + *program;
+  }
 
   std::vector<char*> argv;
   argv.reserve(options.argv.size() + 1);
@@ -312,8 +319,7 @@ result<pid_t> spawn(const spawn_options& options) {
   plan.moved = moved.data();
   plan.count = static_cast<int>(sources.size());
   plan.stdio = stdio;
-  plan.working_directory =
-      options.working_directory ? options.working_directory->c_str() : nullptr;
+  plan.working_directory = options.working_directory ? options.working_directory->c_str() : nullptr;
   plan.new_group = options.group == process_group::new_group;
   plan.report_fd = report_write.get();
 
@@ -370,8 +376,7 @@ result<exit_status> wait_exit(pid_t pid, std::chrono::milliseconds timeout) {
   using clock = std::chrono::steady_clock;
   const auto deadline = clock::now() + std::max(timeout, std::chrono::milliseconds(0));
   for (;;) {
-    const auto left =
-        std::chrono::ceil<std::chrono::milliseconds>(deadline - clock::now()).count();
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - clock::now()).count();
     pollfd p{pidfd.get(), POLLIN, 0};
     const int ready = ::poll(&p, 1, static_cast<int>(std::clamp<long long>(left, 0, INT_MAX)));
     if (ready < 0) {

@@ -57,7 +57,7 @@ void line(const std::vector<std::string>& fields) {
     text += fields[i];
   }
   text += '\n';
-  std::fwrite(text.data(), 1, text.size(), stdout);
+  (void)std::fwrite(text.data(), 1, text.size(), stdout);
 }
 
 std::string variable(const char* name) {
@@ -150,7 +150,7 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--keep-env") == 0) {
       keep = true;
     } else {
-      std::fprintf(stderr, "fd_report: unknown option %s\n", argv[i]);
+      (void)std::fprintf(stderr, "fd_report: unknown option %s\n", argv[i]);
       return 2;
     }
   }
@@ -161,8 +161,8 @@ int main(int argc, char** argv) {
   status_signals();
   listen_variables("before");
 
-  auto sockets = handoff::listen_fds(keep ? handoff::unset_environment::no
-                                          : handoff::unset_environment::yes);
+  auto sockets =
+      handoff::listen_fds(keep ? handoff::unset_environment::no : handoff::unset_environment::yes);
   int exit_code = 0;
   if (sockets) {
     line({"result", "ok", "count=" + std::to_string(sockets->size())});
@@ -179,13 +179,13 @@ int main(int argc, char** argv) {
     }
   } else {
     line({"result", "error", escaped(sockets.error().message())});
-    std::fprintf(stderr, "fd_report: %s\n", sockets.error().message().c_str());
+    (void)std::fprintf(stderr, "fd_report: %s\n", sockets.error().message().c_str());
     exit_code = 1;
   }
   open_fds();
   listen_variables("after");
   for (char** e = environ; e != nullptr && *e != nullptr; ++e) line({"env", escaped(*e)});
   line({"end"});
-  std::fflush(stdout);
+  (void)std::fflush(stdout);
   return exit_code;
 }

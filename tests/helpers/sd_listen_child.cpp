@@ -38,7 +38,7 @@ void line(const std::vector<std::string>& fields) {
     text += fields[i];
   }
   text += '\n';
-  std::fwrite(text.data(), 1, text.size(), stdout);
+  (void)std::fwrite(text.data(), 1, text.size(), stdout);
 }
 
 std::string variable(const char* name) {
@@ -99,9 +99,8 @@ void local_address(int fd, std::string& host, int& port, bool& sd_match) {
     sd_match = sd_is_socket_inet(fd, AF_INET6, 0, -1, static_cast<uint16_t>(port)) > 0;
   } else if (ss.ss_family == AF_UNIX) {
     const auto* un = reinterpret_cast<const sockaddr_un*>(&ss);
-    const std::size_t n = len > offsetof(sockaddr_un, sun_path)
-                              ? len - offsetof(sockaddr_un, sun_path)
-                              : 0;
+    const std::size_t n =
+        len > offsetof(sockaddr_un, sun_path) ? len - offsetof(sockaddr_un, sun_path) : 0;
     if (n > 0 && un->sun_path[0] != '\0') {
       host = std::string(un->sun_path, ::strnlen(un->sun_path, n));
       sd_match = sd_is_socket_unix(fd, 0, -1, host.c_str(), 0) > 0;
@@ -161,6 +160,6 @@ int main() {
   open_fds();
   listen_variables("after");
   line({"end"});
-  std::fflush(stdout);
+  (void)std::fflush(stdout);
   return exit_code;
 }

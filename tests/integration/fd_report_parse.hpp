@@ -6,9 +6,11 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -259,15 +261,31 @@ class fd_lease {
 // Whether this kernel has a usable ::1 (some containers have no IPv6).
 inline bool have_ipv6_loopback() { return inet_socket("::1").valid(); }
 
-// Moves `fd` onto the number `target`, which must be free (false otherwise: the caller skips).
-// The new fd is close-on-exec, like every fd of ours.
-inline bool place_at(unique_fd& fd, int target) {
-  if (fd.get() == target) return true;
-  if (fd_is_open(target)) return false;
-  if (::dup3(fd.get(), target, O_CLOEXEC) != target) return false;
-  fd.reset(target);
-  return true;
+// waitpid(-1) finds no child: every child was reaped, none is a zombie.
+inline bool no_children_left() {
+  int status = 0;
+  const pid_t r = ::waitpid(-1, &status, WNOHANG);
+  return r == -1 && errno == ECHILD;
 }
+
+// Kills and reaps a child that a failed test left running (a test never leaves a process
+// behind); release() once the test has reaped it itself.
+class child_guard {
+ public:
+  explicit child_guard(pid_t pid) : pid_(pid) {}
+  ~child_guard() {
+    if (pid_ <= 0) return;
+    ::kill(pid_, SIGKILL);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+  }
+  child_guard(const child_guard&) = delete;
+  child_guard& operator=(const child_guard&) = delete;
+  void release() { pid_ = -1; }
+
+ private:
+  pid_t pid_;
+};
 
 // Spawns, captures stdout and parses it as a report.
 inline child_report run_report(spawn_options options, exit_status* status = nullptr) {

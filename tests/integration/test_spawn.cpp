@@ -39,13 +39,6 @@ spawn_options report_options(std::vector<passed_fd> fds = {}) {
   return options;
 }
 
-// No child of this process is left unreaped (waitpid(-1) has nobody to wait for).
-bool no_children_left() {
-  int status = 0;
-  const pid_t r = ::waitpid(-1, &status, WNOHANG);
-  return r == -1 && errno == ECHILD;
-}
-
 // An environment variable of this process, restored afterwards.
 class scoped_env {
  public:
@@ -80,8 +73,8 @@ TEST(Spawn, HandsOnNamedSocketsFromFdThree) {
   ASSERT_TRUE(tcp && udp && ctl);
 
   exit_status status;
-  auto r = run_report(
-      report_options({{tcp.get(), "http"}, {udp.get(), "dns"}, {ctl.get(), "ctl"}}), &status);
+  auto r = run_report(report_options({{tcp.get(), "http"}, {udp.get(), "dns"}, {ctl.get(), "ctl"}}),
+                      &status);
   ASSERT_TRUE(r.complete) << r.error;
   EXPECT_TRUE(status.success()) << status.describe();
   ASSERT_TRUE(r.ok) << r.error;
@@ -359,8 +352,7 @@ TEST(SpawnErrors, NameNotInPath) {
   options.argv = {"handoff-test-no-such-program"};
   auto pid = spawn(options);
   ASSERT_FALSE(pid);
-  EXPECT_EQ(pid.error().message(),
-            "exec handoff-test-no-such-program: No such file or directory");
+  EXPECT_EQ(pid.error().message(), "exec handoff-test-no-such-program: No such file or directory");
   EXPECT_TRUE(no_children_left());
 }
 
@@ -446,9 +438,14 @@ TEST(SpawnPath, RunsSystemPrograms) {
 
 TEST(SpawnEnvironment, ChildEnvironmentReplacesAndRemoves) {
   spawn_options options;
-  options.environment = std::vector<std::string>{
-      "A=1",          "B=2",           "LISTEN_PID=1", "LISTEN_FDS=9", "LISTEN_FDNAMES=zz",
-      "NOTIFY_SOCKET=/old", "B=duplicate", "EMPTY="};
+  options.environment = std::vector<std::string>{"A=1",
+                                                 "B=2",
+                                                 "LISTEN_PID=1",
+                                                 "LISTEN_FDS=9",
+                                                 "LISTEN_FDNAMES=zz",
+                                                 "NOTIFY_SOCKET=/old",
+                                                 "B=duplicate",
+                                                 "EMPTY="};
   options.extra_environment = {"B=3", "C=4", "LISTEN_FDS=7", "EMPTY=now"};
   options.notify_socket = "/run/n.sock";
   EXPECT_THAT(child_environment(options),
@@ -474,9 +471,9 @@ TEST(SpawnEnvironment, TheChildGetsExactlyThatEnvironment) {
   auto r = run_report(options);
   ASSERT_TRUE(r.complete) << r.error;
   ASSERT_TRUE(r.ok) << r.error;
-  EXPECT_THAT(r.env, UnorderedElementsAre("A=1", "B=3", "NOTIFY_SOCKET=@notify", "LISTEN_FDS=1",
-                                          "LISTEN_FDNAMES=x",
-                                          "LISTEN_PID=" + std::to_string(r.pid)));
+  EXPECT_THAT(r.env,
+              UnorderedElementsAre("A=1", "B=3", "NOTIFY_SOCKET=@notify", "LISTEN_FDS=1",
+                                   "LISTEN_FDNAMES=x", "LISTEN_PID=" + std::to_string(r.pid)));
 }
 
 TEST(SpawnEnvironment, InheritsThisProcessEnvironmentButNotItsListenVariables) {
@@ -519,7 +516,8 @@ class signal_state_guard {
 
  private:
   sigset_t old_mask_;
-  struct sigaction old_int_ {}, old_hup_ {};
+  struct sigaction old_int_ {
+  }, old_hup_{};
 };
 
 TEST(SpawnSignals, TheChildStartsWithNothingBlockedOrIgnored) {
@@ -536,10 +534,12 @@ TEST(SpawnSignals, ChildDiesOfSigtermThatTheParentBlocks) {
   options.argv = {"sleep", "30"};
   auto pid = spawn(options);
   ASSERT_TRUE(pid) << pid.error().message();
+  child_guard guard_child(*pid);
   // spawn() returns after the exec: SIGTERM now meets sleep's own (default) disposition.
   ASSERT_EQ(::kill(*pid, SIGTERM), 0);
-  auto status = wait_exit(*pid, 20s);
+  auto status = wait_exit(*pid, 10s);
   ASSERT_TRUE(status) << status.error().message();
+  guard_child.release();
   EXPECT_FALSE(status->exited);
   EXPECT_EQ(status->signal, SIGTERM);
   EXPECT_EQ(status->describe(), "killed by signal 15 (Terminated)");
@@ -551,9 +551,11 @@ TEST(SpawnSignals, ChildDiesOfSigintThatTheParentIgnores) {
   options.argv = {"sleep", "30"};
   auto pid = spawn(options);
   ASSERT_TRUE(pid) << pid.error().message();
+  child_guard guard_child(*pid);
   ASSERT_EQ(::kill(*pid, SIGINT), 0);
-  auto status = wait_exit(*pid, 20s);
+  auto status = wait_exit(*pid, 10s);
   ASSERT_TRUE(status) << status.error().message();
+  guard_child.release();
   EXPECT_EQ(status->signal, SIGINT);
 }
 
@@ -581,11 +583,26 @@ TEST(SpawnWorkingDirectory, ChangesIntoIt) {
   EXPECT_EQ(r.cwd, std::filesystem::canonical(dir.path()).string());
 }
 
+TEST(SpawnWorkingDirectory, RelativeProgramIsFoundFromOurDirectory) {
+  temp_dir here, there;
+  std::filesystem::create_symlink(fd_report_path, here / "fdrep");
+  const auto old = std::filesystem::current_path();
+  std::filesystem::current_path(here.path());
+  auto options = report_options();
+  options.argv = {"./fdrep"};
+  options.working_directory = there.path().string();
+  auto r = run_report(options);
+  std::filesystem::current_path(old);
+  ASSERT_TRUE(r.complete) << r.error;
+  EXPECT_EQ(r.cwd, std::filesystem::canonical(there.path()).string());
+}
+
 TEST(WaitExit, TimesOutAndLeavesTheChildAlone) {
   spawn_options options;
   options.argv = {"sleep", "30"};
   auto pid = spawn(options);
   ASSERT_TRUE(pid) << pid.error().message();
+  child_guard guard_child(*pid);
   const auto start = std::chrono::steady_clock::now();
   auto status = wait_exit(*pid, 50ms);
   const auto took = std::chrono::steady_clock::now() - start;
@@ -601,6 +618,7 @@ TEST(WaitExit, TimesOutAndLeavesTheChildAlone) {
   status = wait_exit(*pid, 20s);
   ASSERT_TRUE(status) << status.error().message();
   EXPECT_EQ(status->signal, SIGKILL);
+  guard_child.release();
   EXPECT_EQ(status->describe(), "killed by signal 9 (Killed)");
   EXPECT_TRUE(no_children_left());
 }

@@ -48,6 +48,9 @@ struct not_for_us_case {
   listen_environment vars;
 };
 
+// Failures name the case, not its bytes.
+void PrintTo(const not_for_us_case& c, std::ostream* os) { *os << c.what; }
+
 class NotForUs : public ::testing::TestWithParam<not_for_us_case> {};
 
 TEST_P(NotForUs, IsAnEmptyResultNotAnError) {
@@ -63,14 +66,13 @@ TEST_P(NotForUs, IsAnEmptyResultNotAnError) {
 
 INSTANTIATE_TEST_SUITE_P(
     Table, NotForUs,
-    ::testing::Values(
-        not_for_us_case{"nothing set", env(unset, unset)},
-        not_for_us_case{"pid missing", env(unset, "2", "a:b")},
-        not_for_us_case{"pid missing, garbage count", env(unset, "3x", "a")},
-        not_for_us_case{"other pid", env("4243", "2", "a:b")},
-        not_for_us_case{"other pid, garbage count", env("1", "-1", "::::")},
-        not_for_us_case{"other pid, prefix of ours", env("424", "1")},
-        not_for_us_case{"other pid, ours as prefix", env("42420", "1")}),
+    ::testing::Values(not_for_us_case{"nothing set", env(unset, unset)},
+                      not_for_us_case{"pid missing", env(unset, "2", "a:b")},
+                      not_for_us_case{"pid missing, garbage count", env(unset, "3x", "a")},
+                      not_for_us_case{"other pid", env("4243", "2", "a:b")},
+                      not_for_us_case{"other pid, garbage count", env("1", "-1", "::::")},
+                      not_for_us_case{"other pid, prefix of ours", env("424", "1")},
+                      not_for_us_case{"other pid, ours as prefix", env("42420", "1")}),
     case_name<not_for_us_case>);
 
 struct valid_case {
@@ -79,6 +81,9 @@ struct valid_case {
   int count;
   std::vector<std::string> names;
 };
+
+// Failures name the case, not its bytes.
+void PrintTo(const valid_case& c, std::ostream* os) { *os << c.what; }
 
 class Valid : public ::testing::TestWithParam<valid_case> {};
 
@@ -99,10 +104,11 @@ INSTANTIATE_TEST_SUITE_P(
         valid_case{"names missing", env("4242", "3"), 3, {"unknown", "unknown", "unknown"}},
         valid_case{"named", env("4242", "2", "http:https"), 2, {"http", "https"}},
         valid_case{"one empty name", env("4242", "1", ""), 1, {"unknown"}},
-        valid_case{"empty name in the middle", env("4242", "3", "a::c"), 3,
-                   {"a", "unknown", "c"}},
+        valid_case{"empty name in the middle", env("4242", "3", "a::c"), 3, {"a", "unknown", "c"}},
         valid_case{"only separators", env("4242", "2", ":"), 2, {"unknown", "unknown"}},
-        valid_case{"names systemd accepts", env("4242", "2", "web server=1:x.y"), 2,
+        valid_case{"names systemd accepts",
+                   env("4242", "2", "web server=1:x.y"),
+                   2,
                    {"web server=1", "x.y"}},
         valid_case{"leading zeros are decimal", env("4242", "010"), 10,
                    std::vector<std::string>(10, "unknown")},
@@ -116,6 +122,9 @@ struct invalid_case {
   listen_environment vars;
   const char* message_part;  // the quoted variable and value, and the reason
 };
+
+// Failures name the case, not its bytes.
+void PrintTo(const invalid_case& c, std::ostream* os) { *os << c.what; }
 
 class Invalid : public ::testing::TestWithParam<invalid_case> {};
 
@@ -149,10 +158,8 @@ INSTANTIATE_TEST_SUITE_P(
                      "fd 3 on)"},
         invalid_case{"count minus one", env("4242", "-1"), "LISTEN_FDS=\"-1\": negative"},
         invalid_case{"count plus", env("4242", "+1"), "LISTEN_FDS=\"+1\": not a number"},
-        invalid_case{"count leading space", env("4242", " 1"),
-                     "LISTEN_FDS=\" 1\": not a number"},
-        invalid_case{"count trailing space", env("4242", "1 "),
-                     "LISTEN_FDS=\"1 \": not a number"},
+        invalid_case{"count leading space", env("4242", " 1"), "LISTEN_FDS=\" 1\": not a number"},
+        invalid_case{"count trailing space", env("4242", "1 "), "LISTEN_FDS=\"1 \": not a number"},
         invalid_case{"count hex", env("4242", "0x1"), "LISTEN_FDS=\"0x1\": not a number"},
         invalid_case{"count minus", env("4242", "-"), "LISTEN_FDS=\"-\": not a number"},
         invalid_case{"count huge", env("4242", "99999999999"),
@@ -170,7 +177,7 @@ INSTANTIATE_TEST_SUITE_P(
         invalid_case{"names, count unset", env("4242", unset, "a"),
                      "LISTEN_FDNAMES=\"a\" has 1 name but LISTEN_FDS unset passes 0 fds"},
         invalid_case{"empty names for two", env("4242", "2", ""),
-                     "LISTEN_FDNAMES=\"\" has 0 names but LISTEN_FDS=\"2\" passes 2 fds"}),
+                     "LISTEN_FDNAMES=\"\" has 1 name but LISTEN_FDS=\"2\" passes 2 fds"}),
     case_name<invalid_case>);
 
 TEST(ParseListenEnvironment, QuotesAbsurdValuesShortAndEscaped) {
@@ -296,7 +303,8 @@ TEST(ListenFds, MakesOpenFdsCloseOnExecEvenWhenOneIsMissing) {
   // An fd without FD_CLOEXEC inside the announced range, and a hole right after it: the
   // error must come, and the open fd must have been made close-on-exec first.
   const int at = free_run(2);
-  unique_fd sock(::socket(AF_UNIX, SOCK_STREAM, 0));  // deliberately inheritable
+  // Deliberately inheritable, as a manager passes it.
+  unique_fd sock(::socket(AF_UNIX, SOCK_STREAM, 0));  // NOLINT(android-cloexec-socket)
   ASSERT_TRUE(sock);
   if (sock.get() != at) {
     ASSERT_EQ(::dup2(sock.get(), at), at);
@@ -350,7 +358,8 @@ std::string in_clean_child(std::string (*body)()) {
 TEST(ListenFds, MakesOpenFdsCloseOnExecEvenWhenTheNamesAreWrong) {
   const std::string found = in_clean_child([] {
     std::string failures;
-    const int sock = ::socket(AF_UNIX, SOCK_STREAM, 0);  // inheritable, as a manager passes it
+    // Inheritable, as a manager passes it.
+    const int sock = ::socket(AF_UNIX, SOCK_STREAM, 0);  // NOLINT(android-cloexec-socket)
     CHILD_CHECK(sock == listen_fds_start);
     auto sockets = listen_fds(env(std::to_string(self), "1", "a:b"), self);
     CHILD_CHECK(!sockets);
@@ -368,7 +377,7 @@ TEST(ListenFds, MakesOpenFdsCloseOnExecEvenWhenTheNamesAreWrong) {
 TEST(ListenFds, TakesRealFdsFromThree) {
   const std::string found = in_clean_child([] {
     std::string failures;
-    const int listener = ::socket(AF_INET, SOCK_STREAM, 0);  // inheritable
+    const int listener = ::socket(AF_INET, SOCK_STREAM, 0);  // NOLINT(android-cloexec-socket)
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -377,10 +386,10 @@ TEST(ListenFds, TakesRealFdsFromThree) {
     socklen_t len = sizeof addr;
     CHILD_CHECK(::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
     int pair[2];
-    CHILD_CHECK(::socketpair(AF_UNIX, SOCK_DGRAM, 0, pair) == 0);
+    CHILD_CHECK(::socketpair(AF_UNIX, SOCK_DGRAM, 0, pair) == 0);  // NOLINT(android-cloexec-*)
     ::close(pair[1]);
     int pipe_fds[2];
-    CHILD_CHECK(::pipe(pipe_fds) == 0);
+    CHILD_CHECK(::pipe(pipe_fds) == 0);  // NOLINT(android-cloexec-pipe)
     ::close(pipe_fds[1]);
     CHILD_CHECK(listener == 3 && pair[0] == 4 && pipe_fds[0] == 5);
 
