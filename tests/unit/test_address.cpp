@@ -78,7 +78,9 @@ struct bad_case {
   const char* says;  // a part of the message that tells what is wrong
 };
 
-void PrintTo(const bad_case& c, std::ostream* os) { *os << testing::PrintToString(std::string(c.text)); }
+void PrintTo(const bad_case& c, std::ostream* os) {
+  *os << testing::PrintToString(std::string(c.text));
+}
 
 class ParseAddressBad : public testing::TestWithParam<bad_case> {};
 
