@@ -5,6 +5,7 @@
 
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <charconv>
 #include <future>
 #include <thread>
 
@@ -25,8 +26,9 @@ namespace bhttp = boost::beast::http;
 asio::awaitable<response> handler_with_slow(request_context& ctx) {
   const std::string_view target = ctx.req().target();
   if (target.rfind("/slow?ms=", 0) == 0) {
-    asio::steady_timer timer(ctx.executor(),
-                             std::chrono::milliseconds(std::atoi(target.data() + 9)));
+    int ms = 0;
+    std::from_chars(target.data() + 9, target.data() + target.size(), ms);
+    asio::steady_timer timer(ctx.executor(), std::chrono::milliseconds(ms));
     co_await timer.async_wait(asio::use_awaitable);
   }
   response res{bhttp::status::ok, ctx.req().version()};
