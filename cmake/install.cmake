@@ -18,6 +18,9 @@ install(FILES ${PROJECT_BINARY_DIR}/handoff-config.cmake
               ${PROJECT_BINARY_DIR}/handoff-config-version.cmake
         DESTINATION ${HANDOFF_CMAKE_DIR})
 
+# Relocatable: the prefix is found from where the .pc file lies, so a copied or --prefix'ed
+# install works without reconfiguring.
+file(RELATIVE_PATH HANDOFF_PC_TO_PREFIX "/p/${CMAKE_INSTALL_LIBDIR}/pkgconfig" "/p")
 configure_file(cmake/handoff-core.pc.in ${PROJECT_BINARY_DIR}/handoff-core.pc @ONLY)
 install(FILES ${PROJECT_BINARY_DIR}/handoff-core.pc
         DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
