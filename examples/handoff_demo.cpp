@@ -139,6 +139,7 @@ bool wait_ready(handoff::notify_receiver& notify, pid_t pid, std::chrono::second
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // interleave sensibly with the apps' stderr
   const options o = parse_args(argc, argv);
   auto where = handoff::parse_address(o.listen);
   if (!where) die(where.error().message());
