@@ -55,16 +55,23 @@ std::optional<long> query_number(std::string_view target, std::string_view key, 
   return std::nullopt;
 }
 
+// getpid() is a system call (glibc no longer caches it): ask once.
+const std::string& pid_text() {
+  static const std::string text = std::to_string(::getpid());
+  return text;
+}
+
 http::response text(bhttp::status status, unsigned version, std::string body) {
   http::response res{status, version};
   res.set(bhttp::field::content_type, "text/plain");
-  res.set("X-Served-By", std::to_string(::getpid()));
+  res.set("X-Served-By", pid_text());
   res.body() = std::move(body);
   return res;
 }
 
 struct app {
   std::string version;
+  std::string hello = fmt::format("hello from pid {} version {}\n", ::getpid(), version);
   const http::server* server = nullptr;
 
   boost::asio::awaitable<http::response> operator()(http::request_context& ctx) const {
@@ -73,8 +80,7 @@ struct app {
     const std::string_view path = target.substr(0, target.find('?'));
     const unsigned v = req.version();
     if (path == "/" && req.method() == bhttp::verb::get) {
-      co_return text(bhttp::status::ok, v,
-                     fmt::format("hello from pid {} version {}\n", ::getpid(), version));
+      co_return text(bhttp::status::ok, v, hello);
     }
     if (path == "/health") {
       if (server->ready()) co_return text(bhttp::status::ok, v, "ready\n");
@@ -98,7 +104,7 @@ struct app {
       co_await ctx.send_header(std::move(header));
       boost::asio::steady_timer timer(ctx.executor());
       for (long tick = 0; tick < *seconds * 10; ++tick) {
-        co_await ctx.send_chunk(fmt::format("tick {} from pid {}\n", tick, ::getpid()));
+        co_await ctx.send_chunk(fmt::format("tick {} from pid {}\n", tick, pid_text()));
         timer.expires_after(100ms);
         co_await timer.async_wait(boost::asio::use_awaitable);
       }
