@@ -31,10 +31,20 @@ const char* to_string(server_state state) noexcept {
   return "unknown";
 }
 
-server::impl::impl(server_options o, handler h) : options(o), on_request(std::move(h)) {
-  if (options.threads == 0) options.threads = std::max(1u, std::thread::hardware_concurrency());
-  if (options.max_connections == 0) options.max_connections = 1;
+namespace {
+
+server_options normalized(server_options o) {
+  if (o.threads == 0) o.threads = std::max(1u, std::thread::hardware_concurrency());
+  if (o.max_connections == 0) o.max_connections = 1;
+  return o;
 }
+
+}  // namespace
+
+// The concurrency hint tells Asio how many threads run the context: with one, its scheduler
+// skips the locking that several threads need.
+server::impl::impl(server_options o, handler h)
+    : options(normalized(o)), on_request(std::move(h)), io(static_cast<int>(options.threads)) {}
 
 asio::awaitable<void> server::impl::accept(accept_loop& loop) {
   while (!loop.stopped) {
