@@ -2,7 +2,9 @@
 //
 // Sockets come from the systemd protocol when a manager passes them (systemd, `handoff run`,
 // an upgrading parent), else from --listen. READY=1 once serving; SIGTERM or SIGINT drains
-// (see handoff/http/server.hpp) and reports what the drain did.
+// (see handoff/http/server.hpp) and reports what the drain did. SIGHUP upgrades in place:
+// the binary on disk is started with the sockets, and once it is ready this process drains
+// (see handoff/upgrader.hpp); if the new one fails, this one keeps serving.
 //
 //   GET  /                 "hello from pid N version V"   (and X-Served-By: N)
 //   GET  /health           200 "ready", 503 "draining"
@@ -22,10 +24,15 @@
 #include <thread>
 #include <vector>
 
-#include "handoff/activation.hpp"
 #include "handoff/duration.hpp"
 #include "handoff/http/server.hpp"
-#include "handoff/notify.hpp"
+#include "handoff/upgrader.hpp"
+
+// Which build this is: tests build a second binary with another value and replace the file
+// between upgrades, to see the new version answer (X-Build).
+#ifndef EXAMPLE_BUILD
+#define EXAMPLE_BUILD "1"
+#endif
 
 namespace {
 
@@ -65,6 +72,7 @@ http::response text(bhttp::status status, unsigned version, std::string body) {
   http::response res{status, version};
   res.set(bhttp::field::content_type, "text/plain");
   res.set("X-Served-By", pid_text());
+  res.set("X-Build", EXAMPLE_BUILD);
   res.body() = std::move(body);
   return res;
 }
@@ -132,13 +140,17 @@ int main(int argc, char** argv) {
   CLI::App cli{"example_server: an HTTP server that hands over without failing a request"};
   std::vector<std::string> listen{"http=127.0.0.1:8080"};
   std::string version = "1", drain_timeout = "30s", health_delay = "0", start_delay = "0";
-  unsigned threads = 0;
+  unsigned threads = 0, max_draining = 2;
+  std::string upgrade_timeout = "60s", pid_file;
   cli.add_option("-l,--listen", listen, "[NAME=]ADDRESS to listen on when none is inherited");
   cli.add_option("--version", version, "version text in the answers");
   cli.add_option("--threads", threads, "threads (0: one per core)");
   cli.add_option("--drain-timeout", drain_timeout, "drain deadline after SIGTERM, e.g. 30s");
   cli.add_option("--health-delay", health_delay, "503 on /health this long before draining");
   cli.add_option("--start-delay", start_delay, "pretend start-up work before READY=1");
+  cli.add_option("--upgrade-timeout", upgrade_timeout, "how long a new version may take to start");
+  cli.add_option("--max-draining", max_draining, "older generations allowed to still drain");
+  cli.add_option("--pid-file", pid_file, "keep the pid of the serving generation here");
   CLI11_PARSE(cli, argc, argv);
 
   try {
@@ -148,35 +160,44 @@ int main(int argc, char** argv) {
     const auto drain_deadline = duration_option(drain_timeout, "--drain-timeout");
     const auto startup = duration_option(start_delay, "--start-delay");
 
-    // Signals go to sigwait() below, never to a handler: block them before any thread starts.
-    sigset_t stop_signals;
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGTERM);
-    sigaddset(&stop_signals, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+    // Signals go to serve_signals() below, never to a handler: block them before any thread
+    // starts, so that every thread inherits the mask.
+    handoff::upgrader::block_signals();
+    handoff::upgrader_options upgrade_options;
+    upgrade_options.ready_timeout = duration_option(upgrade_timeout, "--upgrade-timeout");
+    upgrade_options.max_draining = max_draining;
+    if (!pid_file.empty()) upgrade_options.pid_file = pid_file;
+    auto up = handoff::upgrader::create(upgrade_options).value();
+    const bool inherited = !up.sockets().sockets().empty();
 
-    auto sockets = handoff::socket_set::from_environment().value();
-    const bool inherited = !sockets.sockets().empty();
     app handler{version};
     http::server server(options, std::ref(handler));
     handler.server = &server;
     std::string where;
-    for (const auto& text : listen) {
-      const int fd = sockets.listen(text).value();
-      server.add_listener(handoff::duplicate_fd(fd).value());  // the set keeps its own
+    for (std::size_t i = 0; i < listen.size(); ++i) {
+      // Every socket has a name, so that the next generation finds it again, even on port 0.
+      auto address = handoff::parse_address(listen[i]).value();
+      if (address.name.empty()) address.name = i == 0 ? "http" : "http" + std::to_string(i + 1);
+      const int fd = up.listen(address.name, address.to_string()).value();
+      server.add_listener(handoff::duplicate_fd(fd).value());  // the upgrader keeps its own
       where += (where.empty() ? "" : " ") + handoff::local_address(fd).value().to_string();
     }
     if (startup.count() > 0) std::this_thread::sleep_for(startup);
     server.start();
+    if (auto r = up.ready("serving on " + where); !r)
+      fmt::print(stderr, "example_server: {}\n", r.error().message());
+    fmt::print(stderr, "example_server: pid {} version {} build {} serving on {} ({})\n",
+               ::getpid(), version, EXAMPLE_BUILD, where, inherited ? "inherited" : "opened");
 
-    const auto notify = handoff::notifier::from_environment(/*unset=*/true);
-    (void)notify.ready("serving on " + where);
-    fmt::print(stderr, "example_server: pid {} version {} serving on {} ({})\n", ::getpid(),
-               version, where, inherited ? "inherited" : "opened");
-
-    int sig = 0;
-    sigwait(&stop_signals, &sig);
-    (void)notify.stopping("draining");
+    // SIGHUP: upgrade to the binary on disk; on success, drain. SIGTERM/SIGINT: drain.
+    const int sig = up.serve_signals([](const handoff::error& e) {
+      fmt::print(stderr, "example_server: pid {}: {}; still serving\n", ::getpid(), e.message());
+    });
+    if (up.exit_requested()) {
+      fmt::print(stderr, "example_server: pid {} replaced by a new generation\n", ::getpid());
+    } else {
+      (void)up.manager().stopping("draining");
+    }
     fmt::print(stderr, "example_server: pid {} draining ({})\n", ::getpid(), strsignal(sig));
     const auto report = server.drain(drain_deadline);
     fmt::print(stderr,

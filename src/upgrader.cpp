@@ -1,0 +1,321 @@
+#include "handoff/upgrader.hpp"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+
+#include "handoff/notify_receiver.hpp"
+#include "handoff/spawn.hpp"
+#include "sys.hpp"
+
+namespace handoff {
+namespace {
+
+constexpr const char* parent_var = "HANDOFF_PARENT_PID";
+constexpr const char* manager_var = "HANDOFF_MANAGER_SOCKET";
+constexpr const char* draining_var = "HANDOFF_DRAINING_PIDS";
+
+using clock_type = std::chrono::steady_clock;
+
+unique_fd open_pidfd(pid_t pid) {
+  return unique_fd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+}
+
+// A pidfd is readable once its process has exited.
+bool has_exited(int pidfd) {
+  pollfd p{pidfd, POLLIN, 0};
+  return ::poll(&p, 1, 0) > 0;
+}
+
+std::optional<pid_t> parse_pid(std::string_view text) {
+  if (text.empty() || text.size() > 10) return std::nullopt;
+  long value = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return std::nullopt;
+    value = value * 10 + (c - '0');
+  }
+  if (value <= 0 || value > 4'194'304) return std::nullopt;  // pid_max's ceiling
+  return static_cast<pid_t>(value);
+}
+
+std::optional<std::string> take_env(const char* name) {
+  const char* value = std::getenv(name);
+  if (value == nullptr) return std::nullopt;
+  std::string copy = value;
+  ::unsetenv(name);
+  return copy;
+}
+
+result<std::string> own_executable() {
+  char buf[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n < 0) return error::from_errno(errno, "readlink /proc/self/exe");
+  std::string path(buf, static_cast<std::size_t>(n));
+  // A binary replaced by rename(2) since this process started reads as "PATH (deleted)": the
+  // path is what we want, since it now names the new version.
+  constexpr std::string_view deleted = " (deleted)";
+  if (path.size() > deleted.size() && path.ends_with(deleted))
+    path.resize(path.size() - deleted.size());
+  return path;
+}
+
+result<std::vector<std::string>> own_arguments() {
+  std::ifstream in("/proc/self/cmdline", std::ios::binary);
+  if (!in) return error::from_errno(errno, "read /proc/self/cmdline");
+  const std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::string> args;
+  std::size_t start = 0;
+  while (start < all.size()) {
+    const std::size_t end = all.find('\0', start);
+    args.emplace_back(all.substr(start, end - start));
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  if (!args.empty()) args.erase(args.begin());  // argv[0]: replaced by the binary's path
+  return args;
+}
+
+}  // namespace
+
+result<upgrader> upgrader::create(upgrader_options options) {
+  upgrader u;
+  u.options_ = std::move(options);
+  if (u.options_.binary) {
+    u.binary_ = *u.options_.binary;
+  } else {
+    auto exe = own_executable();
+    if (!exe) return exe.error();
+    u.binary_ = std::move(*exe);
+  }
+  if (u.options_.arguments) {
+    u.arguments_ = *u.options_.arguments;
+  } else {
+    auto args = own_arguments();
+    if (!args) return args.error();
+    u.arguments_ = std::move(*args);
+  }
+
+  // Who started us: a previous generation (it set HANDOFF_PARENT_PID to itself and
+  // NOTIFY_SOCKET to its private socket) or a manager (NOTIFY_SOCKET is the manager's).
+  const auto parent = take_env(parent_var);
+  const auto manager = take_env(manager_var);
+  const auto draining = take_env(draining_var);
+  const auto notify = take_env("NOTIFY_SOCKET");
+  const auto parent_pid = parent ? parse_pid(*parent) : std::nullopt;
+  if (parent_pid && *parent_pid == ::getppid()) {
+    u.parent_pid_ = *parent_pid;
+    if (notify) u.parent_notify_ = notifier(*notify);
+    if (manager) u.manager_ = notifier(*manager);
+    u.parent_ = open_pidfd(u.parent_pid_);
+  } else if (parent) {
+    // The generation that started us is already gone: nobody waits for our READY=1 but the
+    // manager, which it named.
+    if (manager) u.manager_ = notifier(*manager);
+  } else if (notify) {
+    u.manager_ = notifier(*notify);
+  }
+  if (draining) {
+    std::string_view rest = *draining;
+    while (!rest.empty()) {
+      const auto comma = rest.find(',');
+      if (auto pid = parse_pid(rest.substr(0, comma))) u.ancestors_.push_back(*pid);
+      if (comma == std::string_view::npos) break;
+      rest.remove_prefix(comma + 1);
+    }
+  }
+  if (u.parent_pid_ > 0) u.ancestors_.push_back(u.parent_pid_);
+  for (pid_t pid : u.ancestors_) {
+    // ESRCH: that one has finished already.
+    if (auto fd = open_pidfd(pid)) u.ancestor_pidfds_.push_back(std::move(fd));
+  }
+
+  auto sockets = socket_set::from_environment();
+  if (!sockets) return sockets.error();
+  u.sockets_ = std::move(*sockets);
+  u.exit_event_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!u.exit_event_) return error::from_errno(errno, "eventfd");
+  return u;
+}
+
+result<int> upgrader::listen(std::string_view name, std::string_view address,
+                             const listen_options& options) {
+  auto where = parse_address(address);
+  if (!where) return where.error();
+  if (!name.empty()) where->name = std::string(name);
+  auto fd = sockets_.listen(*where, options);
+  if (fd) claimed_.push_back(where->name);
+  return fd;
+}
+
+result<void> upgrader::ready(std::string_view status) {
+  // Sockets the previous version had and this one does not want: close them now, or they would
+  // linger here and be handed on forever.
+  auto& all = sockets_.sockets();
+  all.erase(std::remove_if(all.begin(), all.end(),
+                           [&](const inherited_socket& s) {
+                             return std::find(claimed_.begin(), claimed_.end(), s.name) ==
+                                    claimed_.end();
+                           }),
+            all.end());
+  if (ready_) return {};
+  ready_ = true;
+  if (parent_pid_ > 0) {
+    // The parent is the manager's main process: it relays MAINPID= and READY=1 and writes the
+    // pid file once it has seen this.
+    auto r = parent_notify_.ready(status);
+    if (!r) return r.error();
+    return {};
+  }
+  auto r = manager_.ready(status);
+  if (!r) return r.error();
+  return write_pid_file(::getpid());
+}
+
+std::size_t upgrader::draining() const {
+  return static_cast<std::size_t>(
+      std::count_if(ancestor_pidfds_.begin(), ancestor_pidfds_.end(),
+                    [](const unique_fd& fd) { return !has_exited(fd.get()); }));
+}
+
+result<pid_t> upgrader::upgrade() {
+  auto refuse = [](const std::string& why) -> error {
+    return error::make(errc::unsupported, "upgrade refused: " + why);
+  };
+  if (!ready_) return refuse("this process has not called ready()");
+  if (replaced_) return refuse("this process was replaced already and is draining");
+  if (upgrading_) return refuse("an upgrade is already running");
+  const std::size_t old = draining();
+  if (old >= options_.max_draining)
+    return refuse(std::to_string(old) + " older generations are still draining (at most " +
+                  std::to_string(options_.max_draining) + ")");
+  upgrading_ = true;
+  struct reset_flag {
+    bool& flag;
+    ~reset_flag() { flag = false; }
+  } reset{upgrading_};
+
+  (void)manager_.reloading();
+  (void)manager_.status("upgrading: starting " + binary_);
+
+  // Tells the manager that the reload ended with the old process still in charge.
+  auto fail = [&](pid_t child, const std::string& why) -> error {
+    if (child > 0) {
+      ::kill(child, SIGKILL);
+      (void)wait_exit(child, std::chrono::seconds(5));
+    }
+    const std::string text = "upgrade failed: " + why;
+    (void)manager_.send("READY=1\nSTATUS=" + text);
+    return error::make(errc::child_failed, text);
+  };
+
+  auto receiver = notify_receiver::open_unique();
+  if (!receiver) return fail(0, receiver.error().message());
+
+  spawn_options spawn_with;
+  spawn_with.argv.push_back(binary_);
+  spawn_with.argv.insert(spawn_with.argv.end(), arguments_.begin(), arguments_.end());
+  for (const auto& s : sockets_.sockets()) spawn_with.fds.push_back({s.fd.get(), s.name});
+  spawn_with.notify_socket = receiver->address();
+  std::string draining_pids;
+  for (std::size_t i = 0; i < ancestors_.size(); ++i) {
+    if (i < ancestor_pidfds_.size() && has_exited(ancestor_pidfds_[i].get())) continue;
+    draining_pids += std::to_string(ancestors_[i]) + ",";
+  }
+  draining_pids += std::to_string(::getpid());
+  spawn_with.extra_environment = {std::string(parent_var) + "=" + std::to_string(::getpid()),
+                                  std::string(draining_var) + "=" + draining_pids};
+  if (manager_.socket())
+    spawn_with.extra_environment.push_back(std::string(manager_var) + "=" + *manager_.socket());
+  auto child = spawn(spawn_with);
+  if (!child) return fail(0, child.error().message());
+  const pid_t pid = *child;
+  unique_fd child_fd = open_pidfd(pid);
+  if (!child_fd) return fail(pid, "pidfd_open: " + std::string(std::strerror(errno)));
+
+  const auto deadline = clock_type::now() + options_.ready_timeout;
+  bool is_ready = false;
+  while (!is_ready) {
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_type::now());
+    if (left.count() <= 0)
+      return fail(pid, "pid " + std::to_string(pid) + " was not ready within " +
+                           std::to_string(options_.ready_timeout.count()) + " ms");
+    pollfd fds[2] = {{receiver->fd(), POLLIN, 0}, {child_fd.get(), POLLIN, 0}};
+    const int n = ::poll(fds, 2, static_cast<int>(std::min<long long>(left.count(), 1'000'000)));
+    if (n < 0 && errno != EINTR) return fail(pid, "poll: " + std::string(std::strerror(errno)));
+    // Messages first: a READY=1 that arrived before an exit still counts as seen.
+    for (;;) {
+      auto message = receiver->try_receive();
+      if (!message) continue;  // a bad datagram: consumed, reported nowhere, ignored
+      if (!*message) break;
+      if ((*message)->pid == pid && (*message)->has("READY")) is_ready = true;
+    }
+    if (has_exited(child_fd.get())) {
+      auto status = wait_exit(pid, std::chrono::seconds(1));
+      const std::string how = status ? status->describe() : status.error().message();
+      return fail(0, "pid " + std::to_string(pid) + " " + how +
+                         (is_ready ? " right after READY=1" : " before it was ready"));
+    }
+  }
+
+  // The successor serves. Hand the service over while we are still its main process, and wait
+  // until the manager has processed that: then our exit is not the service's death.
+  (void)manager_.send("MAINPID=" + std::to_string(pid) + "\nREADY=1\nSTATUS=upgraded to pid " +
+                      std::to_string(pid));
+  (void)manager_.barrier();
+  (void)write_pid_file(pid);
+  replaced_ = true;
+  const std::uint64_t one = 1;
+  (void)!::write(exit_event_.get(), &one, sizeof one);
+  return pid;
+}
+
+result<void> upgrader::write_pid_file(pid_t pid) const {
+  if (!options_.pid_file) return {};
+  // rename(2) replaces the file atomically: a reader sees the old pid or the new one.
+  const std::string& path = *options_.pid_file;
+  const std::string temporary = path + ".tmp." + std::to_string(::getpid());
+  {
+    std::ofstream out(temporary, std::ios::trunc);
+    out << pid << "\n";
+    if (!out.flush()) return error::from_errno(errno, "write " + temporary);
+  }
+  if (::rename(temporary.c_str(), path.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(temporary.c_str());
+    return error::from_errno(err, "rename " + temporary + " to " + path);
+  }
+  return {};
+}
+
+void upgrader::block_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int s : {SIGHUP, SIGTERM, SIGINT}) sigaddset(&set, s);
+  ::pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
+int upgrader::serve_signals(const std::function<void(const error&)>& on_failure) {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int s : {SIGHUP, SIGTERM, SIGINT}) sigaddset(&set, s);
+  for (;;) {
+    int sig = 0;
+    if (::sigwait(&set, &sig) != 0) continue;
+    if (sig != SIGHUP) return sig;
+    auto r = upgrade();
+    if (r) return sig;
+    if (on_failure) on_failure(r.error());
+  }
+}
+
+}  // namespace handoff
