@@ -132,10 +132,15 @@ result<upgrader> upgrader::create(upgrader_options options) {
       rest.remove_prefix(comma + 1);
     }
   }
+  // The parent lists itself among the draining ones; count every process once.
   if (u.parent_pid_ > 0) u.ancestors_.push_back(u.parent_pid_);
+  std::sort(u.ancestors_.begin(), u.ancestors_.end());
+  u.ancestors_.erase(std::unique(u.ancestors_.begin(), u.ancestors_.end()), u.ancestors_.end());
+  u.ancestors_.erase(std::remove(u.ancestors_.begin(), u.ancestors_.end(), ::getpid()),
+                     u.ancestors_.end());
   for (pid_t pid : u.ancestors_) {
-    // ESRCH: that one has finished already.
-    if (auto fd = open_pidfd(pid)) u.ancestor_pidfds_.push_back(std::move(fd));
+    // Invalid (ESRCH) when that one has finished already; kept, so the vectors stay aligned.
+    u.ancestor_pidfds_.push_back(open_pidfd(pid));
   }
 
   auto sockets = socket_set::from_environment();
@@ -183,7 +188,7 @@ result<void> upgrader::ready(std::string_view status) {
 std::size_t upgrader::draining() const {
   return static_cast<std::size_t>(
       std::count_if(ancestor_pidfds_.begin(), ancestor_pidfds_.end(),
-                    [](const unique_fd& fd) { return !has_exited(fd.get()); }));
+                    [](const unique_fd& fd) { return fd.valid() && !has_exited(fd.get()); }));
 }
 
 result<pid_t> upgrader::upgrade() {
@@ -227,7 +232,7 @@ result<pid_t> upgrader::upgrade() {
   spawn_with.notify_socket = receiver->address();
   std::string draining_pids;
   for (std::size_t i = 0; i < ancestors_.size(); ++i) {
-    if (i < ancestor_pidfds_.size() && has_exited(ancestor_pidfds_[i].get())) continue;
+    if (!ancestor_pidfds_[i].valid() || has_exited(ancestor_pidfds_[i].get())) continue;
     draining_pids += std::to_string(ancestors_[i]) + ",";
   }
   draining_pids += std::to_string(::getpid());
