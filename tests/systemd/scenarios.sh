@@ -83,5 +83,48 @@ check "the service stayed active" active "$(prop probe.service ActiveState)"
 systemctl stop probe.service
 check "the successor stops cleanly" success "$(prop probe.service Result)"
 
+echo "== deploy/systemd/example-upgrade.*: the self-upgrading service as a user installs it"
+install -m 0755 /build/examples/example_server /usr/local/bin/example_server
+cp /deploy/example-upgrade.socket /deploy/example-upgrade.service $units/
+systemctl daemon-reload
+systemctl start example-upgrade.socket
+body=$(fetch 127.0.0.1 8080)
+check "socket-activated, answered by MainPID" \
+  "hello from pid $(prop example-upgrade.service MainPID) version 1" "$body"
+/build/tests/load_client 8080 >/run/load.out &
+load=$!
+pids=$(prop example-upgrade.service MainPID)
+for i in 1 2 3 4 5; do
+  old=$(prop example-upgrade.service MainPID)
+  timeout 60 systemctl reload example-upgrade.service
+  new=$(prop example-upgrade.service MainPID)
+  check "reload $i: systemctl reload returns after the hand-over, with a new MainPID" \
+    "changed active" "$([ "$new" != "$old" ] && echo changed) $(prop example-upgrade.service ActiveState)"
+  pids="$pids $new"
+done
+echo "exit 1" > /tmp/broken && chmod +x /tmp/broken && sed -i '1i #!/bin/sh' /tmp/broken
+mv /tmp/broken /usr/local/bin/example_server   # a bad deploy
+old=$(prop example-upgrade.service MainPID)
+timeout 60 systemctl reload example-upgrade.service
+check "failed upgrade: the service stays active on the old process" \
+  "active $old" "$(prop example-upgrade.service ActiveState) $(prop example-upgrade.service MainPID)"
+case "$(prop example-upgrade.service StatusText)" in
+  "upgrade failed: pid "*"exited with status 1 before it was ready") status_ok=yes ;;
+  *) status_ok="$(prop example-upgrade.service StatusText)" ;;
+esac
+check "failed upgrade: systemctl status says why" yes "$status_ok"
+install -m 0755 /build/examples/example_server /usr/local/bin/example_server
+kill -TERM $load; wait $load; load_status=$?
+cat /run/load.out
+check "no failed request during 5 reloads and a failed one (load_client)" 0 "$load_status"
+old=$(prop example-upgrade.service MainPID)
+systemctl restart example-upgrade.service
+body=$(fetch 127.0.0.1 8080)
+check "systemctl restart: a new process serves" \
+  "new hello from pid $(prop example-upgrade.service MainPID) version 1" \
+  "$([ "$(prop example-upgrade.service MainPID)" != "$old" ] && echo new) $body"
+systemctl stop example-upgrade.service example-upgrade.socket
+check "stop: every generation gone" "" "$(pgrep -f /usr/local/bin/example_server)"
+
 echo "systemd scenarios: $passed passed, $failed failed"
 [ "$failed" = 0 ]
