@@ -17,6 +17,8 @@ int main(int argc, char** argv) {
   const bool as_expected = n == 1 && argc > 1 && names != nullptr &&
                            std::strcmp(names[0], argv[1]) == 0 &&
                            sd_is_socket(SD_LISTEN_FDS_START, 0, SOCK_STREAM, 1) > 0;
+  for (int i = 0; names != nullptr && names[i] != nullptr; ++i) std::free(names[i]);
+  std::free(names);  // a strv of libsystemd's: the caller frees it
   if (!as_expected) {
     std::fprintf(stderr, "sd_ready_child: got %d fds\n", n);
     return 3;
