@@ -108,7 +108,14 @@ server::server(server_options options, handler on_request)
 
 server::~server() {
   const auto s = impl_->state.load();
-  if (s == server_state::ready || s == server_state::draining) (void)drain(milliseconds(0));
+  if (s != server_state::ready && s != server_state::draining) return;
+  try {
+    (void)drain(milliseconds(0));
+  } catch (...) {
+    // Out of memory or threads while tearing down: nothing left to do but stop.
+    impl_->io.stop();
+    for (auto& t : impl_->threads) t.join();
+  }
 }
 
 void server::add_listener(unique_fd fd) { impl_->listener_fds.push_back(std::move(fd)); }

@@ -46,16 +46,16 @@ enum class server_state { starting, ready, draining, stopped };
 const char* to_string(server_state state) noexcept;
 
 struct server_options {
-  unsigned threads = 0;                      // 0: one per core
-  milliseconds header_timeout{10'000};       // first byte of a request to the end of its headers
-  milliseconds body_timeout{30'000};         // reading the body
-  milliseconds write_timeout{30'000};        // writing a response (each chunk of a stream)
-  milliseconds idle_timeout{60'000};         // keep-alive connection waiting for its next request
-  std::size_t max_header_bytes = 16 * 1024;  // beyond: 431
-  std::size_t max_body_bytes = 1024 * 1024;  // beyond: 413
-  std::size_t max_connections = 10'000;      // beyond: new ones wait in the kernel's accept queue
-  milliseconds health_delay{0};              // drain step 1: 503 on health while still accepting
-  milliseconds drain_idle_grace{1'000};      // drain step 4: how long an idle connection is kept
+  unsigned threads = 0;                 // 0: one per core
+  milliseconds header_timeout{10'000};  // first byte of a request to the end of its headers
+  milliseconds body_timeout{30'000};    // reading the body
+  milliseconds write_timeout{30'000};   // writing a response (each chunk of a stream)
+  milliseconds idle_timeout{60'000};    // keep-alive connection waiting for its next request
+  std::size_t max_header_bytes = std::size_t{16} * 1024;  // beyond: 431
+  std::size_t max_body_bytes = std::size_t{1024} * 1024;  // beyond: 413
+  std::size_t max_connections = 10'000;  // beyond: new ones wait in the kernel's accept queue
+  milliseconds health_delay{0};          // drain step 1: 503 on health while still accepting
+  milliseconds drain_idle_grace{1'000};  // drain step 4: how long an idle connection is kept
 };
 
 // What a drain did.
