@@ -2,6 +2,7 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/ioctl.h>
 
 #include <algorithm>
 #include <boost/asio/bind_cancellation_slot.hpp>
@@ -66,6 +67,13 @@ asio::awaitable<void> connection::watchdog() {
     co_await timer_.async_wait(redirect_error(use_awaitable, ec));
     if (!socket_.is_open()) break;
     if (clock_type::now() >= deadline_) {
+      // An idle connection whose next request has arrived meanwhile is not idle: under load the
+      // timer and the read can complete together, and the request must win.
+      int pending = 0;
+      if (idle_ && ::ioctl(socket_.native_handle(), FIONREAD, &pending) == 0 && pending > 0) {
+        deadline_ = clock_type::now() + srv_.options.header_timeout;
+        continue;
+      }
       close();  // ends the pending read or write of run() with an error
       break;
     }
@@ -81,7 +89,9 @@ void connection::close() {
 }
 
 void connection::on_drain() {
-  if (idle_) {
+  // Only a connection that has served a request is cut short: a new one was opened to send
+  // one, which is on its way (the header timeout still bounds it).
+  if (idle_ && served_ > 0) {
     set_deadline(std::min(deadline_, clock_type::now() + srv_.options.drain_idle_grace));
   }
 }
@@ -138,8 +148,8 @@ asio::awaitable<bool> connection::serve_one() {
   if (buffer_.size() == 0) {
     // Idle: wait for the first byte of the next request. While draining, only for the grace.
     idle_ = true;
-    auto wait = opts.idle_timeout;
-    if (srv_.draining()) wait = std::min(wait, opts.drain_idle_grace);
+    auto wait = served_ == 0 ? opts.header_timeout : opts.idle_timeout;
+    if (srv_.draining() && served_ > 0) wait = std::min(wait, opts.drain_idle_grace);
     set_deadline(clock_type::now() + wait);
     // Reading (not just waiting for readability) lets Asio try the read at once: a keep-alive
     // client's next request is often already here, and this saves a trip through epoll.
@@ -223,6 +233,7 @@ asio::awaitable<bool> connection::serve_one() {
     }
   }
   if (srv_.draining()) srv_.completed_while_draining.fetch_add(1);
+  ++served_;
   busy_ = false;
   co_return !ec && keep_alive;
 }

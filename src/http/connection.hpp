@@ -102,8 +102,9 @@ class connection : public std::enable_shared_from_this<connection> {
   clock_type::time_point armed_ = clock_type::time_point::max();  // what the watchdog waits for
   clock_type::duration tick_;                                     // the watchdog's longest sleep
   beast::flat_buffer buffer_;
-  bool idle_ = false;  // waiting for the first byte of the next request
-  bool busy_ = false;  // a request is being read, handled or answered
+  bool idle_ = false;         // waiting for the first byte of the next request
+  unsigned long served_ = 0;  // requests answered on this connection
+  bool busy_ = false;         // a request is being read, handled or answered
   bool aborted_ = false;
 
  public:
