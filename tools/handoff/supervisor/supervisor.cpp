@@ -388,7 +388,8 @@ void supervisor::stop_generation(generation& g, int sig) {
 void supervisor::check_progress() {
   generation* g = pending();
   if (g == nullptr || g->state != generation_state::starting || !g->all_ready()) return;
-  if (o_.settle.count() > 0) {
+  // Settling protects an old generation that still serves; with none, there is nothing to wait for.
+  if (o_.settle.count() > 0 && serving() != nullptr) {
     g->state = generation_state::settling;
     g->settle_deadline = clock::now() + o_.settle;
     log_.log("settling", fmt::format("generation {}: ready, settling for {} before taking over",
