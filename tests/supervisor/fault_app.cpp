@@ -8,14 +8,19 @@
 //   crash-after-ready        READY=1, then abort() 300 ms later (never accepts)
 //   ignore-term              SIGTERM ignored, READY=1, never accepts, waits forever
 //   report-fds:PATH          writes its open fds (one "N TARGET" a line) to PATH, then serves
+//   fdstore:NAME             stores a memfd (FDSTORE=1, FDNAME=NAME) with the supervisor, serves
+//   fork-mainpid             forks; the child (a new main process, as after a self-upgrade)
+//                            serves, the parent sends MAINPID=<child> with a barrier and exits 0
 //   orphan:PATH              leaves a grandchild that outlives its parent (re-parented to the
 //                            supervisor), writes its pid to PATH, then serves
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -103,8 +108,32 @@ int main(int argc, char** argv) {
       if (ec || target.string().rfind("/proc/", 0) == 0) continue;
       out << entry.path().filename().string() << " " << target.string() << "\n";
     }
+    const char* names = std::getenv("LISTEN_FDNAMES");
+    out << "names " << (names != nullptr ? names : "") << "\n";
     write_file(mode.substr(11), out.str());
     serve(server);
+  }
+  if (mode.rfind("fdstore:", 0) == 0) {
+    const int fd = ::memfd_create("fault_app_store", MFD_CLOEXEC);
+    if (fd < 0) return 3;
+    const int fds[] = {fd};
+    auto sent = notify.fdstore(fds, mode.substr(8));
+    if (!sent) {
+      std::fprintf(stderr, "fault_app: %s\n", sent.error().message().c_str());
+      return 3;
+    }
+    serve(server);
+  }
+  if (mode == "fork-mainpid") {
+    const pid_t child = ::fork();
+    if (child < 0) return 3;
+    if (child == 0) {
+      // The fds on 3.. are inherited as they are; only LISTEN_PID must name the new process.
+      ::setenv("LISTEN_PID", std::to_string(::getpid()).c_str(), 1);
+      serve(server);
+    }
+    if (!notify.mainpid(child) || !notify.barrier()) return 3;
+    return 0;
   }
   if (mode.rfind("orphan:", 0) == 0) {
     int p[2];

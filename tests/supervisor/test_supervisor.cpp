@@ -494,6 +494,66 @@ TEST_F(Supervisor, ChildrenSeeOnlyStdioAndTheSockets) {
   stop_supervisor(0);
 }
 
+TEST_F(Supervisor, StoredFdsAreHandedToTheNextGeneration) {
+  const std::string report = dir_ / "fds";
+  write_modes("fdstore:kept\nreport-fds:" + report + "\n");
+  start({}, example_server_app());
+  const auto r = reload();
+  ASSERT_TRUE(r.status.success()) << r.output;
+  const std::string fds = read_file(report);
+  EXPECT_NE(fds.find("\n3 socket:"), std::string::npos) << fds;
+  EXPECT_NE(fds.find("\n4 /memfd:fault_app_store"), std::string::npos) << fds;
+  EXPECT_NE(fds.find("names http:kept\n"), std::string::npos) << fds;
+  stop_supervisor(0);
+}
+
+TEST_F(Supervisor, MainPidHandOffKeepsTheNewProcessTracked) {
+  write_modes("fork-mainpid\n");
+  start({}, example_server_app());
+  raw_connection c(port_);
+  const auto r = c.get("/", 10s, true);
+  ASSERT_EQ(r.result, outcome::ok);
+  const std::string server = r.header("x-served-by");
+  EXPECT_TRUE(generation_pids_.count(server)) << "status should list the new main pid " << server;
+  const std::string log = read_file(log_path_);
+  EXPECT_NE(log.find("main process"), std::string::npos) << log;
+  EXPECT_NE(log.find("-> " + server), std::string::npos) << log;
+  EXPECT_EQ(log.find("restart"), std::string::npos) << "the old main's exit was expected: " << log;
+  stop_supervisor(0);  // stops (and reaps) the adopted process too
+}
+
+TEST_F(Supervisor, SighupReloadsEveryProcessOfAGeneration) {
+  start({"--processes", "2", "--log-format", "json"}, example_server_app());
+  EXPECT_EQ(generation_pids_.size(), 2U);
+  start_load();
+  wait_for_requests(100);
+  ASSERT_EQ(::kill(supervisor_, SIGHUP), 0);
+  const auto deadline = clock_type::now() + 10s;
+  std::string json;
+  while (clock_type::now() < deadline) {
+    json = status_json();
+    if (json.find("{\"id\":2,\"state\":\"serving\"") != std::string::npos) break;
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_NE(json.find("{\"id\":2,\"state\":\"serving\""), std::string::npos) << json;
+  note_generations();
+  EXPECT_EQ(generation_pids_.size(), 4U) << json;
+  wait_for_requests(200);
+  stop_load();
+  expect_clean_load();
+  std::istringstream log(read_file(log_path_));
+  std::string line;
+  int events = 0;
+  while (std::getline(log, line)) {
+    if (line.rfind("example_server:", 0) == 0 || line.rfind("fault_app:", 0) == 0) continue;
+    EXPECT_EQ(line.rfind("{\"time\":\"", 0), 0U) << line;
+    EXPECT_EQ(line.back(), '}') << line;
+    ++events;
+  }
+  EXPECT_GT(events, 8);
+  stop_supervisor(0);
+}
+
 TEST_F(Supervisor, OrphansAreReaped) {
   const std::string where = dir_ / "orphan";
   write_modes("orphan:" + where + "\n");

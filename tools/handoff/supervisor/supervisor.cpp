@@ -288,6 +288,12 @@ void supervisor::start_generation(bool is_restart, std::optional<std::uint64_t> 
   if (!is_restart && g.id > 1) (void)manager_.reloading();
   for (auto& s : g.slots) {
     if (auto r = spawn_slot(g, s); !r) {
+      // The very first start failing to exec is a setup error (a typo in the command), not a
+      // crash to retry; later ones (a binary being replaced during a deploy) are retried.
+      if (g.id == 1) {
+        for (auto& other : g.slots) kill_slot(other, SIGKILL);
+        throw std::runtime_error(r.error().message());
+      }
       fail_generation(g, r.error().message());
       return;
     }
