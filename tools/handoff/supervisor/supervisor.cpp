@@ -359,6 +359,8 @@ void supervisor::fail_generation(generation& g, const std::string& cause) {
   if (!g.is_restart && g.id > 1) {
     ++reloads_failed_;
     last_reload_ = "error " + text;
+    // Our manager (systemd, Type=notify-reload) waits for READY=1 after RELOADING=1 either way.
+    if (current != nullptr) (void)manager_.ready("reload failed: " + cause);
   }
   for (const auto id : g.waiters) answer(id, "error " + text + "\n");
   g.waiters.clear();
@@ -383,6 +385,7 @@ void supervisor::stop_generation(generation& g, int sig) {
   for (auto& s : g.slots) {
     kill_slot(s, sig);
     if (s.probe) s.probe->abandoned = true;
+    s.restart_at = {};
   }
   log_.log("stop_sent",
            fmt::format("generation {}: sent {} to pid {} (stop timeout {})", g.id, signal_name(sig),
@@ -929,11 +932,16 @@ int supervisor::loop() {
       if ((g.state == generation_state::draining || g.state == generation_state::failed) &&
           !g.killed)
         consider(g.stop_deadline);
+      // Only the deadlines on_timers() acts on in this state: a deadline left in the past
+      // would turn the loop into a spin.
+      const bool active =
+          g.state == generation_state::starting || g.state == generation_state::serving;
       for (const auto& s : g.slots) {
-        if (s.running() && !s.ready) {
+        if (active && s.running() && !s.ready) {
           consider(s.ready_deadline);
           if (o_.ready == ready_mode::delay) consider(s.started + o_.ready_delay);
         }
+        if (g.state != generation_state::serving) continue;
         if (s.running() && s.ready && s.watchdog.count() > 0)
           consider(s.last_watchdog + s.watchdog);
         if (!s.running()) consider(s.restart_at);
