@@ -11,11 +11,14 @@
 //   fdstore:NAME             stores a memfd (FDSTORE=1, FDNAME=NAME) with the supervisor, serves
 //   fork-mainpid             forks; the child (a new main process, as after a self-upgrade)
 //                            serves, the parent sends MAINPID=<child> with a barrier and exits 0
+//   ping-serve:PATH          a helper process in the group sends WATCHDOG=1 every 50 ms (its pid
+//                            in PATH; kill it to silence the app), then serves
 //   orphan:PATH              leaves a grandchild that outlives its parent (re-parented to the
 //                            supervisor), writes its pid to PATH, then serves
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -122,6 +125,19 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "fault_app: %s\n", sent.error().message().c_str());
       return 3;
     }
+    serve(server);
+  }
+  if (mode.rfind("ping-serve:", 0) == 0) {
+    const pid_t pinger = ::fork();
+    if (pinger < 0) return 3;
+    if (pinger == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      for (;;) {
+        (void)notify.watchdog();
+        ::usleep(50'000);
+      }
+    }
+    write_file(mode.substr(11), std::to_string(pinger) + "\n");
     serve(server);
   }
   if (mode == "fork-mainpid") {

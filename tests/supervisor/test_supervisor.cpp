@@ -554,6 +554,36 @@ TEST_F(Supervisor, SighupReloadsEveryProcessOfAGeneration) {
   stop_supervisor(0);
 }
 
+TEST_F(Supervisor, SilentProcessIsKilledByTheWatchdogAndRestarted) {
+  const std::string pinger_file = dir_ / "pinger";
+  write_modes("ping-serve:" + pinger_file + "\nping-serve:" + pinger_file + "\n");
+  start({"--watchdog", "300ms"}, example_server_app());
+  const std::string first = *generation_pids_.begin();
+  // Pinged, the process lives on well past the watchdog interval.
+  start_load();
+  const auto until = clock_type::now() + 1s;
+  while (clock_type::now() < until) wait_for_requests(50);
+  stop_load();
+  expect_clean_load();
+  EXPECT_EQ(load_.served_by.size(), 1U);
+  EXPECT_EQ(read_file(log_path_).find("(watchdog)"), std::string::npos);
+  // Silenced, it is killed and restarted.
+  ASSERT_EQ(::kill(std::stoi(read_file(pinger_file)), SIGKILL), 0);
+  const int victim = std::stoi(first);
+  unique_fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, victim, 0)));
+  ASSERT_TRUE(pidfd);
+  pollfd p{pidfd.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 5000), 1) << "the silent process was not killed";
+  raw_connection c(port_);
+  const auto r = c.get("/", 10s, true);
+  ASSERT_EQ(r.result, outcome::ok);
+  EXPECT_NE(r.header("x-served-by"), first);
+  const std::string log = read_file(log_path_);
+  EXPECT_NE(log.find("pid " + first + " silent for 300ms (watchdog)"), std::string::npos) << log;
+  EXPECT_NE(log.find("restarting its process in 100 ms"), std::string::npos) << log;
+  stop_supervisor(0);
+}
+
 TEST_F(Supervisor, OrphansAreReaped) {
   const std::string where = dir_ / "orphan";
   write_modes("orphan:" + where + "\n");
