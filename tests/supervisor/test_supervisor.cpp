@@ -386,7 +386,7 @@ INSTANTIATE_TEST_SUITE_P(
                     fault_case{"NeverReady", "never-ready", "not ready within 1s"},
                     fault_case{"CrashesAfterReady", "crash-after-ready",
                                "killed by signal 6 (Aborted) after it was ready"}),
-    [](const auto& info) { return std::string(info.param.name); });
+    [](const auto& test_info) { return std::string(test_info.param.name); });
 
 TEST_F(Supervisor, OldGenerationIgnoringTheStopSignalIsKilledAfterTheStopTimeout) {
   // Generation 1 ignores SIGTERM (and accepts nothing, so no request is ever in its hands).
@@ -583,6 +583,38 @@ TEST_F(Supervisor, SilentProcessIsKilledByTheWatchdogAndRestarted) {
   EXPECT_NE(log.find("restarting its process in 100 ms"), std::string::npos) << log;
   stop_supervisor(0);
 }
+
+class SupervisorReadyMode : public Supervisor, public testing::WithParamInterface<const char*> {};
+
+TEST_P(SupervisorReadyMode, ReloadsUnderLoad) {
+  std::string mode = GetParam();
+  if (const auto at = mode.find("PORT"); at != std::string::npos)
+    mode.replace(at, 4, std::to_string(port_));
+  start({"--ready", mode}, example_server_app());
+  start_load(1, 1);
+  for (int i = 0; i < 2; ++i) {
+    wait_for_requests(50);
+    const auto r = reload();
+    ASSERT_TRUE(r.status.success()) << r.output;
+    note_generations();
+  }
+  wait_for_requests(50);
+  stop_load();
+  expect_clean_load();
+  const std::string log = read_file(log_path_);
+  const char* how = mode.rfind("delay:", 0) == 0 ? "(delay passed" : "(probe answered";
+  EXPECT_NE(log.find(how), std::string::npos) << log;
+  stop_supervisor(0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, SupervisorReadyMode,
+                         testing::Values("delay:100ms", "tcp", "http://127.0.0.1:PORT/health"),
+                         [](const auto& test_info) {
+                           const std::string m = test_info.param;
+                           return m.rfind("http", 0) == 0 ? std::string("http")
+                                  : m == "tcp"            ? std::string("tcp")
+                                                          : std::string("delay");
+                         });
 
 TEST_F(Supervisor, OrphansAreReaped) {
   const std::string where = dir_ / "orphan";
