@@ -80,15 +80,15 @@ int main(int argc, char** argv) {
     }
   }
   if (modes.empty() || server.empty()) {
-    std::fprintf(stderr, "usage: fault_app --modes FILE -- SERVER [ARGS...]\n");
+    (void)std::fprintf(stderr, "usage: fault_app --modes FILE -- SERVER [ARGS...]\n");
     return 2;
   }
   const std::string mode = take_mode(modes);
-  std::fprintf(stderr, "fault_app: pid %d mode %s\n", ::getpid(), mode.c_str());
+  (void)std::fprintf(stderr, "fault_app: pid %d mode %s\n", ::getpid(), mode.c_str());
   const auto notify = handoff::notifier::from_environment();
   if (mode == "serve") serve(server);
   if (mode == "exit1") return 1;
-  if (mode == "kill-before-ready") ::raise(SIGKILL);
+  if (mode == "kill-before-ready") (void)::raise(SIGKILL);
   if (mode == "never-ready") {
     for (;;) ::pause();
   }
@@ -98,7 +98,7 @@ int main(int argc, char** argv) {
     std::abort();
   }
   if (mode == "ignore-term") {
-    ::signal(SIGTERM, SIG_IGN);
+    (void)::signal(SIGTERM, SIG_IGN);
     (void)notify.ready();
     for (;;) ::pause();
   }
@@ -122,7 +122,7 @@ int main(int argc, char** argv) {
     const int fds[] = {fd};
     auto sent = notify.fdstore(fds, mode.substr(8));
     if (!sent) {
-      std::fprintf(stderr, "fault_app: %s\n", sent.error().message().c_str());
+      (void)std::fprintf(stderr, "fault_app: %s\n", sent.error().message().c_str());
       return 3;
     }
     serve(server);
@@ -181,6 +181,6 @@ int main(int argc, char** argv) {
     write_file(mode.substr(7), found + "\n");
     serve(server);
   }
-  std::fprintf(stderr, "fault_app: unknown mode %s\n", mode.c_str());
+  (void)std::fprintf(stderr, "fault_app: unknown mode %s\n", mode.c_str());
   return 2;
 }

@@ -48,7 +48,7 @@ void logger::log(std::string_view event, std::string_view message, const log_fie
     std::tm utc{};
     ::gmtime_r(&secs, &utc);
     char stamp[32];
-    std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &utc);
+    (void)std::strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &utc);
     line = fmt::format("{{\"time\":\"{}.{:03}Z\",\"name\":", stamp, ms.count() % 1000);
     json_string(line, name_);
     line += ",\"event\":";

@@ -132,13 +132,11 @@ class supervisor {
   int next_id_ = 1;
   bool stopping_ = false;
   int final_generation_ = 0;  // the one serving when the stop began: its status is ours
-  int stop_signals_ = 0;
   int app_failures_ = 0;
   std::optional<clock::time_point> next_start_;
   std::optional<exit_status> last_status_;
   int reloads_ = 0, reloads_failed_ = 0, restarts_ = 0;
   std::string last_reload_;
-  bool first_ready_sent_ = false;
   bool pid_file_written_ = false;
   pid_t last_ignored_sender_ = 0;
 };
@@ -154,7 +152,7 @@ void supervisor::setup() {
   for (int sig : forwarded_signals) sigaddset(&mask, sig);
   if (::sigprocmask(SIG_BLOCK, &mask, nullptr) != 0)
     throw std::runtime_error(std::string("sigprocmask: ") + std::strerror(errno));
-  ::signal(SIGPIPE, SIG_IGN);
+  (void)::signal(SIGPIPE, SIG_IGN);
   signal_fd_.reset(::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
   if (!signal_fd_) throw std::runtime_error(std::string("signalfd: ") + std::strerror(errno));
   wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -332,15 +330,15 @@ void supervisor::take_over(generation& g) {
   g.waiters.clear();
   if (old != nullptr) stop_generation(*old, o_.stop_signal);
   (void)manager_.ready("generation " + std::to_string(g.id) + " serving");
-  first_ready_sent_ = true;
 }
 
 void supervisor::kill_slot(slot& s, int sig) {
   if (!s.running()) return;
   // The group only while its leader (or, after MAINPID=, the main process in it) is unreaped:
-  // see generation.hpp. The main pid too, in case it left the group.
+  // see generation.hpp. The main pid too if it left the group.
+  // Exactly once per process: to many apps a second SIGTERM or SIGINT means "stop now".
   if (s.pgid > 0) (void)::kill(-s.pgid, sig);
-  (void)::kill(s.pid, sig);
+  if (s.pgid <= 0 || ::getpgid(s.pid) != s.pgid) (void)::kill(s.pid, sig);
 }
 
 void supervisor::fail_generation(generation& g, const std::string& cause) {
