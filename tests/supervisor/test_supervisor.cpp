@@ -95,6 +95,16 @@ std::vector<pid_t> zombies_of(pid_t parent) {
   return out;
 }
 
+std::size_t fds_of(pid_t pid) {
+  std::size_t n = 0;
+  for (const auto& entry :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd")) {
+    (void)entry;
+    ++n;
+  }
+  return n;
+}
+
 bool alive(pid_t pid) { return ::kill(pid, 0) == 0 || errno != ESRCH; }
 
 class Supervisor : public testing::Test {
@@ -294,6 +304,7 @@ class Supervisor : public testing::Test {
 
 TEST_F(Supervisor, TwentyReloadsUnderLoadWithoutAFailedRequest) {
   start({"--stop-timeout", "15s"}, example_server_app());
+  const std::size_t supervisor_fds = fds_of(supervisor_);
   start_load();
   std::vector<long> reload_ms;
   for (int i = 0; i < 20; ++i) {
@@ -317,6 +328,7 @@ TEST_F(Supervisor, TwentyReloadsUnderLoadWithoutAFailedRequest) {
                load_.ok.load(), total / 20);
   ASSERT_TRUE(wait_generations(1));
   EXPECT_TRUE(zombies_of(supervisor_).empty());
+  EXPECT_EQ(fds_of(supervisor_), supervisor_fds) << "the supervisor leaks fds";
   const std::string status = cli({"status", "--control", control_}).output;
   EXPECT_NE(status.find("20 reloads (0 failed)"), std::string::npos) << status;
   stop_supervisor(0);
@@ -442,6 +454,30 @@ TEST_F(Supervisor, ReloadDuringReloadIsRefused) {
   wait_for_requests(100);
   stop_load();
   expect_clean_load();
+  stop_supervisor(0);
+}
+
+TEST_F(Supervisor, ReloadBeyondTheDrainingCapIsRefused) {
+  start({"--max-draining", "1"}, example_server_app());
+  // A slow request keeps generation 1 draining for a while after the first reload.
+  raw_connection slow(port_);
+  ASSERT_TRUE(slow.send_all("GET /slow?ms=3000 HTTP/1.1\r\nHost: t\r\n\r\n"));
+  raw_connection probe(port_);  // the queue is FIFO: once this is answered, slow was accepted
+  ASSERT_EQ(probe.get("/", 10s, true).result, outcome::ok);
+  const auto first = reload();
+  ASSERT_TRUE(first.status.success()) << first.output;
+  const auto second = reload();
+  EXPECT_EQ(second.status.code, 1) << second.output;
+  EXPECT_NE(second.output.find("1 old generations are still draining (--max-draining 1)"),
+            std::string::npos)
+      << second.output;
+  const auto r = slow.read_reply(10s);
+  EXPECT_EQ(r.result, outcome::ok) << to_string(r.result);
+  EXPECT_EQ(r.status, 200);
+  ASSERT_TRUE(wait_generations(1));
+  const auto third = reload();
+  EXPECT_TRUE(third.status.success()) << third.output;
+  note_generations();
   stop_supervisor(0);
 }
 
