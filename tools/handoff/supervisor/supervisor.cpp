@@ -177,16 +177,22 @@ void supervisor::setup() {
       sockets_.push_back(std::move(h));
     }
   } else {
+    // Each --listen takes an inherited socket of that name or address when systemd passed one
+    // (socket_set), else opens it; inherited sockets no --listen asked for are closed.
+    auto inherited = socket_set::from_environment(unset_environment::yes);
+    if (!inherited) throw std::runtime_error(inherited.error().message());
     for (const auto& text : o_.listen) {
       auto where = parse_address(text);
       if (!where) throw std::runtime_error(where.error().message());
-      auto fd = open_listener(*where);
+      auto fd = inherited->listen(*where);
       if (!fd) throw std::runtime_error(fd.error().message());
+      auto own = duplicate_fd(*fd);
+      if (!own) throw std::runtime_error(own.error().message());
       held_socket h;
       h.name = where->name;
-      auto info = inspect_socket(fd->get());
+      auto info = inspect_socket(own->get());
       h.where = info ? info->describe() : where->to_string();
-      h.fd = std::move(*fd);
+      h.fd = std::move(*own);
       sockets_.push_back(std::move(h));
     }
   }
