@@ -142,6 +142,18 @@ class Supervisor : public testing::Test {
   // Starts `handoff run OPTIONS -- APP`, handing it the test's listener as systemd would, and
   // waits for the first answer (connections wait in the queue until a generation serves).
   void start(const std::vector<std::string>& options, const std::vector<std::string>& app) {
+    launch(options, app);
+    if (HasFatalFailure()) return;
+    raw_connection c(port_);
+    ASSERT_TRUE(c.valid());
+    auto r = c.get("/", 20s, true);
+    ASSERT_EQ(r.result, outcome::ok) << to_string(r.result);
+    ASSERT_EQ(r.status, 200);
+    note_generations();
+  }
+
+  // Starts the supervisor without waiting for anything.
+  void launch(const std::vector<std::string>& options, const std::vector<std::string>& app) {
     spawn_options o;
     o.argv = {HANDOFF_TOOL, "run", "--control", control_, "--name", "test"};
     o.argv.insert(o.argv.end(), options.begin(), options.end());
@@ -155,12 +167,6 @@ class Supervisor : public testing::Test {
     ASSERT_TRUE(pid) << pid.error().message();
     supervisor_ = *pid;
     listener_.reset();  // the supervisor holds the only copy from now on
-    raw_connection c(port_);
-    ASSERT_TRUE(c.valid());
-    auto r = c.get("/", 20s, true);
-    ASSERT_EQ(r.result, outcome::ok) << to_string(r.result);
-    ASSERT_EQ(r.status, 200);
-    note_generations();
   }
 
   cli_result cli(std::vector<std::string> args, std::chrono::milliseconds timeout = 30s) {
@@ -651,6 +657,26 @@ INSTANTIATE_TEST_SUITE_P(Modes, SupervisorReadyMode,
                                   : m == "tcp"            ? std::string("tcp")
                                                           : std::string("delay");
                          });
+
+TEST_F(Supervisor, WithRestartNeverTheSupervisorExitsWithTheAppsStatus) {
+  write_modes("exit1\n");
+  launch({"--restart", "never"}, example_server_app());
+  auto status = wait_exit(supervisor_, 10s);
+  ASSERT_TRUE(status) << status.error().message();
+  supervisor_ = -1;
+  EXPECT_TRUE(status->exited);
+  EXPECT_EQ(status->code, 1);
+  EXPECT_FALSE(std::filesystem::exists(control_));
+}
+
+TEST_F(Supervisor, OnFailureRestartsAFailingFirstStartWithBackoff) {
+  write_modes("exit1\nexit1\nserve\n");
+  start({}, example_server_app());  // served in the end, by the third start
+  const std::string log = read_file(log_path_);
+  EXPECT_NE(log.find("starting a new one in 100 ms"), std::string::npos) << log;
+  EXPECT_NE(log.find("starting a new one in 200 ms"), std::string::npos) << log;
+  stop_supervisor(0);
+}
 
 TEST_F(Supervisor, OrphansAreReaped) {
   const std::string where = dir_ / "orphan";
