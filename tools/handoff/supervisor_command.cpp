@@ -1,8 +1,247 @@
-// being written: handoff run | reload | status | stop
+// handoff run | reload | status | stop: the supervisor (supervisor/) and the commands that talk
+// to it over its control socket (supervisor/control.hpp).
+//
+// Exit codes of reload, status and stop: 0 done; 1 the supervisor answered with an error (a
+// failed or refused reload, with its cause); 2 no supervisor could be reached; 3 no answer
+// within --timeout.
+#include <dirent.h>
+#include <fmt/core.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+
 #include "commands.hpp"
+#include "handoff/duration.hpp"
+#include "supervisor/control.hpp"
+#include "supervisor/probe.hpp"
+#include "supervisor/supervisor.hpp"
 
 namespace handoff::cli {
-void add_supervisor_commands(CLI::App& app) {
-  app.add_subcommand("run", "supervise an app, holding its sockets");
+namespace {
+
+using namespace std::chrono_literals;
+namespace sv = handoff::supervisor;
+
+[[noreturn]] void fail(int code, const std::string& message) {
+  fmt::print(stderr, "handoff: {}\n", message);
+  throw CLI::RuntimeError(code);
 }
+
+std::chrono::milliseconds duration_of(const std::string& text, const char* option) {
+  auto d = parse_duration(text);
+  if (!d) fail(2, std::string(option) + ": " + d.error().message());
+  return *d;
+}
+
+// "TERM", "SIGTERM", "15".
+int signal_of(const std::string& text) {
+  if (!text.empty() && text.find_first_not_of("0123456789") == std::string::npos &&
+      text.size() < 4) {
+    const int n = std::stoi(text);
+    if (n > 0 && n < NSIG) return n;
+  }
+  std::string name = text;
+  for (auto& c : name) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  if (name.rfind("SIG", 0) == 0) name.erase(0, 3);
+  for (int sig = 1; sig < NSIG; ++sig)
+    if (const char* abbrev = ::sigabbrev_np(sig); abbrev != nullptr && name == abbrev) return sig;
+  fail(2, "--stop-signal: \"" + text + "\" is not a signal (e.g. TERM, INT, QUIT, USR1, 15)");
+}
+
+// The control socket a client talks to: --control, else the default path of --name, else the
+// only supervisor socket in the default directory.
+std::string client_control_path(const std::string& control, const std::string& name) {
+  if (!control.empty()) return control;
+  if (!name.empty()) return sv::default_control_path(name);
+  const std::string dir = sv::default_control_dir();
+  std::vector<std::string> found;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec))
+    if (entry.path().extension() == ".sock") found.push_back(entry.path().string());
+  if (found.size() == 1) return found.front();
+  if (found.empty())
+    fail(2, "no supervisor found in " + dir + " (give --control PATH or --name NAME)");
+  std::string list;
+  for (const auto& f : found) list += " " + f;
+  fail(2, "several supervisors in " + dir + ":" + list + " (give --control PATH or --name NAME)");
+}
+
+sv::control_answer call(const std::string& path, const std::string& request,
+                        std::chrono::milliseconds timeout) {
+  auto answer = sv::control_call(path, request, timeout);
+  if (!answer) fail(2, answer.error().message());
+  return *answer;
+}
+
+std::string first_line(const std::string& text) { return text.substr(0, text.find('\n')); }
+
+struct run_args {
+  sv::run_options o;
+  std::string ready = "notify", ready_timeout = "60s", stop_signal = "TERM", stop_timeout = "30s",
+              restart = "on-failure", log_format = "text", watchdog = "0", settle = "0";
+};
+
+struct client_args {
+  std::string control, name, timeout;
+  bool json = false;
+};
+
+void run_command(run_args& a) {
+  sv::run_options& o = a.o;
+  if (o.command.empty()) fail(2, "run: no command given (handoff run [OPTIONS] -- COMMAND ...)");
+  if (a.ready == "notify") {
+    o.ready = sv::ready_mode::notify;
+  } else if (a.ready == "tcp" || a.ready.rfind("tcp:", 0) == 0) {
+    o.ready = sv::ready_mode::tcp;
+    if (a.ready.size() > 4) o.ready_target = a.ready.substr(4);
+  } else if (a.ready.rfind("http://", 0) == 0) {
+    if (!sv::valid_http_url(a.ready)) fail(2, "--ready: \"" + a.ready + "\" is not a valid URL");
+    o.ready = sv::ready_mode::http;
+    o.ready_target = a.ready;
+  } else if (a.ready.rfind("delay:", 0) == 0) {
+    o.ready = sv::ready_mode::delay;
+    o.ready_delay = duration_of(a.ready.substr(6), "--ready delay:");
+  } else {
+    fail(2, "--ready: \"" + a.ready +
+                "\" is not notify, http://HOST:PORT/PATH, tcp[:HOST:PORT] or delay:DURATION");
+  }
+  o.ready_timeout = duration_of(a.ready_timeout, "--ready-timeout");
+  o.stop_timeout = duration_of(a.stop_timeout, "--stop-timeout");
+  o.watchdog = duration_of(a.watchdog, "--watchdog");
+  o.settle = duration_of(a.settle, "--settle");
+  o.stop_signal = signal_of(a.stop_signal);
+  if (a.restart == "on-failure")
+    o.restart = sv::restart_policy::on_failure;
+  else if (a.restart == "always")
+    o.restart = sv::restart_policy::always;
+  else if (a.restart == "never")
+    o.restart = sv::restart_policy::never;
+  else
+    fail(2, "--restart: \"" + a.restart + "\" is not on-failure, always or never");
+  if (a.log_format == "text")
+    o.logs = sv::log_format::text;
+  else if (a.log_format == "json")
+    o.logs = sv::log_format::json;
+  else
+    fail(2, "--log-format: \"" + a.log_format + "\" is not text or json");
+  if (o.name.empty()) o.name = std::filesystem::path(o.command.front()).filename().string();
+  if (o.name.empty() || o.name.find('/') != std::string::npos)
+    fail(2, "--name: \"" + o.name + "\" cannot name a control socket");
+  if (o.control.empty()) {
+    const std::string dir = sv::default_control_dir();
+    // Only the last component is ours to create; 0700 keeps other users out of the directory.
+    if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
+      fail(2, fmt::format("cannot create {} for the control socket: {} (give --control PATH, or "
+                          "set XDG_RUNTIME_DIR)",
+                          dir, std::strerror(errno)));
+    o.control = sv::default_control_path(o.name);
+  }
+  int code = 0;
+  try {
+    code = sv::run(o);
+  } catch (const std::runtime_error& e) {
+    fail(2, std::string("run: ") + e.what());
+  }
+  if (code != 0) throw CLI::RuntimeError(code);
+}
+
+}  // namespace
+
+void add_supervisor_commands(CLI::App& app) {
+  auto run_a = std::make_shared<run_args>();
+  CLI::App* run = app.add_subcommand(
+      "run", "supervise an app: hold its sockets, start generations with overlap");
+  run->add_option("-l,--listen", run_a->o.listen,
+                  "[NAME=]ADDRESS to listen on (repeatable; default: inherit LISTEN_FDS)");
+  run->add_option("--ready", run_a->ready,
+                  "notify | http://HOST:PORT/PATH | tcp[:HOST:PORT] | delay:DURATION")
+      ->capture_default_str();
+  run->add_option("--ready-timeout", run_a->ready_timeout, "a new generation must be ready within")
+      ->capture_default_str();
+  run->add_option("--settle", run_a->settle,
+                  "a ready generation must stay up this long before the old one is stopped")
+      ->capture_default_str();
+  run->add_option("--stop-signal", run_a->stop_signal, "sent to the old generation")
+      ->capture_default_str();
+  run->add_option("--stop-timeout", run_a->stop_timeout, "then SIGKILL to its process groups")
+      ->capture_default_str();
+  run->add_option("--processes", run_a->o.processes,
+                  "processes per generation, sharing the sockets")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  run->add_option("--restart", run_a->restart,
+                  "on-failure | always | never (when the app dies unasked)")
+      ->capture_default_str();
+  run->add_option("--max-draining", run_a->o.max_draining,
+                  "old generations still draining at most; a reload beyond is refused")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  run->add_option("--watchdog", run_a->watchdog,
+                  "restart a ready process silent this long (WATCHDOG=1); 0: off")
+      ->capture_default_str();
+  run->add_option("--control", run_a->o.control,
+                  "control socket (default $XDG_RUNTIME_DIR/handoff/NAME.sock or "
+                  "/run/handoff/NAME.sock)");
+  run->add_option("--name", run_a->o.name,
+                  "name in logs and of the control socket (default: the "
+                  "command's file name)");
+  run->add_option("--pid-file", run_a->o.pid_file, "write the supervisor's pid there");
+  run->add_option("--log-format", run_a->log_format, "text | json")->capture_default_str();
+  run->add_option("command", run_a->o.command, "the app and its arguments (after --)")->required();
+  run->callback([run_a] { run_command(*run_a); });
+
+  auto add_client = [&app](const char* name, const char* help, const char* timeout) {
+    auto a = std::make_shared<client_args>();
+    a->timeout = timeout;
+    CLI::App* sub = app.add_subcommand(name, help);
+    sub->add_option("--control", a->control, "the supervisor's control socket");
+    sub->add_option("--name", a->name, "the supervisor's --name (finds its control socket)");
+    return std::pair{sub, a};
+  };
+
+  auto [reload, reload_a] =
+      add_client("reload", "start a new generation; exit 0 once it has taken over", "120s");
+  reload->add_option("--timeout", reload_a->timeout, "give up waiting after")
+      ->capture_default_str();
+  reload->callback([a = reload_a] {
+    const auto answer = call(client_control_path(a->control, a->name), "reload",
+                             duration_of(a->timeout, "--timeout"));
+    const std::string line = first_line(answer.text);
+    if (line.rfind("ok ", 0) == 0) {
+      fmt::print("{}\n", line.substr(3));
+      return;
+    }
+    if (line.rfind("error ", 0) == 0) fail(1, "reload: " + line.substr(6));
+    if (!answer.complete) fail(3, "reload: no outcome within " + a->timeout);
+    fail(1, "reload: the supervisor closed the connection without an answer");
+  });
+
+  auto [status, status_a] = add_client("status", "generations, pids, states, last reload", "10s");
+  status->add_flag("--json", status_a->json, "one JSON object");
+  status->add_option("--timeout", status_a->timeout, "give up waiting after")
+      ->capture_default_str();
+  status->callback([a = status_a] {
+    const auto answer =
+        call(client_control_path(a->control, a->name), a->json ? "status json" : "status",
+             duration_of(a->timeout, "--timeout"));
+    if (answer.text.rfind("error ", 0) == 0)
+      fail(1, "status: " + first_line(answer.text).substr(6));
+    if (!answer.complete) fail(3, "status: no answer within " + a->timeout);
+    fmt::print("{}", answer.text);
+  });
+
+  auto [stop, stop_a] = add_client("stop", "stop the app gracefully, then the supervisor", "60s");
+  stop->add_option("--timeout", stop_a->timeout, "give up waiting after")->capture_default_str();
+  stop->callback([a = stop_a] {
+    const auto answer = call(client_control_path(a->control, a->name), "stop",
+                             duration_of(a->timeout, "--timeout"));
+    if (answer.text.rfind("error ", 0) == 0) fail(1, "stop: " + first_line(answer.text).substr(6));
+    if (!answer.complete) fail(3, "stop: the supervisor still runs after " + a->timeout);
+    fmt::print("stopped\n");
+  });
+}
+
 }  // namespace handoff::cli

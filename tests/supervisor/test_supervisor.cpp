@@ -1,0 +1,746 @@
+// `handoff run` with real processes, real signals and a real load: the supervisor holds one
+// listening socket (inherited from the test by LISTEN_FDS, as from systemd), generations of
+// example_server (through fault_app, which scripts faults) or of a Python app swap under
+// continuous load from clients that never retry, and every failed request is counted.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <regex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include "handoff/listeners.hpp"
+#include "handoff/socket_info.hpp"
+#include "handoff/spawn.hpp"
+#include "http/raw_client.hpp"
+#include "test_support.hpp"
+
+namespace handoff {
+namespace {
+
+using namespace std::chrono_literals;
+using test::outcome;
+using test::raw_connection;
+using clock_type = std::chrono::steady_clock;
+
+struct load_result {
+  std::mutex mutex;
+  std::map<std::string, long> failures;  // "keepalive: reset" -> count
+  std::map<std::string, long> served_by;
+  std::atomic<long> ok{0};
+
+  void fail(const std::string& what) {
+    std::lock_guard lock(mutex);
+    ++failures[what];
+  }
+  void served(const std::string& pid) {
+    std::lock_guard lock(mutex);
+    ++served_by[pid];
+  }
+  std::string failure_text() {
+    std::lock_guard lock(mutex);
+    std::string s;
+    for (const auto& [what, n] : failures) s += what + " x" + std::to_string(n) + "\n";
+    return s;
+  }
+};
+
+void check(load_result& load, const char* kind, const test::reply& r) {
+  if (r.result != outcome::ok) {
+    load.fail(std::string(kind) + ": " + to_string(r.result));
+  } else if (r.status != 200) {
+    load.fail(std::string(kind) + ": status " + std::to_string(r.status));
+  } else {
+    ++load.ok;
+    load.served(r.header("x-served-by"));
+  }
+}
+
+struct cli_result {
+  exit_status status;
+  std::string output;  // stdout and stderr
+};
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// Zombie children of `parent`, from /proc/*/stat.
+std::vector<pid_t> zombies_of(pid_t parent) {
+  std::vector<pid_t> out;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+    const std::string stat = read_file(entry.path().string() + "/stat");
+    const auto close = stat.rfind(')');
+    if (close == std::string::npos || close + 4 >= stat.size()) continue;
+    char state = 0;
+    int ppid = 0;
+    if (std::sscanf(stat.c_str() + close + 2, "%c %d", &state, &ppid) != 2) continue;
+    if (state == 'Z' && ppid == parent) out.push_back(std::stoi(entry.path().filename()));
+  }
+  return out;
+}
+
+std::size_t fds_of(pid_t pid) {
+  std::size_t n = 0;
+  for (const auto& entry :
+       std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd")) {
+    (void)entry;
+    ++n;
+  }
+  return n;
+}
+
+bool alive(pid_t pid) { return ::kill(pid, 0) == 0 || errno != ESRCH; }
+
+class Supervisor : public testing::Test {
+ protected:
+  void SetUp() override {
+    auto l = open_listener(parse_address("127.0.0.1:0").value());
+    ASSERT_TRUE(l) << l.error().message();
+    listener_ = std::move(*l);
+    port_ = local_address(listener_.get()).value().port;
+    control_ = dir_ / "control.sock";
+    modes_ = dir_ / "modes";
+    log_path_ = dir_ / "supervisor.log";
+  }
+
+  void TearDown() override {
+    stop_load();
+    if (supervisor_ > 0) {
+      ::kill(supervisor_, SIGKILL);
+      (void)wait_exit(supervisor_, 10s);
+    }
+    if (HasFailure())
+      std::fprintf(stderr, "--- supervisor log ---\n%s", read_file(log_path_).c_str());
+  }
+
+  std::vector<std::string> example_server_app() const {
+    return {HANDOFF_FAULT_APP, "--modes", modes_, "--", HANDOFF_EXAMPLE_SERVER, "--threads", "2",
+            "--drain-timeout", "10s"};
+  }
+
+  void write_modes(const std::string& text) {
+    std::ofstream out(modes_, std::ios::trunc);
+    out << text;
+  }
+
+  // Starts `handoff run OPTIONS -- APP`, handing it the test's listener as systemd would, and
+  // waits for the first answer (connections wait in the queue until a generation serves).
+  void start(const std::vector<std::string>& options, const std::vector<std::string>& app) {
+    launch(options, app);
+    if (HasFatalFailure()) return;
+    raw_connection c(port_);
+    ASSERT_TRUE(c.valid());
+    auto r = c.get("/", 20s, true);
+    ASSERT_EQ(r.result, outcome::ok) << to_string(r.result);
+    ASSERT_EQ(r.status, 200);
+    note_generations();
+  }
+
+  // Starts the supervisor without waiting for anything.
+  void launch(const std::vector<std::string>& options, const std::vector<std::string>& app) {
+    spawn_options o;
+    o.argv = {HANDOFF_TOOL, "run", "--control", control_, "--name", "test"};
+    o.argv.insert(o.argv.end(), options.begin(), options.end());
+    o.argv.push_back("--");
+    o.argv.insert(o.argv.end(), app.begin(), app.end());
+    o.fds = {{listener_.get(), "http"}};
+    unique_fd log(::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    ASSERT_TRUE(log);
+    o.stdout_fd = o.stderr_fd = log.get();
+    auto pid = spawn(o);
+    ASSERT_TRUE(pid) << pid.error().message();
+    supervisor_ = *pid;
+    listener_.reset();  // the supervisor holds the only copy from now on
+  }
+
+  cli_result cli(std::vector<std::string> args, std::chrono::milliseconds timeout = 30s) {
+    cli_result out;
+    int p[2];
+    EXPECT_EQ(::pipe2(p, O_CLOEXEC), 0);
+    unique_fd read_end(p[0]), write_end(p[1]);
+    spawn_options o;
+    o.argv = {HANDOFF_TOOL};
+    o.argv.insert(o.argv.end(), args.begin(), args.end());
+    o.stdout_fd = o.stderr_fd = write_end.get();
+    auto pid = spawn(o);
+    write_end.reset();
+    if (!pid) {
+      ADD_FAILURE() << pid.error().message();
+      return out;
+    }
+    const auto deadline = clock_type::now() + timeout;
+    char buf[4096];
+    for (;;) {
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_type::now());
+      pollfd pfd{read_end.get(), POLLIN, 0};
+      if (left.count() <= 0 || ::poll(&pfd, 1, static_cast<int>(left.count())) == 0) {
+        ADD_FAILURE() << "handoff " << args.at(0) << " did not finish";
+        ::kill(*pid, SIGKILL);
+        break;
+      }
+      const ssize_t n = ::read(read_end.get(), buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      out.output.append(buf, static_cast<std::size_t>(n));
+    }
+    auto status = wait_exit(*pid, 10s);
+    EXPECT_TRUE(status);
+    if (status) out.status = *status;
+    return out;
+  }
+
+  cli_result reload() { return cli({"reload", "--control", control_}); }
+
+  std::string status_json() { return cli({"status", "--json", "--control", control_}).output; }
+
+  // Records the pids of every generation the supervisor reports, as live generations.
+  void note_generations() {
+    const std::string json = status_json();
+    static const std::regex pid_re("\"pid\":([0-9]+),\"ready\"");
+    for (auto it = std::sregex_iterator(json.begin(), json.end(), pid_re);
+         it != std::sregex_iterator(); ++it)
+      if ((*it)[1] != "0") generation_pids_.insert((*it)[1]);
+  }
+
+  // Waits until the supervisor reports exactly `n` generations (old ones drained and reaped).
+  bool wait_generations(std::size_t n, std::chrono::milliseconds timeout = 15s) {
+    const auto deadline = clock_type::now() + timeout;
+    static const std::regex id_re("\\{\"id\":");
+    while (clock_type::now() < deadline) {
+      const std::string json = status_json();
+      const auto count = static_cast<std::size_t>(std::distance(
+          std::sregex_iterator(json.begin(), json.end(), id_re), std::sregex_iterator()));
+      if (count == n) return true;
+      std::this_thread::sleep_for(20ms);
+    }
+    return false;
+  }
+
+  void start_load(int keepalive = 2, int per_request = 2) {
+    stop_ = false;
+    for (int i = 0; i < keepalive; ++i)
+      clients_.emplace_back([this] {  // keep-alive: reconnects only when the server says close
+        raw_connection c;
+        while (!stop_) {
+          if (!c.valid()) c = raw_connection(port_);
+          if (!c.valid()) {
+            load_.fail("keepalive: connect " + std::to_string(c.error()));
+            continue;
+          }
+          const bool reused = c.requests() > 0;
+          auto r = c.get("/", 10s);
+          check(load_, reused ? "keepalive (reused)" : "keepalive (new)", r);
+          if (r.result != outcome::ok || r.close) c.close();
+        }
+      });
+    for (int i = 0; i < per_request; ++i)
+      clients_.emplace_back([this] {  // a new connection per request
+        while (!stop_) {
+          raw_connection c(port_);
+          if (!c.valid()) {
+            load_.fail("close: connect " + std::to_string(c.error()));
+            continue;
+          }
+          check(load_, "close", c.get("/", 10s, /*close=*/true));
+        }
+      });
+  }
+
+  void stop_load() {
+    stop_ = true;
+    for (auto& t : clients_) t.join();
+    clients_.clear();
+  }
+
+  void wait_for_requests(long more) {
+    const long target = load_.ok + more;
+    const auto deadline = clock_type::now() + 20s;
+    while (load_.ok < target && clock_type::now() < deadline) std::this_thread::sleep_for(1ms);
+    EXPECT_GE(load_.ok, target) << "the load stalled";
+  }
+
+  void expect_clean_load() {
+    EXPECT_EQ(load_.failure_text(), "");
+    std::lock_guard lock(load_.mutex);
+    for (const auto& [pid, n] : load_.served_by)
+      EXPECT_TRUE(generation_pids_.count(pid))
+          << n << " requests served by pid " << pid << ", not a generation the supervisor reported";
+  }
+
+  // SIGTERM to the supervisor: it stops every generation and exits with the app's status.
+  void stop_supervisor(int expected_code = 0) {
+    ASSERT_EQ(::kill(supervisor_, SIGTERM), 0);
+    auto status = wait_exit(supervisor_, 30s);
+    ASSERT_TRUE(status) << status.error().message();
+    supervisor_ = -1;
+    EXPECT_TRUE(status->exited) << status->describe();
+    EXPECT_EQ(status->code, expected_code);
+    for (const auto& pid : generation_pids_)
+      EXPECT_FALSE(alive(std::stoi(pid))) << "pid " << pid << " outlived the supervisor";
+    EXPECT_FALSE(std::filesystem::exists(control_)) << "control socket left behind";
+  }
+
+  test::temp_dir dir_;
+  unique_fd listener_;
+  std::uint16_t port_ = 0;
+  std::string control_, modes_, log_path_;
+  pid_t supervisor_ = -1;
+  load_result load_;
+  std::vector<std::thread> clients_;
+  std::atomic<bool> stop_{false};
+  std::set<std::string> generation_pids_;
+};
+
+TEST_F(Supervisor, TwentyReloadsUnderLoadWithoutAFailedRequest) {
+  start({"--stop-timeout", "15s"}, example_server_app());
+  const std::size_t supervisor_fds = fds_of(supervisor_);
+  start_load();
+  std::vector<long> reload_ms;
+  for (int i = 0; i < 20; ++i) {
+    wait_for_requests(100);
+    const auto t0 = clock_type::now();
+    const auto r = reload();
+    reload_ms.push_back(
+        std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - t0).count());
+    ASSERT_TRUE(r.status.success()) << r.output;
+    EXPECT_NE(r.output.find("took over"), std::string::npos) << r.output;
+    note_generations();
+  }
+  wait_for_requests(200);
+  stop_load();
+  expect_clean_load();
+  EXPECT_GE(load_.served_by.size(), 15U) << "most generations should have served";
+  long total = 0;
+  for (long ms : reload_ms) total += ms;
+  std::fprintf(stderr,
+               "20 reloads: %ld requests, mean reload %ld ms (handoff reload, end to end)\n",
+               load_.ok.load(), total / 20);
+  ASSERT_TRUE(wait_generations(1));
+  EXPECT_TRUE(zombies_of(supervisor_).empty());
+  EXPECT_EQ(fds_of(supervisor_), supervisor_fds) << "the supervisor leaks fds";
+  const std::string status = cli({"status", "--control", control_}).output;
+  EXPECT_NE(status.find("20 reloads (0 failed)"), std::string::npos) << status;
+  stop_supervisor(0);
+}
+
+TEST_F(Supervisor, PythonAppReloadsUnderLoad) {
+  if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "no python3";
+  start({"--stop-timeout", "10s"}, {"/usr/bin/python3", HANDOFF_PYTHON_APP});
+  start_load();
+  for (int i = 0; i < 4; ++i) {
+    wait_for_requests(100);
+    const auto r = reload();
+    ASSERT_TRUE(r.status.success()) << r.output;
+    note_generations();
+  }
+  wait_for_requests(100);
+  stop_load();
+  expect_clean_load();
+  EXPECT_GE(load_.served_by.size(), 4U);
+  stop_supervisor(0);
+}
+
+struct fault_case {
+  const char* name;
+  const char* mode;
+  const char* cause;  // in the reload's message
+};
+
+class SupervisorFault : public Supervisor, public testing::WithParamInterface<fault_case> {};
+
+TEST_P(SupervisorFault, OldGenerationKeepsServing) {
+  const auto& param = GetParam();
+  write_modes(std::string("serve\n") + param.mode + "\n");
+  start({"--ready-timeout", "1s", "--settle", "700ms", "--stop-timeout", "10s"},
+        example_server_app());
+  const std::set<std::string> first = generation_pids_;
+  ASSERT_EQ(first.size(), 1U);
+  start_load();
+  wait_for_requests(100);
+  const auto r = reload();
+  EXPECT_EQ(r.status.exited ? r.status.code : -1, 1) << r.output;
+  EXPECT_NE(r.output.find("failed"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(param.cause), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("keeps serving"), std::string::npos) << r.output;
+  wait_for_requests(100);
+  {
+    std::lock_guard lock(load_.mutex);
+    EXPECT_EQ(load_.served_by.size(), 1U) << "only the old generation may have served";
+  }
+  // The supervisor is still in business: the next reload works.
+  const auto again = reload();
+  EXPECT_TRUE(again.status.success()) << again.output;
+  note_generations();
+  wait_for_requests(100);
+  stop_load();
+  expect_clean_load();
+  ASSERT_TRUE(wait_generations(1));
+  EXPECT_TRUE(zombies_of(supervisor_).empty());
+  stop_supervisor(0);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Faults, SupervisorFault,
+    testing::Values(fault_case{"ExitsAtStart", "exit1", "exited with status 1 before it was ready"},
+                    fault_case{"KilledBeforeReady", "kill-before-ready",
+                               "killed by signal 9 (Killed) before it was ready"},
+                    fault_case{"NeverReady", "never-ready", "not ready within 1s"},
+                    fault_case{"CrashesAfterReady", "crash-after-ready",
+                               "killed by signal 6 (Aborted) after it was ready"}),
+    [](const auto& test_info) { return std::string(test_info.param.name); });
+
+TEST_F(Supervisor, OldGenerationIgnoringTheStopSignalIsKilledAfterTheStopTimeout) {
+  // Generation 1 ignores SIGTERM (and accepts nothing, so no request is ever in its hands).
+  write_modes("ignore-term\nserve\n");
+  // start() waits for an answer, which only generation 2 gives: reload from another thread.
+  std::thread reloader([this] {
+    // The supervisor's control socket exists once it runs; retry connecting until then.
+    const auto deadline = clock_type::now() + 10s;
+    while (!std::filesystem::exists(control_) && clock_type::now() < deadline)
+      std::this_thread::sleep_for(5ms);
+    while (clock_type::now() < deadline) {
+      const std::string json = status_json();
+      if (json.find("\"serving\"") != std::string::npos) break;
+      std::this_thread::sleep_for(5ms);
+    }
+    const auto r = reload();
+    EXPECT_TRUE(r.status.success()) << r.output;
+  });
+  start({"--stop-timeout", "1s"}, example_server_app());
+  reloader.join();
+  start_load();
+  wait_for_requests(100);
+  ASSERT_TRUE(wait_generations(1, 10s));
+  const std::string log = read_file(log_path_);
+  EXPECT_NE(log.find("generation 1: still running SIGTERM after 1s: SIGKILL"), std::string::npos)
+      << log;
+  EXPECT_NE(log.find("generation 1: pid"), std::string::npos);
+  EXPECT_NE(log.find("killed by signal 9"), std::string::npos);
+  stop_load();
+  note_generations();
+  EXPECT_EQ(load_.failure_text(), "");
+  stop_supervisor(0);
+}
+
+TEST_F(Supervisor, ReloadDuringReloadIsRefused) {
+  // Generation 2 never becomes ready, so its reload is in flight until the 2 s ready timeout.
+  write_modes("serve\nnever-ready\n");
+  start({"--ready-timeout", "2s"}, example_server_app());
+  start_load();
+  cli_result first;
+  std::thread slow([&] { first = reload(); });
+  // The second reload must come while the first is in flight: wait until it is.
+  const auto deadline = clock_type::now() + 5s;
+  while (status_json().find("\"starting\"") == std::string::npos && clock_type::now() < deadline)
+    std::this_thread::sleep_for(5ms);
+  const auto second = reload();
+  EXPECT_EQ(second.status.exited ? second.status.code : -1, 1) << second.output;
+  EXPECT_NE(second.output.find("a reload is already in progress: generation 2"), std::string::npos)
+      << second.output;
+  slow.join();
+  EXPECT_EQ(first.status.code, 1) << first.output;
+  EXPECT_NE(first.output.find("not ready within 2s"), std::string::npos) << first.output;
+  wait_for_requests(100);
+  stop_load();
+  expect_clean_load();
+  stop_supervisor(0);
+}
+
+TEST_F(Supervisor, ReloadBeyondTheDrainingCapIsRefused) {
+  start({"--max-draining", "1"}, example_server_app());
+  // A slow request keeps generation 1 draining for a while after the first reload.
+  raw_connection slow(port_);
+  ASSERT_TRUE(slow.send_all("GET /slow?ms=3000 HTTP/1.1\r\nHost: t\r\n\r\n"));
+  raw_connection probe(port_);  // the queue is FIFO: once this is answered, slow was accepted
+  ASSERT_EQ(probe.get("/", 10s, true).result, outcome::ok);
+  const auto first = reload();
+  ASSERT_TRUE(first.status.success()) << first.output;
+  const auto second = reload();
+  EXPECT_EQ(second.status.code, 1) << second.output;
+  EXPECT_NE(second.output.find("1 old generations are still draining (--max-draining 1)"),
+            std::string::npos)
+      << second.output;
+  const auto r = slow.read_reply(10s);
+  EXPECT_EQ(r.result, outcome::ok) << to_string(r.result);
+  EXPECT_EQ(r.status, 200);
+  ASSERT_TRUE(wait_generations(1));
+  const auto third = reload();
+  EXPECT_TRUE(third.status.success()) << third.output;
+  note_generations();
+  stop_supervisor(0);
+}
+
+TEST_F(Supervisor, DeadGenerationIsRestartedWithBackoffAndQueuedConnectionsAreServed) {
+  start({}, example_server_app());
+  for (int round = 1; round <= 2; ++round) {
+    const std::string victim = *generation_pids_.rbegin();
+    // Kill the only generation; connections made while nobody serves wait in the queue.
+    const int victim_pid = std::stoi(victim);
+    unique_fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, victim_pid, 0)));
+    ASSERT_TRUE(pidfd);
+    ASSERT_EQ(::kill(victim_pid, SIGKILL), 0);
+    pollfd p{pidfd.get(), POLLIN, 0};
+    ASSERT_EQ(::poll(&p, 1, 5000), 1);
+    std::vector<raw_connection> queued;
+    for (int i = 0; i < 8; ++i) {
+      queued.emplace_back(port_);
+      ASSERT_TRUE(queued.back().valid());
+      ASSERT_TRUE(queued.back().send_all("GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"));
+    }
+    for (auto& c : queued) {
+      auto r = c.read_reply(10s);
+      ASSERT_EQ(r.result, outcome::ok) << to_string(r.result);
+      EXPECT_EQ(r.status, 200);
+      EXPECT_NE(r.header("x-served-by"), victim);
+    }
+    generation_pids_.clear();
+    note_generations();
+  }
+  const std::string log = read_file(log_path_);
+  EXPECT_NE(log.find("restarting its process in 100 ms"), std::string::npos) << log;
+  EXPECT_NE(log.find("restarting its process in 200 ms"), std::string::npos) << log;
+  const std::string status = cli({"status", "--control", control_}).output;
+  EXPECT_NE(status.find("2 restarts"), std::string::npos) << status;
+  stop_supervisor(0);
+}
+
+TEST_F(Supervisor, ChildrenSeeOnlyStdioAndTheSockets) {
+  const std::string report = dir_ / "fds";
+  write_modes("report-fds:" + report + "\n");
+  start({}, example_server_app());
+  std::map<int, std::string> fds;
+  std::istringstream in(read_file(report));
+  int fd;
+  std::string target;
+  while (in >> fd >> target) fds[fd] = target;
+  ASSERT_EQ(fds.size(), 4U) << read_file(report);
+  EXPECT_TRUE(fds.count(0) && fds.count(1) && fds.count(2));
+  EXPECT_EQ(fds[3].rfind("socket:", 0), 0U) << fds[3];
+  stop_supervisor(0);
+}
+
+TEST_F(Supervisor, StoredFdsAreHandedToTheNextGeneration) {
+  const std::string report = dir_ / "fds";
+  write_modes("fdstore:kept\nreport-fds:" + report + "\n");
+  start({}, example_server_app());
+  const auto r = reload();
+  ASSERT_TRUE(r.status.success()) << r.output;
+  const std::string fds = read_file(report);
+  EXPECT_NE(fds.find("\n3 socket:"), std::string::npos) << fds;
+  EXPECT_NE(fds.find("\n4 /memfd:fault_app_store"), std::string::npos) << fds;
+  EXPECT_NE(fds.find("names http:kept\n"), std::string::npos) << fds;
+  stop_supervisor(0);
+}
+
+TEST_F(Supervisor, MainPidHandOffKeepsTheNewProcessTracked) {
+  write_modes("fork-mainpid\n");
+  start({}, example_server_app());
+  raw_connection c(port_);
+  const auto r = c.get("/", 10s, true);
+  ASSERT_EQ(r.result, outcome::ok);
+  const std::string server = r.header("x-served-by");
+  EXPECT_TRUE(generation_pids_.count(server)) << "status should list the new main pid " << server;
+  const std::string log = read_file(log_path_);
+  EXPECT_NE(log.find("main process"), std::string::npos) << log;
+  EXPECT_NE(log.find("-> " + server), std::string::npos) << log;
+  EXPECT_EQ(log.find("restart"), std::string::npos) << "the old main's exit was expected: " << log;
+  stop_supervisor(0);  // stops (and reaps) the adopted process too
+}
+
+TEST_F(Supervisor, SighupReloadsEveryProcessOfAGeneration) {
+  start({"--processes", "2", "--log-format", "json"}, example_server_app());
+  EXPECT_EQ(generation_pids_.size(), 2U);
+  start_load();
+  wait_for_requests(100);
+  ASSERT_EQ(::kill(supervisor_, SIGHUP), 0);
+  const auto deadline = clock_type::now() + 10s;
+  std::string json;
+  while (clock_type::now() < deadline) {
+    json = status_json();
+    if (json.find("{\"id\":2,\"state\":\"serving\"") != std::string::npos) break;
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_NE(json.find("{\"id\":2,\"state\":\"serving\""), std::string::npos) << json;
+  note_generations();
+  EXPECT_EQ(generation_pids_.size(), 4U) << json;
+  wait_for_requests(200);
+  stop_load();
+  expect_clean_load();
+  std::istringstream log(read_file(log_path_));
+  std::string line;
+  int events = 0;
+  while (std::getline(log, line)) {
+    if (line.rfind("example_server:", 0) == 0 || line.rfind("fault_app:", 0) == 0) continue;
+    EXPECT_EQ(line.rfind("{\"time\":\"", 0), 0U) << line;
+    EXPECT_EQ(line.back(), '}') << line;
+    ++events;
+  }
+  EXPECT_GT(events, 8);
+  stop_supervisor(0);
+}
+
+TEST_F(Supervisor, SilentProcessIsKilledByTheWatchdogAndRestarted) {
+  const std::string pinger_file = dir_ / "pinger";
+  write_modes("ping-serve:" + pinger_file + "\nping-serve:" + pinger_file + "\n");
+  start({"--watchdog", "300ms"}, example_server_app());
+  const std::string first = *generation_pids_.begin();
+  // Pinged, the process lives on well past the watchdog interval.
+  start_load();
+  const auto until = clock_type::now() + 1s;
+  while (clock_type::now() < until) wait_for_requests(50);
+  stop_load();
+  expect_clean_load();
+  EXPECT_EQ(load_.served_by.size(), 1U);
+  EXPECT_EQ(read_file(log_path_).find("(watchdog)"), std::string::npos);
+  // Silenced, it is killed and restarted.
+  ASSERT_EQ(::kill(std::stoi(read_file(pinger_file)), SIGKILL), 0);
+  const int victim = std::stoi(first);
+  unique_fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, victim, 0)));
+  ASSERT_TRUE(pidfd);
+  pollfd p{pidfd.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 5000), 1) << "the silent process was not killed";
+  raw_connection c(port_);
+  const auto r = c.get("/", 10s, true);
+  ASSERT_EQ(r.result, outcome::ok);
+  EXPECT_NE(r.header("x-served-by"), first);
+  const std::string log = read_file(log_path_);
+  EXPECT_NE(log.find("pid " + first + " silent for 300ms (watchdog)"), std::string::npos) << log;
+  EXPECT_NE(log.find("restarting its process in 100 ms"), std::string::npos) << log;
+  stop_supervisor(0);
+}
+
+class SupervisorReadyMode : public Supervisor, public testing::WithParamInterface<const char*> {};
+
+TEST_P(SupervisorReadyMode, ReloadsUnderLoad) {
+  std::string mode = GetParam();
+  if (const auto at = mode.find("PORT"); at != std::string::npos)
+    mode.replace(at, 4, std::to_string(port_));
+  start({"--ready", mode}, example_server_app());
+  start_load(1, 1);
+  for (int i = 0; i < 2; ++i) {
+    wait_for_requests(50);
+    const auto r = reload();
+    ASSERT_TRUE(r.status.success()) << r.output;
+    note_generations();
+  }
+  wait_for_requests(50);
+  stop_load();
+  expect_clean_load();
+  const std::string log = read_file(log_path_);
+  const char* how = mode.rfind("delay:", 0) == 0 ? "(delay passed" : "(probe answered";
+  EXPECT_NE(log.find(how), std::string::npos) << log;
+  stop_supervisor(0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, SupervisorReadyMode,
+                         testing::Values("delay:100ms", "tcp", "http://127.0.0.1:PORT/health"),
+                         [](const auto& test_info) {
+                           const std::string m = test_info.param;
+                           return m.rfind("http", 0) == 0 ? std::string("http")
+                                  : m == "tcp"            ? std::string("tcp")
+                                                          : std::string("delay");
+                         });
+
+TEST_F(Supervisor, WithRestartNeverTheSupervisorExitsWithTheAppsStatus) {
+  write_modes("exit1\n");
+  launch({"--restart", "never"}, example_server_app());
+  auto status = wait_exit(supervisor_, 10s);
+  ASSERT_TRUE(status) << status.error().message();
+  supervisor_ = -1;
+  EXPECT_TRUE(status->exited);
+  EXPECT_EQ(status->code, 1);
+  EXPECT_FALSE(std::filesystem::exists(control_));
+}
+
+TEST_F(Supervisor, OnFailureRestartsAFailingFirstStartWithBackoff) {
+  write_modes("exit1\nexit1\nserve\n");
+  start({}, example_server_app());  // served in the end, by the third start
+  const std::string log = read_file(log_path_);
+  EXPECT_NE(log.find("starting a new one in 100 ms"), std::string::npos) << log;
+  EXPECT_NE(log.find("starting a new one in 200 ms"), std::string::npos) << log;
+  stop_supervisor(0);
+}
+
+TEST_F(Supervisor, OrphansAreReaped) {
+  const std::string where = dir_ / "orphan";
+  write_modes("orphan:" + where + "\n");
+  start({}, example_server_app());
+  const pid_t orphan = std::stoi(read_file(where));
+  ASSERT_GT(orphan, 0);
+  // The orphan exits 200 ms after its parent; then the supervisor must have reaped it.
+  unique_fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, orphan, 0)));
+  if (pidfd) {
+    pollfd p{pidfd.get(), POLLIN, 0};
+    ASSERT_EQ(::poll(&p, 1, 5000), 1);
+  }
+  const auto deadline = clock_type::now() + 5s;
+  while (alive(orphan) && clock_type::now() < deadline) std::this_thread::sleep_for(5ms);
+  EXPECT_FALSE(alive(orphan)) << "orphan " << orphan << " left a zombie";
+  EXPECT_TRUE(zombies_of(supervisor_).empty());
+  stop_supervisor(0);
+}
+
+TEST_F(Supervisor, MalformedControlRequestsGetAnErrorAnswer) {
+  start({}, example_server_app());
+  auto ask = [&](const std::string& bytes) {
+    unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un to{};
+    to.sun_family = AF_UNIX;
+    std::memcpy(to.sun_path, control_.data(), control_.size());
+    EXPECT_EQ(::connect(fd.get(), reinterpret_cast<sockaddr*>(&to), sizeof to), 0);
+    (void)::send(fd.get(), bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    std::string reply;
+    char buf[512];
+    for (;;) {
+      pollfd p{fd.get(), POLLIN, 0};
+      if (::poll(&p, 1, 10000) != 1) break;
+      const ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
+      if (n <= 0) break;
+      reply.append(buf, static_cast<std::size_t>(n));
+    }
+    return reply;
+  };
+  EXPECT_EQ(ask("bogus\n").rfind("error unknown command \"bogus\"", 0), 0U);
+  EXPECT_EQ(ask("\n").rfind("error unknown command", 0), 0U);
+  EXPECT_EQ(ask(std::string("\x01\xff\x00zz\n", 6)).rfind("error unknown command", 0), 0U);
+  EXPECT_EQ(ask(std::string(5000, 'x')).rfind("error request longer", 0), 0U);
+  EXPECT_EQ(ask("").rfind("error no request line", 0), 0U);  // silent peer: 5 s
+  EXPECT_NE(ask("status\n").find("generation 1 serving"), std::string::npos);
+  const auto s = cli({"status", "--control", control_});
+  EXPECT_TRUE(s.status.success()) << s.output;
+  EXPECT_NE(s.output.find("generation 1 serving"), std::string::npos) << s.output;
+  const auto missing = cli({"reload", "--control", dir_ / "nope.sock"});
+  EXPECT_EQ(missing.status.code, 2) << missing.output;
+  stop_supervisor(0);
+}
+
+TEST_F(Supervisor, StopCommandStopsEverything) {
+  start({}, example_server_app());
+  const auto r = cli({"stop", "--control", control_});
+  EXPECT_TRUE(r.status.success()) << r.output;
+  auto status = wait_exit(supervisor_, 10s);
+  ASSERT_TRUE(status);
+  supervisor_ = -1;
+  EXPECT_TRUE(status->success()) << status->describe();
+  for (const auto& pid : generation_pids_) EXPECT_FALSE(alive(std::stoi(pid)));
+}
+
+}  // namespace
+}  // namespace handoff

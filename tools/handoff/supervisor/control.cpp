@@ -1,0 +1,166 @@
+#include "supervisor/control.hpp"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "handoff/listeners.hpp"
+
+namespace handoff::supervisor {
+
+using clock = std::chrono::steady_clock;
+
+result<control_server> control_server::open(const std::string& path) {
+  address where;
+  where.kind = transport::unix_stream;
+  where.host = path;
+  listen_options options;
+  options.unix_mode = 0600;
+  options.backlog = 64;
+  // open_listener refuses a path a live process listens on (another supervisor of that name)
+  // and replaces only a stale socket file.
+  auto fd = open_listener(where, options);
+  if (!fd) return fd.error();
+  if (auto nb = set_nonblocking(fd->get()); !nb) return nb.error();
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return error::from_errno(errno, "stat " + path);
+  return control_server(std::move(*fd), path, st.st_dev, st.st_ino);
+}
+
+control_server::control_server(control_server&& other) noexcept
+    : fd_(std::move(other.fd_)), path_(std::move(other.path_)), dev_(other.dev_), ino_(other.ino_) {
+  other.path_.clear();
+}
+
+control_server& control_server::operator=(control_server&& other) noexcept {
+  if (this != &other) {
+    fd_ = std::move(other.fd_);
+    path_ = std::move(other.path_);
+    dev_ = other.dev_;
+    ino_ = other.ino_;
+    other.path_.clear();
+  }
+  return *this;
+}
+
+control_server::~control_server() {
+  if (path_.empty()) return;
+  struct stat st {};
+  // Never unlink a path that is no longer the socket we created.
+  if (::lstat(path_.c_str(), &st) == 0 && st.st_dev == dev_ && st.st_ino == ino_)
+    ::unlink(path_.c_str());
+}
+
+result<unique_fd> control_server::accept(uid_t& rejected) {
+  rejected = static_cast<uid_t>(-1);
+  for (;;) {
+    unique_fd client(::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    if (!client) {
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return unique_fd();
+      return error::from_errno(errno, "accept on " + path_);
+    }
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(client.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
+      return error::from_errno(errno, "SO_PEERCRED on " + path_);
+    if (cred.uid != 0 && cred.uid != ::geteuid()) {
+      rejected = cred.uid;
+      send_reply(client.get(), "error permission denied: uid " + std::to_string(cred.uid) +
+                                   " is neither root nor the supervisor's user\n");
+      return unique_fd();
+    }
+    return client;
+  }
+}
+
+bool read_request(control_client& client, std::string& error) {
+  char buf[512];
+  for (;;) {
+    const ssize_t n = ::recv(client.fd.get(), buf, sizeof buf, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    if (n <= 0) {
+      error = "closed";
+      return true;
+    }
+    client.buffer.append(buf, static_cast<std::size_t>(n));
+    if (client.buffer.find('\n') != std::string::npos) break;
+    if (client.buffer.size() > control_line_max) break;
+  }
+  const auto nl = client.buffer.find('\n');
+  if (nl != std::string::npos && nl <= control_line_max) {
+    client.buffer.resize(nl);
+    if (!client.buffer.empty() && client.buffer.back() == '\r') client.buffer.pop_back();
+    return true;
+  }
+  if (client.buffer.size() > control_line_max) {
+    error = "request longer than " + std::to_string(control_line_max) + " bytes";
+    return true;
+  }
+  return false;
+}
+
+void send_reply(int fd, const std::string& text) {
+  std::size_t sent = 0;
+  while (sent < text.size()) {
+    const ssize_t n =
+        ::send(fd, text.data() + sent, text.size() - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    sent += static_cast<std::size_t>(n);
+  }
+}
+
+result<control_answer> control_call(const std::string& path, const std::string& request,
+                                    std::chrono::milliseconds timeout) {
+  const auto deadline = clock::now() + timeout;
+  unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return error::from_errno(errno, "socket");
+  sockaddr_un to{};
+  to.sun_family = AF_UNIX;
+  if (path.size() >= sizeof to.sun_path)
+    return error::from_errno(ENAMETOOLONG, "control socket " + path);
+  std::memcpy(to.sun_path, path.data(), path.size());
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&to), sizeof to) != 0)
+    return error::from_errno(errno, "connect to the supervisor at " + path);
+  const std::string line = request + "\n";
+  if (::send(fd.get(), line.data(), line.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(line.size()))
+    return error::from_errno(errno, "send to the supervisor at " + path);
+  control_answer answer;
+  char buf[4096];
+  for (;;) {
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock::now()).count();
+    if (left <= 0) return answer;
+    pollfd p{fd.get(), POLLIN, 0};
+    const int ready = ::poll(&p, 1, static_cast<int>(left));
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready < 0) return error::from_errno(errno, "poll");
+    if (ready == 0) continue;
+    const ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      answer.complete = true;
+      return answer;
+    }
+    answer.text.append(buf, static_cast<std::size_t>(n));
+  }
+}
+
+std::string default_control_dir() {
+  const char* runtime = std::getenv("XDG_RUNTIME_DIR");
+  if (runtime != nullptr && runtime[0] == '/') return std::string(runtime) + "/handoff";
+  return "/run/handoff";
+}
+
+std::string default_control_path(const std::string& name) {
+  return default_control_dir() + "/" + name + ".sock";
+}
+
+}  // namespace handoff::supervisor

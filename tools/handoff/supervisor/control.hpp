@@ -1,0 +1,79 @@
+// The control socket of `handoff run`: a unix stream socket, one request line per connection,
+// a text (or JSON) reply, then the supervisor closes the connection.
+//
+//   reload        -> "ok generation 3 took over: pid 1234 ready in 118 ms"
+//                    "error generation 3 failed: pid 1234 exited with status 1 before ready"
+//                    (the reply comes when the reload has finished, either way)
+//   status        -> several lines of text
+//   status json   -> one JSON object
+//   stop          -> "ok stopping"; the connection stays open until the supervisor exits
+// Anything else gets "error unknown command ..."; a line over 256 bytes or a peer that says
+// nothing for 5 s is answered with an error and closed. Only the supervisor's own user or root
+// may connect (SO_PEERCRED); others get "error permission denied".
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "handoff/fd.hpp"
+
+namespace handoff::supervisor {
+
+inline constexpr std::size_t control_line_max = 256;
+
+// One accepted connection, until its request line is complete.
+struct control_client {
+  unique_fd fd;
+  std::string buffer;
+  std::chrono::steady_clock::time_point deadline;  // for the request line
+  bool answered = false;                           // waiting for an event (reload, stop)
+};
+
+// The server side. The socket file is removed on destruction, only if it is still the one
+// this supervisor created (same inode).
+class control_server {
+ public:
+  static result<control_server> open(const std::string& path);
+  control_server(control_server&&) noexcept;
+  control_server& operator=(control_server&&) noexcept;
+  ~control_server();
+  int fd() const noexcept { return fd_.get(); }
+  const std::string& path() const noexcept { return path_; }
+  // Accepts one waiting connection; an empty fd when none waits. Peers of another user are
+  // answered and closed here (`rejected` is set to their uid).
+  result<unique_fd> accept(uid_t& rejected);
+
+ private:
+  control_server(unique_fd fd, std::string path, dev_t dev, ino_t ino)
+      : fd_(std::move(fd)), path_(std::move(path)), dev_(dev), ino_(ino) {}
+  unique_fd fd_;
+  std::string path_;
+  dev_t dev_ = 0;
+  ino_t ino_ = 0;
+};
+
+// Reads what is available; true once a full line is in `client.buffer` (without the newline)
+// or the peer closed / sent too much (then `error` says why).
+bool read_request(control_client& client, std::string& error);
+// Best-effort nonblocking send of a reply (replies are small; a peer that does not read
+// loses it).
+void send_reply(int fd, const std::string& text);
+
+// The client side: sends `request`, returns everything the supervisor answered until it
+// closed the connection or `timeout` passed (then `complete` is false).
+struct control_answer {
+  std::string text;
+  bool complete = false;  // the supervisor closed the connection (not a timeout)
+};
+result<control_answer> control_call(const std::string& path, const std::string& request,
+                                    std::chrono::milliseconds timeout);
+
+// Where the control socket goes by default: $XDG_RUNTIME_DIR/handoff/NAME.sock, else
+// /run/handoff/NAME.sock.
+std::string default_control_dir();
+std::string default_control_path(const std::string& name);
+
+}  // namespace handoff::supervisor

@@ -1,0 +1,79 @@
+// One generation of the app: the N processes started together for one start or reload, and
+// where they are in their life.
+//
+//   starting -> settling (ready, --settle) -> serving -> draining -> gone
+//        \______________\_____________________________> failed (killed) -> gone
+//
+// Invariants (kept by supervisor.cpp): at most one generation is starting or settling; at
+// most one is serving; each process (slot) is its own process group, so "kill the
+// generation" is a kill(-pgid) per slot, and only while the slot's main process is not yet
+// reaped (after that the group id could name someone else's group).
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "handoff/fd.hpp"
+#include "handoff/spawn.hpp"
+#include "supervisor/probe.hpp"
+
+namespace handoff::supervisor {
+
+using clock = std::chrono::steady_clock;
+
+enum class generation_state { starting, settling, serving, draining, failed };
+const char* to_string(generation_state s);
+
+struct slot {
+  pid_t pid = 0;              // the main process; 0 while waiting for a restart
+  pid_t pgid = 0;             // its process group (the first pid of the slot's current run)
+  std::vector<pid_t> former;  // earlier main pids (before MAINPID=), their exits are expected
+  unique_fd pidfd;            // for a main process adopted by MAINPID= (maybe not our child)
+  bool ready = false;
+  bool stopping = false;  // STOPPING=1 received
+  bool reloading = false;
+  clock::time_point started{}, ready_at{}, last_watchdog{};
+  clock::time_point ready_deadline{};  // while not ready
+  clock::time_point restart_at{};      // while pid == 0
+  std::chrono::milliseconds watchdog{0};
+  std::shared_ptr<probe_state> probe;
+  std::optional<exit_status> last_exit;
+  std::string status_text;  // STATUS=
+  int restarts = 0;
+  int failures_in_a_row = 0;
+  bool running() const noexcept { return pid > 0; }
+};
+
+struct generation {
+  int id = 0;
+  generation_state state = generation_state::starting;
+  std::vector<slot> slots;
+  clock::time_point started{}, ready_deadline{}, settle_deadline{}, stop_deadline{};
+  bool stop_sent = false, killed = false;
+  bool is_restart = false;             // started because the app died, not by a reload
+  std::string failure;                 // why it failed
+  std::vector<std::uint64_t> waiters;  // control clients waiting for the outcome of this start
+
+  bool any_running() const {
+    for (const auto& s : slots)
+      if (s.running()) return true;
+    return false;
+  }
+  bool all_ready() const {
+    for (const auto& s : slots)
+      if (!s.running() || !s.ready) return false;
+    return true;
+  }
+  std::string pids() const;
+};
+
+// "exited with status 1", "killed by signal 9 (Killed)"; 128+N for a signal as an exit code.
+int exit_code_of(const exit_status& s);
+
+}  // namespace handoff::supervisor

@@ -1,0 +1,39 @@
+// The settings of `handoff run`, as parsed from its command line (supervisor_command.cpp).
+#pragma once
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace handoff::supervisor {
+
+enum class ready_mode { notify, http, tcp, delay };
+enum class restart_policy { on_failure, always, never };
+enum class log_format { text, json };
+
+struct run_options {
+  std::vector<std::string> command;  // argv of the app
+  std::vector<std::string> listen;   // [NAME=]ADDRESS; empty: inherit LISTEN_FDS, if any
+  ready_mode ready = ready_mode::notify;
+  std::string ready_target;  // http: the URL; tcp: "HOST:PORT" or "" (the first TCP listener)
+  std::chrono::milliseconds ready_delay{0};
+  std::chrono::milliseconds ready_timeout{std::chrono::seconds(60)};
+  // How long a ready generation must stay up before the old one is told to stop (0: at once).
+  std::chrono::milliseconds settle{0};
+  int stop_signal = 15;  // SIGTERM
+  std::chrono::milliseconds stop_timeout{std::chrono::seconds(30)};
+  int processes = 1;
+  restart_policy restart = restart_policy::on_failure;
+  std::chrono::milliseconds backoff_min{std::chrono::milliseconds(100)};
+  std::chrono::milliseconds backoff_max{std::chrono::seconds(30)};
+  std::string control;  // the control socket path
+  std::string name;
+  std::string pid_file;
+  log_format logs = log_format::text;
+  int max_draining = 4;
+  std::chrono::milliseconds watchdog{0};  // 0: off
+  std::size_t fdstore_max = 64;
+};
+
+}  // namespace handoff::supervisor
