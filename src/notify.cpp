@@ -166,7 +166,9 @@ result<notify_outcome> notifier::send(std::string_view message, std::span<const 
   // show up in a test run without NOTIFY_SOCKET too.
   if (auto ok = check_message(message, fds.size()); !ok) return ok.error();
   if (!socket_) return notify_outcome::no_manager;
-  if (auto sent = send_datagram(*socket_, message, fds, pid, std::nullopt); !sent)
+  if (auto sent = send_datagram(*socket_, message, fds, pid,
+                                std::chrono::steady_clock::now() + notify_send_timeout);
+      !sent)
     return sent.error();
   return notify_outcome::sent;
 }

@@ -35,6 +35,9 @@
 
 namespace handoff {
 
+// How long a send waits for room in the manager's queue (net.unix.max_dgram_qlen datagrams).
+inline constexpr std::chrono::milliseconds notify_send_timeout{5000};
+
 // Whether a send reached a manager: sent, or nobody to tell (no NOTIFY_SOCKET).
 enum class notify_outcome { sent, no_manager };
 
@@ -52,7 +55,9 @@ class notifier {
   const std::optional<std::string>& socket() const noexcept { return socket_; }
 
   // Sends `message` as is. `fds` travel with it (SCM_RIGHTS); `pid`, when given and not our
-  // own, is sent as the sender in SCM_CREDENTIALS (sd_pid_notify: needs privileges).
+  // own, is sent as the sender in SCM_CREDENTIALS (sd_pid_notify: needs privileges). A manager
+  // whose queue stays full (it does not read) fails the send after notify_send_timeout
+  // (errno EAGAIN), where sd_notify would block for ever.
   result<notify_outcome> send(std::string_view message, std::span<const int> fds = {},
                               std::optional<pid_t> pid = std::nullopt) const;
 

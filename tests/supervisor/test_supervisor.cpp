@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "handoff/listeners.hpp"
+#include "handoff/notify_receiver.hpp"
 #include "handoff/socket_info.hpp"
 #include "handoff/spawn.hpp"
 #include "http/raw_client.hpp"
@@ -121,6 +122,8 @@ class Supervisor : public testing::Test {
 
   void TearDown() override {
     stop_load();
+    stop_manager_reader_ = true;
+    if (manager_reader_.joinable()) manager_reader_.join();
     if (supervisor_ > 0) {
       ::kill(supervisor_, SIGKILL);
       (void)wait_exit(supervisor_, 10s);
@@ -144,6 +147,18 @@ class Supervisor : public testing::Test {
   void start(const std::vector<std::string>& options, const std::vector<std::string>& app) {
     launch(options, app);
     if (HasFatalFailure()) return;
+    // The supervisor's own READY=1 (to its manager, here this test) says that the first
+    // generation is ready by the --ready mode's rules; an answer alone does not (a delay: mode
+    // may still be counting).
+    for (;;) {
+      auto m = manager_->receive(30s);
+      ASSERT_TRUE(m) << "no READY=1 from the supervisor: " << m.error().message();
+      if (m->pid == supervisor_ && m->has("READY")) break;
+    }
+    // From now on read (and so answer barriers) all the time, as systemd does.
+    manager_reader_ = std::thread([this] {
+      while (!stop_manager_reader_) (void)manager_->receive(100ms);
+    });
     raw_connection c(port_);
     ASSERT_TRUE(c.valid());
     auto r = c.get("/", 20s, true);
@@ -160,6 +175,8 @@ class Supervisor : public testing::Test {
     o.argv.push_back("--");
     o.argv.insert(o.argv.end(), app.begin(), app.end());
     o.fds = {{listener_.get(), "http"}};
+    if (!manager_) manager_.emplace(notify_receiver::open_unique().value());
+    o.notify_socket = manager_->address();
     unique_fd log(::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     ASSERT_TRUE(log);
     o.stdout_fd = o.stderr_fd = log.get();
@@ -302,6 +319,9 @@ class Supervisor : public testing::Test {
   std::uint16_t port_ = 0;
   std::string control_, modes_, log_path_;
   pid_t supervisor_ = -1;
+  std::optional<notify_receiver> manager_;  // stands in for systemd above the supervisor
+  std::thread manager_reader_;
+  std::atomic<bool> stop_manager_reader_{false};
   load_result load_;
   std::vector<std::thread> clients_;
   std::atomic<bool> stop_{false};

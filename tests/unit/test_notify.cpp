@@ -367,6 +367,28 @@ TEST(Notifier, BarrierKeepsItsDeadlineWhenTheManagersQueueIsFull) {
   EXPECT_FALSE(m.sock.receive(0ms));
 }
 
+TEST(Notifier, SendToAManagerThatStoppedReadingFailsAfterTheSendTimeout) {
+  // sd_notify would block for ever here; a supervisor that notifies its own manager must not.
+  raw_manager m;
+  ASSERT_TRUE(m.sock.ok());
+  const unique_fd filler(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  const auto addr = test::make_addr(m.path);
+  while (::sendto(filler.get(), "X=1", 3, MSG_DONTWAIT, addr.get(), addr.length) == 3) {
+  }
+  ASSERT_EQ(errno, EAGAIN);
+  const std::string path = m.path;
+  const pid_t child = test::fork_child([&] {
+    const auto start = std::chrono::steady_clock::now();
+    auto r = notifier(path).ready();
+    const auto took = std::chrono::steady_clock::now() - start;
+    if (r) return 1;
+    if (!(r.error() == std::errc::resource_unavailable_try_again)) return 2;
+    return took >= notify_send_timeout - 100ms && took < notify_send_timeout + 3s ? 0 : 3;
+  });
+  ASSERT_GT(child, 0);
+  EXPECT_EQ(test::reap(child, notify_send_timeout + 10s), 0);
+}
+
 void ignore_signal(int) {}
 
 TEST(Notifier, BarrierKeepsWaitingThroughSignals) {
