@@ -61,7 +61,9 @@ class histogram {
   std::uint64_t percentile(double q) const noexcept {
     if (count_ == 0) return 0;
     q = std::clamp(q, 0.0, 100.0);
-    auto rank = static_cast<std::uint64_t>(std::ceil(q / 100.0 * static_cast<double>(count_)));
+    // The epsilon keeps 99.9 % of 1000 at rank 999, not 1000 (0.999 * 1000 > 999 in binary).
+    auto rank =
+        static_cast<std::uint64_t>(std::ceil(q / 100.0 * static_cast<double>(count_) - 1e-9));
     rank = std::clamp<std::uint64_t>(rank, 1, count_);
     std::uint64_t seen = 0;
     for (int b = 0; b < bucket_count; ++b) {
