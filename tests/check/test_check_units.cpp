@@ -235,7 +235,7 @@ TEST(CheckReport, RestartWindowEndsWhenTrafficIsSteady) {
   EXPECT_EQ(w.to_us, 1'400'000);  // bins 11, 12 failed, 13 empty; 14.. steady
   EXPECT_TRUE(w.settled);
   EXPECT_DOUBLE_EQ(w.baseline_ok_per_s, 1000.0);
-  EXPECT_EQ(w.stats.requests, 300u);
+  EXPECT_EQ(w.stats.requests, 301u);  // and the one that started at 1.3995 s
   EXPECT_EQ(w.stats.count(outcome::connect_refused), 20u);
   EXPECT_EQ(w.stats.status_codes.at(503), 2u);
   EXPECT_EQ(s.steady.failed(), 0u);
@@ -286,6 +286,11 @@ TEST(CheckReport, JsonShape) {
   for (const char* k : {"requests", "ok", "failed", "latency_max_ms", "latency_mean_ms"})
     EXPECT_EQ(timeline.at(k).as_array().size(), s.timeline.size()) << k;
   EXPECT_EQ(test::json_int(top.at("steady"), "failed"), 0);
+  EXPECT_EQ(test::json_int(top.at("in_restarts"), "failed"), 22);
+  EXPECT_EQ(test::json_int(top.at("in_restarts"), "requests"), 301);
+  EXPECT_EQ(test::json_int(top.at("in_restarts"), "requests") +
+                test::json_int(top.at("steady"), "requests"),
+            2900);
 }
 
 TEST(CheckReport, TextAndSvgMentionWhatHappened) {

@@ -86,8 +86,12 @@ run_summary analyze(const run_result& run, std::int64_t bin_us) {
     s.total.add(r);
     bool in_window = false;
     for (auto& w : s.windows) {
-      if (r.end_us >= w.from_us && r.end_us < w.to_us) {
+      // In flight at any time of the window: a request queued during a stall belongs to the
+      // restart even when it completes after traffic is steady again.
+      const std::int64_t started = r.end_us - static_cast<std::int64_t>(r.latency_us);
+      if (r.end_us >= w.from_us && started < w.to_us) {
         w.stats.add(r);
+        s.in_restarts.add(r);
         in_window = true;
         break;
       }
@@ -150,6 +154,7 @@ std::string format_text(const report_context& r) {
   out += latency_row("all", t.latency);
   if (!s.windows.empty()) {
     out += latency_row("steady state", s.steady.latency);
+    out += latency_row("all restart windows", s.in_restarts.latency);
     for (std::size_t i = 0; i < s.windows.size(); ++i)
       out += latency_row(fmt::format("restart {}", i + 1), s.windows[i].stats.latency);
   }
@@ -282,6 +287,7 @@ std::string format_json(const report_context& r) {
                      seconds(r.run.elapsed_us));
   out += "  " + json_tally(s.total) + ",\n";
   out += "  \"steady\": {" + json_tally(s.steady) + "},\n";
+  out += "  \"in_restarts\": {" + json_tally(s.in_restarts) + "},\n";
   out += fmt::format("  \"first_io_error\": {},\n", json_string(r.run.first_io_error));
   out += "  \"served_by\": {";
   for (std::size_t i = 0; i < r.run.served_by.size(); ++i)

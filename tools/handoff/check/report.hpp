@@ -6,7 +6,10 @@
 // begins at or after the command exited, where a bin is steady when it has no failed request and
 // at least half the ok responses per bin of the median of the 10 bins (1 s) before the
 // restart. A window never reaches into the next restart's window nor past the end of the run;
-// when traffic never settles it ends there. Requests are placed by the time of their outcome.
+// when traffic never settles it ends there. A request belongs to a window when it was in flight
+// during it (it ended after the window's start and started before its end: requests held in a
+// queue during a stall count for the restart even when they complete after it); the timeline
+// places requests by the time of their outcome.
 // "Steady state" is everything outside the windows.
 #pragma once
 
@@ -50,7 +53,8 @@ struct restart_window {
 
 struct run_summary {
   tally total;
-  tally steady;  // outside every restart window
+  tally steady;       // outside every restart window
+  tally in_restarts;  // inside any restart window (all windows together)
   std::vector<timeline_bin> timeline;
   std::int64_t bin_us = 100'000;
   std::vector<restart_window> windows;
