@@ -7,6 +7,7 @@
 #include <fmt/core.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 
@@ -97,6 +98,7 @@ void run_check(const check_args& a) {
     if (d >= o.duration) fail(2, "--reload-at must be within --duration");
     o.reload_times.push_back(d);
   }
+  std::sort(o.reload_times.begin(), o.reload_times.end());
   o.progress = !a.quiet && ::isatty(STDERR_FILENO) == 1;
 
   if (auto p = check::probe(o); !p)

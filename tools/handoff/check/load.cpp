@@ -402,39 +402,58 @@ void connection::sweep(clock_type::time_point now) {
 
 }  // namespace
 
-result<void> probe(const load_options& options) {
+namespace {
+
+// The first resolved address that accepts a connection within the connect timeout ("localhost"
+// may resolve to ::1 first while the server listens on 127.0.0.1 only).
+result<tcp::endpoint> reachable_endpoint(const load_options& options) {
   asio::io_context io;
   auto endpoints = resolve(io, options.target);
   if (!endpoints) return endpoints.error();
-  tcp::socket socket(io);
-  asio::steady_timer timer(io, options.connect_timeout);
-  boost::system::error_code result = asio::error::would_block;
-  bool timed_out = false;
-  socket.async_connect(endpoints->front(), [&](const boost::system::error_code& ec) {
-    result = ec;
-    timer.cancel();
-  });
-  timer.async_wait([&](const boost::system::error_code& ec) {
-    if (ec) return;
-    timed_out = true;
-    boost::system::error_code ignored;
-    socket.close(ignored);
-  });
-  io.run();
-  const std::string what = "connect " + options.target.authority();
-  if (timed_out)
-    return error::make(
-        errc::timed_out,
-        what + ": no answer within " + std::to_string(options.connect_timeout.count()) + " ms");
-  if (result) return error::from_errno(result.value(), what);
+  std::optional<error> first_error;
+  for (const auto& endpoint : *endpoints) {
+    tcp::socket socket(io);
+    asio::steady_timer timer(io, options.connect_timeout);
+    boost::system::error_code result = asio::error::would_block;
+    bool timed_out = false;
+    socket.async_connect(endpoint, [&](const boost::system::error_code& ec) {
+      result = ec;
+      timer.cancel();
+    });
+    timer.async_wait([&](const boost::system::error_code& ec) {
+      if (ec) return;
+      timed_out = true;
+      boost::system::error_code ignored;
+      socket.close(ignored);
+    });
+    io.restart();
+    io.run();
+    const std::string what = "connect " + options.target.authority();
+    if (!timed_out && !result) return endpoint;
+    if (first_error) continue;
+    if (timed_out) {
+      first_error = error::make(errc::timed_out,
+                                what + ": no answer within " +
+                                    std::to_string(options.connect_timeout.count()) + " ms");
+    } else {
+      first_error = error::from_errno(result.value(), what);
+    }
+  }
+  return *first_error;
+}
+
+}  // namespace
+
+result<void> probe(const load_options& options) {
+  auto endpoint = reachable_endpoint(options);
+  if (!endpoint) return endpoint.error();
   return {};
 }
 
 result<run_result> run_load(const load_options& options) {
-  asio::io_context resolver_io;
-  auto endpoints = resolve(resolver_io, options.target);
-  if (!endpoints) return endpoints.error();
-  engine e(options, std::move(*endpoints));
+  auto endpoint = reachable_endpoint(options);
+  if (!endpoint) return endpoint.error();
+  engine e(options, {*endpoint});
   return e.run();
 }
 

@@ -74,12 +74,13 @@ struct run_result {
 // a body of `body_size` bytes when asked).
 std::string build_request(const load_options& options);
 
-// Resolves the host and connects once (within the connect timeout) before the load starts:
-// an unreachable target is an error ("connect 127.0.0.1:1: Connection refused"), not a run
-// full of refused requests.
+// Resolves the host and connects once (within the connect timeout) to the first address that
+// answers: an unreachable target is an error ("connect 127.0.0.1:1: Connection refused"), not a
+// run full of refused requests.
 result<void> probe(const load_options& options);
 
-// Runs the load. Errors only for what prevents a run (the name does not resolve).
+// Runs the load against the first address that answers (as probe() finds it); errors only for
+// what prevents a run (the name does not resolve, nothing answers).
 result<run_result> run_load(const load_options& options);
 
 }  // namespace handoff::check

@@ -186,7 +186,7 @@ std::string format_text(const report_context& r) {
   for (const auto& b : s.timeline) peak = std::max(peak, b.requests);
   static constexpr const char* bars[] = {" ", "▁", "▂", "▃", "▄", "▅", "▆", "▇", "█"};
   out +=
-      fmt::format("\n  requests per 100 ms (full bar: {}), x: failures, R: restart starts\n", peak);
+      fmt::format("\n  requests per 100 ms (full bar: {}), x: failures, R: restart starts, !: a restart command that failed\n", peak);
   for (std::size_t line = 0; line < s.timeline.size(); line += 50) {
     std::string rate, marks;
     bool any_mark = false;
@@ -195,7 +195,7 @@ std::string format_text(const report_context& r) {
       rate += bars[(bin.requests * 8 + peak - 1) / peak];
       char m = bin.failed ? 'x' : ' ';
       for (const auto& w : s.windows)
-        if (w.from_us / s.bin_us == static_cast<std::int64_t>(b)) m = 'R';
+        if (w.from_us / s.bin_us == static_cast<std::int64_t>(b)) m = w.restart.success ? 'R' : '!';
       marks += m;
       any_mark = any_mark || m != ' ';
     }
