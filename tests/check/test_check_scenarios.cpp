@@ -282,6 +282,18 @@ TEST_F(HandoffCheck, CountsTheKeepAliveRaceOfAServerThatClosesAfterOneRequest) {
   EXPECT_EQ(field(c, "failed"), 0);
 }
 
+TEST_F(HandoffCheck, ConnectionCloseAnnouncedIsNotAFailure) {
+  // The same one-request connections as above, but the server says so: the client opens a new
+  // connection for the next request and nothing fails.
+  server_process server;
+  ASSERT_NO_FATAL_FAILURE(server.start_test_server({"--announce-close"}));
+  auto r = run_check({server.url(), "--duration", "500ms", "-c", "4", "--fail-on-errors"});
+  const long served = server.stop();
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(field(r, "failed"), 0) << r.output;
+  EXPECT_EQ(field(r, "ok"), served);
+}
+
 TEST_F(HandoffCheck, CountsTheRaceWithAnIdleTimeout) {
   server_process server;
   ASSERT_NO_FATAL_FAILURE(server.start_test_server({"--idle-close-ms", "20"}));

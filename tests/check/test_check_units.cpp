@@ -64,7 +64,9 @@ TEST(CheckHistogram, BucketsCoverEveryValue) {
     ASSERT_GE(b, 0);
     ASSERT_LT(b, histogram::bucket_count);
     EXPECT_GE(histogram::bucket_high(b), v);
-    if (b > 0) EXPECT_LT(histogram::bucket_high(b - 1), v);
+    if (b > 0) {
+      EXPECT_LT(histogram::bucket_high(b - 1), v);
+    }
   }
 }
 
@@ -214,7 +216,10 @@ run_result synthetic_run() {
       r.status = 200;
       if (bin == 11 || bin == 12) {
         r.result = i < 10 ? outcome::connect_refused : outcome::ok;
-        if (i == 99) r.result = outcome::status, r.status = 503;
+        if (i == 99) {
+          r.result = outcome::status;
+          r.status = 503;
+        }
         if (r.result != outcome::ok) r.latency_us = 2000;
       }
       if (bin == 13) continue;

@@ -6,6 +6,8 @@
 //   test_server --status 503            that status instead
 //   test_server --one-per-connection    answers one request per connection, then closes it
 //                                       without `Connection: close` (keep-alive was promised)
+//   test_server --announce-close        answers one request per connection with
+//                                       `Connection: close`, then closes it (no failure)
 //   test_server --idle-close-ms N       closes a connection that stays idle for N ms, without
 //                                       saying so: clients that reuse it race the close
 #include <netinet/in.h>
@@ -26,6 +28,7 @@ namespace {
 std::atomic<long> served{0};
 int status_code = 200;
 bool one_per_connection = false;
+bool announce_close = false;
 int idle_close_ms = -1;
 
 void serve(int fd) {
@@ -52,6 +55,7 @@ void serve(int fd) {
     const std::string body = status_code == 200 ? "ok\n" : "unavailable\n";
     const std::string response =
         "HTTP/1.1 " + std::to_string(status_code) + (status_code == 200 ? " OK" : " Error") +
+        (announce_close ? "\r\nConnection: close" : "") +
         "\r\nContent-Type: text/plain\r\nContent-Length: " + std::to_string(body.size()) +
         "\r\n\r\n" + body;
     std::size_t sent = 0;
@@ -64,7 +68,7 @@ void serve(int fd) {
       sent += static_cast<std::size_t>(n);
     }
     ++served;
-    if (one_per_connection) {
+    if (one_per_connection || announce_close) {
       ::close(fd);
       return;
     }
@@ -80,6 +84,8 @@ int main(int argc, char** argv) {
       status_code = std::atoi(argv[++i]);
     } else if (a == "--one-per-connection") {
       one_per_connection = true;
+    } else if (a == "--announce-close") {
+      announce_close = true;
     } else if (a == "--idle-close-ms" && i + 1 < argc) {
       idle_close_ms = std::atoi(argv[++i]);
     } else {

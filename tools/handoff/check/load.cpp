@@ -432,9 +432,9 @@ result<tcp::endpoint> reachable_endpoint(const load_options& options) {
     if (!timed_out && !result) return endpoint;
     if (first_error) continue;
     if (timed_out) {
-      first_error = error::make(errc::timed_out,
-                                what + ": no answer within " +
-                                    std::to_string(options.connect_timeout.count()) + " ms");
+      first_error =
+          error::make(errc::timed_out, what + ": no answer within " +
+                                           std::to_string(options.connect_timeout.count()) + " ms");
     } else {
       first_error = error::from_errno(result.value(), what);
     }

@@ -185,8 +185,10 @@ std::string format_text(const report_context& r) {
   std::uint32_t peak = 1;
   for (const auto& b : s.timeline) peak = std::max(peak, b.requests);
   static constexpr const char* bars[] = {" ", "▁", "▂", "▃", "▄", "▅", "▆", "▇", "█"};
-  out +=
-      fmt::format("\n  requests per 100 ms (full bar: {}), x: failures, R: restart starts, !: a restart command that failed\n", peak);
+  out += fmt::format(
+      "\n  requests per 100 ms (full bar: {}), x: failures, R: restart starts, !: a restart "
+      "command that failed\n",
+      peak);
   for (std::size_t line = 0; line < s.timeline.size(); line += 50) {
     std::string rate, marks;
     bool any_mark = false;
