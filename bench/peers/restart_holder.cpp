@@ -33,7 +33,7 @@ using namespace std::chrono_literals;
 namespace {
 
 [[noreturn]] void die(const std::string& what) {
-  std::fprintf(stderr, "restart_holder: %s\n", what.c_str());
+  (void)std::fprintf(stderr, "restart_holder: %s\n", what.c_str());
   std::exit(1);
 }
 

@@ -89,7 +89,7 @@ int main(int argc, char** argv) {
     } else if (a == "--idle-close-ms" && i + 1 < argc) {
       idle_close_ms = std::atoi(argv[++i]);
     } else {
-      std::fprintf(stderr, "test_server: unknown argument %s\n", argv[i]);
+      (void)std::fprintf(stderr, "test_server: unknown argument %s\n", argv[i]);
       return 2;
     }
   }
@@ -110,7 +110,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::printf("port %d\n", ntohs(addr.sin_port));
-  std::fflush(stdout);
+  (void)std::fflush(stdout);
   std::thread([listener] {
     for (;;) {
       const int fd = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
@@ -121,6 +121,6 @@ int main(int argc, char** argv) {
   int sig = 0;
   sigwait(&term, &sig);
   std::printf("served %ld\n", served.load());
-  std::fflush(stdout);
+  (void)std::fflush(stdout);
   _exit(0);
 }

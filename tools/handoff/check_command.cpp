@@ -108,7 +108,7 @@ void run_check(const check_args& a) {
   const auto summary = check::analyze(*run);
   const check::report_context ctx{o, *run, summary};
   fmt::print("{}", check::format_text(ctx));
-  std::fflush(stdout);
+  (void)std::fflush(stdout);
   if (!a.json.empty()) write_file(a.json, check::format_json(ctx));
   if (!a.plot.empty()) write_file(a.plot, check::format_svg(ctx));
 

@@ -217,7 +217,7 @@ class engine {
                "\r\033[K{:6.1f}s / {:.0f}s  {} requests  {} failed  {:.0f} req/s  {} restarts{}", t,
                std::chrono::duration<double>(options_.duration).count(), total_, failed_, rate,
                out_.restarts.size(), reload_running_ ? " (restarting)" : "");
-    std::fflush(stderr);
+    (void)std::fflush(stderr);
   }
 
   void maybe_start_reload(clock_type::time_point now) {

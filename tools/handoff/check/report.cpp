@@ -406,9 +406,11 @@ std::string format_svg(const report_context& r) {
           left, left + plot_w, yy, left - 6, yy + 4, ymax * i / 4.0, fmt_unit);
     }
     const double step = nice(span_s / 10);
-    for (double sec = 0; sec <= span_s + 1e-9; sec += step)
+    for (int k = 0; k * step <= span_s + 1e-9; ++k) {
+      const double sec = k * step;
       a += fmt::format("<text x=\"{:.1f}\" y=\"{}\" text-anchor=\"middle\">{:g}s</text>\n", x(sec),
                        y0 + panel + 16, sec);
+    }
     a += fmt::format(
         "<text x=\"14\" y=\"{0:.1f}\" transform=\"rotate(-90 14 {0:.1f})\" "
         "text-anchor=\"middle\">{1}</text>\n",
@@ -437,7 +439,8 @@ std::string format_svg(const report_context& r) {
     const double h = std::max(2.0, panel * b.failed / fail_max);
     out += fmt::format(
         "<rect x=\"{:.1f}\" y=\"{:.1f}\" width=\"{:.1f}\" height=\"{:.1f}\" fill=\"#d22\"/>\n",
-        x(static_cast<double>(i) * bin_s), y1 + panel - h, std::max(1.0, plot_w / n), h);
+        x(static_cast<double>(i) * bin_s), y1 + panel - h,
+        std::max(1.0, plot_w / static_cast<double>(n)), h);
   }
   const auto polyline = [&](double y0, double ymax, const char* color, auto value) {
     std::string p =
