@@ -113,6 +113,7 @@ class engine {
     start_ = clock_type::now();
     stop_at_ = start_ + options_.duration;
     next_slot_ = start_;
+    progress_at_ = last_progress_ = start_;
     for (unsigned i = 0; i < options_.connections; ++i)
       connections_.push_back(std::make_unique<connection>(*this, io_));
     active_ = connections_.size();
