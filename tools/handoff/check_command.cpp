@@ -1,8 +1,169 @@
-// being written: handoff check
+// handoff check URL: load while restarting, every failure by class (see check/load.hpp for the
+// engine's invariants and check/report.hpp for what a restart window is).
+//
+// Exit status: 0; 1 with --fail-on-errors when any request failed; 2 for a usage error (bad URL,
+// duration, mode, method); 3 when the target cannot be reached before the load starts; 4 when a
+// restart command failed (it is also on the timeline and in the JSON).
+#include <fmt/core.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+
+#include "check/load.hpp"
+#include "check/report.hpp"
 #include "commands.hpp"
+#include "handoff/duration.hpp"
 
 namespace handoff::cli {
-void add_check_command(CLI::App& app) {
-  app.add_subcommand("check", "measure a restart under load");
+
+namespace {
+
+struct check_args {
+  std::string url;
+  std::string duration = "10s";
+  unsigned connections = 32;
+  double rate = 0;
+  std::string mode = "keepalive";
+  std::string method = "GET";
+  std::size_t body_size = 0;
+  std::string connect_timeout = "3s";
+  std::string timeout = "10s";
+  std::string reload_cmd;
+  std::string reload_every;
+  std::string reload_at;
+  std::string json;
+  std::string plot;
+  bool fail_on_errors = false;
+  bool quiet = false;
+};
+
+[[noreturn]] void fail(int code, const std::string& message) {
+  fmt::print(stderr, "handoff check: {}\n", message);
+  throw CLI::RuntimeError(code);
 }
+
+std::chrono::milliseconds duration_arg(const std::string& text, const char* option) {
+  auto d = parse_duration(text);
+  if (!d) fail(2, fmt::format("{}: {}", option, d.error().message()));
+  return *d;
+}
+
+void write_file(const std::string& path, const std::string& content) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f << content;
+  f.close();
+  if (!f) fail(1, fmt::format("cannot write {}", path));
+}
+
+void run_check(const check_args& a) {
+  check::load_options o;
+  auto target = check::parse_url(a.url);
+  if (!target) fail(2, target.error().message());
+  o.target = *target;
+  o.duration = duration_arg(a.duration, "--duration");
+  if (o.duration.count() <= 0) fail(2, "--duration must be more than 0");
+  o.connections = a.connections;
+  o.rate = a.rate;
+  if (a.mode == "keepalive" || a.mode == "keep-alive") {
+    o.mode = check::connection_mode::keepalive;
+  } else if (a.mode == "close") {
+    o.mode = check::connection_mode::close;
+  } else {
+    fail(2, fmt::format("--mode \"{}\": expected keepalive or close", a.mode));
+  }
+  if (a.method != "GET" && a.method != "POST")
+    fail(2, fmt::format("--method \"{}\": expected GET or POST", a.method));
+  o.method = a.method;
+  o.body_size = a.body_size;
+  if (o.method == "GET" && o.body_size > 0) fail(2, "--body-size needs --method POST");
+  o.connect_timeout = duration_arg(a.connect_timeout, "--connect-timeout");
+  o.timeout = duration_arg(a.timeout, "--timeout");
+  if (o.connect_timeout.count() <= 0 || o.timeout.count() <= 0)
+    fail(2, "timeouts must be more than 0");
+  o.reload_command = a.reload_cmd;
+  const bool every = !a.reload_every.empty(), at = !a.reload_at.empty();
+  if ((every || at) && a.reload_cmd.empty())
+    fail(2, "--reload-every and --reload-at need --reload-cmd");
+  if (!a.reload_cmd.empty() && !every && !at)
+    fail(2, "--reload-cmd needs --reload-every D or --reload-at D");
+  if (every) {
+    const auto d = duration_arg(a.reload_every, "--reload-every");
+    if (d.count() <= 0) fail(2, "--reload-every must be more than 0");
+    for (auto t = d; t < o.duration; t += d) o.reload_times.push_back(t);
+  }
+  if (at) {
+    const auto d = duration_arg(a.reload_at, "--reload-at");
+    if (d >= o.duration) fail(2, "--reload-at must be within --duration");
+    o.reload_times.push_back(d);
+  }
+  std::sort(o.reload_times.begin(), o.reload_times.end());
+  o.progress = !a.quiet && ::isatty(STDERR_FILENO) == 1;
+
+  if (auto p = check::probe(o); !p)
+    fail(3, fmt::format("{} is not reachable: {}", a.url, p.error().message()));
+  auto run = check::run_load(o);
+  if (!run) fail(3, run.error().message());
+  const auto summary = check::analyze(*run);
+  const check::report_context ctx{o, *run, summary};
+  fmt::print("{}", check::format_text(ctx));
+  (void)std::fflush(stdout);
+  if (!a.json.empty()) write_file(a.json, check::format_json(ctx));
+  if (!a.plot.empty()) write_file(a.plot, check::format_svg(ctx));
+
+  std::size_t failed_commands = 0;
+  for (const auto& r : run->restarts) failed_commands += r.success ? 0 : 1;
+  if (failed_commands > 0) {
+    for (const auto& r : run->restarts) {
+      if (!r.success)
+        fmt::print(stderr, "handoff check: the restart command at {:.2f} s failed: {}\n",
+                   static_cast<double>(r.start_us) / 1e6, r.status);
+    }
+    throw CLI::RuntimeError(4);
+  }
+  if (a.fail_on_errors && summary.total.failed() > 0)
+    fail(1,
+         fmt::format("{} of {} requests failed", summary.total.failed(), summary.total.requests));
+  if (summary.total.requests == 0) fail(1, "no request completed");
+}
+
+}  // namespace
+
+void add_check_command(CLI::App& app) {
+  auto args = std::make_shared<check_args>();
+  auto* cmd = app.add_subcommand(
+      "check", "measure failed requests and latency under load, while restart commands run");
+  cmd->add_option("url", args->url, "http://HOST[:PORT][/PATH] (only http:// is supported)")
+      ->required();
+  cmd->add_option("--duration", args->duration, "how long to send requests, e.g. 30s")
+      ->capture_default_str();
+  cmd->add_option("-c,--connections", args->connections, "concurrent connections")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 100000u));
+  cmd->add_option("--rate", args->rate, "requests/s in total (default: as fast as possible)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--mode", args->mode,
+                  "keepalive: reuse connections; close: a new connection per request")
+      ->capture_default_str();
+  cmd->add_option("--method", args->method, "GET or POST (non-idempotent traffic)")
+      ->capture_default_str();
+  cmd->add_option("--body-size", args->body_size, "bytes of request body (POST)");
+  cmd->add_option("--connect-timeout", args->connect_timeout, "connect timeout")
+      ->capture_default_str();
+  cmd->add_option("--timeout", args->timeout, "response timeout after the request is sent")
+      ->capture_default_str();
+  cmd->add_option("--reload-cmd", args->reload_cmd,
+                  "restart command, run with /bin/sh -c during the load");
+  cmd->add_option("--reload-every", args->reload_every,
+                  "run the restart command every D (from D on)");
+  cmd->add_option("--reload-at", args->reload_at, "run the restart command once, D after start");
+  cmd->add_option("--json", args->json, "write the results as JSON to FILE");
+  cmd->add_option("--plot", args->plot, "write the timeline as an SVG picture to FILE");
+  cmd->add_flag("--fail-on-errors", args->fail_on_errors,
+                "exit with status 1 when any request failed");
+  cmd->add_flag("-q,--quiet", args->quiet, "no progress line");
+  cmd->callback([args] { run_check(*args); });
+}
+
 }  // namespace handoff::cli

@@ -1,0 +1,348 @@
+// `handoff check` against real servers on 127.0.0.1: it must count what goes wrong (a naive
+// kill-and-start, the keep-alive race, 503s, a failing restart command), and count nothing
+// when nothing goes wrong. Every process is started here and reaped; each run is bounded by
+// --duration and a wait_exit deadline. The test process is a child subreaper, so server
+// generations started in the background by a restart command become its children.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "handoff/listeners.hpp"
+#include "handoff/notify_receiver.hpp"
+#include "handoff/socket_info.hpp"
+#include "handoff/spawn.hpp"
+#include "json.hpp"
+
+namespace handoff {
+namespace {
+
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+struct temp_dir {
+  fs::path path;
+  temp_dir() {
+    char tmpl[] = "/tmp/handoff-check-test-XXXXXX";
+    path = ::mkdtemp(tmpl);
+  }
+  ~temp_dir() {
+    std::error_code ignored;
+    fs::remove_all(path, ignored);
+  }
+};
+
+std::string slurp(const fs::path& p) {
+  std::ifstream f(p);
+  return {std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>()};
+}
+
+struct check_run {
+  int exit_code = -1;
+  std::string output;  // stdout
+  boost::json::value json;
+};
+
+// A server started here: test_server (prints its port) or example_server.
+class server_process {
+ public:
+  server_process() = default;
+  server_process(const server_process&) = delete;
+  server_process& operator=(const server_process&) = delete;
+  ~server_process() { stop(); }
+
+  // test_server with `args`; reads "port N" from its stdout.
+  void start_test_server(std::vector<std::string> args) {
+    int p[2];
+    ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+    out_.reset(p[0]);
+    unique_fd w(p[1]);
+    spawn_options o;
+    o.argv = {HANDOFF_CHECK_TEST_SERVER};
+    o.argv.insert(o.argv.end(), args.begin(), args.end());
+    o.stdout_fd = w.get();
+    auto pid = spawn(o);
+    ASSERT_TRUE(pid) << pid.error().message();
+    pid_ = *pid;
+    w.reset();
+    const std::string line = read_line();
+    ASSERT_EQ(line.rfind("port ", 0), 0u) << line;
+    port_ = static_cast<std::uint16_t>(std::stoi(line.substr(5)));
+  }
+
+  // example_server on 127.0.0.1:port (0: a kernel-chosen port, passed as a socket); returns
+  // once it reported READY=1.
+  void start_example_server(std::uint16_t port, std::vector<std::string> extra = {}) {
+    auto n = notify_receiver::open_unique();
+    ASSERT_TRUE(n) << n.error().message();
+    spawn_options o;
+    o.argv = {HANDOFF_EXAMPLE_SERVER, "--threads", "1"};
+    unique_fd listener;
+    if (port == 0) {
+      listener = open_listener(parse_address("127.0.0.1:0").value()).value();
+      port = local_address(listener.get()).value().port;
+      o.fds = {{listener.get(), "http"}};
+    } else {
+      o.argv.insert(o.argv.end(), {"--listen", "127.0.0.1:" + std::to_string(port)});
+    }
+    o.argv.insert(o.argv.end(), extra.begin(), extra.end());
+    o.notify_socket = n->address();
+    auto pid = spawn(o);
+    ASSERT_TRUE(pid) << pid.error().message();
+    pid_ = *pid;
+    port_ = port;
+    for (;;) {
+      auto m = n->receive(30s);
+      ASSERT_TRUE(m) << "example_server never reported READY=1: " << m.error().message();
+      if (m->pid == pid_ && m->has("READY")) break;
+    }
+  }
+
+  // SIGTERM and reap; for test_server, the number of responses it wrote in full.
+  long stop() {
+    if (pid_ <= 0) return -1;
+    ::kill(pid_, SIGTERM);
+    long served = -1;
+    if (out_) {
+      const std::string line = read_line();
+      if (line.rfind("served ", 0) == 0) served = std::stol(line.substr(7));
+    }
+    auto status = wait_exit(pid_, 30s);
+    if (!status) {
+      ::kill(pid_, SIGKILL);
+      (void)wait_exit(pid_, 10s);
+    }
+    pid_ = -1;
+    out_.reset();
+    return served;
+  }
+
+  pid_t pid() const { return pid_; }
+  std::uint16_t port() const { return port_; }
+  std::string url(const std::string& path = "/") const {
+    return "http://127.0.0.1:" + std::to_string(port_) + path;
+  }
+
+ private:
+  std::string read_line() {
+    std::string line;
+    char c;
+    while (::read(out_.get(), &c, 1) == 1 && c != '\n') line += c;
+    return line;
+  }
+
+  pid_t pid_ = -1;
+  std::uint16_t port_ = 0;
+  unique_fd out_;
+};
+
+class HandoffCheck : public testing::Test {
+ protected:
+  static void SetUpTestSuite() { ASSERT_EQ(::prctl(PR_SET_CHILD_SUBREAPER, 1), 0); }
+
+  // Runs `handoff check ARGS --json FILE`, bounded.
+  check_run run_check(std::vector<std::string> args, bool want_json = true) {
+    check_run r;
+    const fs::path out = dir_.path / "stdout";
+    const fs::path json = dir_.path / "result.json";
+    fs::remove(json);
+    spawn_options o;
+    o.argv = {HANDOFF_TOOL, "check"};
+    o.argv.insert(o.argv.end(), args.begin(), args.end());
+    if (want_json) o.argv.insert(o.argv.end(), {"--json", json.string()});
+    unique_fd out_fd(::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    o.stdout_fd = out_fd.get();
+    auto pid = spawn(o);
+    EXPECT_TRUE(pid) << pid.error().message();
+    if (!pid) return r;
+    auto status = wait_exit(*pid, 60s);
+    EXPECT_TRUE(status) << "handoff check did not end: " << status.error().message();
+    if (!status) {
+      ::kill(*pid, SIGKILL);
+      (void)wait_exit(*pid, 10s);
+      return r;
+    }
+    r.exit_code = status->exited ? status->code : 128 + status->signal;
+    r.output = slurp(out);
+    if (want_json && fs::exists(json)) r.json = test::read_json_file(json.string());
+    return r;
+  }
+
+  static std::int64_t outcome(const check_run& r, const char* name) {
+    return r.json.as_object().at("outcomes").as_object().at(name).to_number<std::int64_t>();
+  }
+  static std::int64_t field(const check_run& r, const char* name) {
+    return test::json_int(r.json, name);
+  }
+
+  temp_dir dir_;
+};
+
+TEST_F(HandoffCheck, ExampleServerUnderSteadyLoadHasNoFailures) {
+  server_process server;
+  ASSERT_NO_FATAL_FAILURE(server.start_example_server(0));
+  for (const char* mode : {"keepalive", "close"}) {
+    auto r = run_check(
+        {server.url(), "--duration", "1s", "-c", "8", "--mode", mode, "--fail-on-errors"});
+    ASSERT_EQ(r.exit_code, 0) << mode << "\n" << r.output;
+    EXPECT_EQ(field(r, "failed"), 0) << r.output;
+    EXPECT_GT(field(r, "ok"), 100) << r.output;
+    EXPECT_EQ(field(r, "ok"), field(r, "requests"));
+    const auto& served = r.json.as_object().at("served_by").as_object();
+    ASSERT_EQ(served.size(), 1u) << r.output;
+    EXPECT_TRUE(served.contains(std::to_string(server.pid())));
+    EXPECT_EQ(served.at(std::to_string(server.pid())).to_number<std::int64_t>(), field(r, "ok"));
+    // Consistent totals: the timeline adds up to the same requests.
+    std::int64_t in_timeline = 0;
+    for (const auto& v : r.json.as_object().at("timeline").as_object().at("requests").as_array())
+      in_timeline += v.to_number<std::int64_t>();
+    EXPECT_EQ(in_timeline, field(r, "requests"));
+  }
+  // POST with a body: non-idempotent traffic.
+  auto r = run_check({server.url("/echo"), "--duration", "500ms", "-c", "4", "--method", "POST",
+                      "--body-size", "2000", "--fail-on-errors"});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_GT(field(r, "ok"), 10);
+}
+
+TEST_F(HandoffCheck, OkCountEqualsTheResponsesTheServerWrote) {
+  for (const char* mode : {"keepalive", "close"}) {
+    server_process server;
+    ASSERT_NO_FATAL_FAILURE(server.start_test_server({}));
+    auto r = run_check({server.url(), "--duration", "1s", "-c", "8", "--mode", mode});
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const long served = server.stop();
+    EXPECT_EQ(field(r, "failed"), 0) << r.output;
+    EXPECT_EQ(field(r, "ok"), served) << mode;
+    EXPECT_GT(served, 100);
+  }
+}
+
+TEST_F(HandoffCheck, CountsRefusedConnectionsOfANaiveRestart) {
+  // A fixed port: the new generation must bind it again after the old one is gone.
+  std::uint16_t port;
+  {
+    auto probe = open_listener(parse_address("127.0.0.1:0").value()).value();
+    port = local_address(probe.get()).value().port;
+  }
+  server_process first;
+  ASSERT_NO_FATAL_FAILURE(first.start_example_server(port));
+  const fs::path pidfile = dir_.path / "server.pid";
+  { std::ofstream(pidfile) << first.pid() << "\n"; }
+  // The 300 ms are the scenario (the new generation's start-up time), not a synchronisation.
+  const std::string restart = "kill -KILL $(cat " + pidfile.string() + "); sleep 0.3; " +
+                              HANDOFF_EXAMPLE_SERVER +
+                              " --threads 1 --listen 127.0.0.1:" + std::to_string(port) +
+                              " 2>/dev/null & echo $! > " + pidfile.string();
+  auto r =
+      run_check({first.url(), "--duration", "2s", "-c", "8", "--reload-cmd", restart, "--reload-at",
+                 "500ms", "--fail-on-errors", "--plot", (dir_.path / "plot.svg").string()});
+  (void)wait_exit(first.pid(), 10s);  // killed by the restart command
+  const pid_t second = std::stoi(slurp(pidfile));
+  ::kill(second, SIGTERM);
+  EXPECT_TRUE(wait_exit(second, 30s)) << "the second generation is our child (subreaper)";
+
+  EXPECT_EQ(r.exit_code, 1) << "--fail-on-errors\n" << r.output;
+  EXPECT_GT(outcome(r, "connect_refused"), 0) << r.output;
+  EXPECT_GT(field(r, "ok"), 100);
+  EXPECT_EQ(field(r, "requests"), field(r, "ok") + field(r, "failed"));
+  EXPECT_EQ(r.json.as_object().at("served_by").as_object().size(), 2u) << r.output;
+  const auto& restarts = r.json.as_object().at("restarts").as_array();
+  ASSERT_EQ(restarts.size(), 1u);
+  EXPECT_TRUE(restarts[0].as_object().at("success").as_bool());
+  EXPECT_GT(test::json_int(restarts[0], "failed"), 0) << "the failures fall in the window";
+  EXPECT_NE(r.output.find("connection refused"), std::string::npos);
+  const std::string svg = slurp(dir_.path / "plot.svg");
+  EXPECT_NE(svg.find("fill=\"#d22\""), std::string::npos) << "failures drawn";
+}
+
+TEST_F(HandoffCheck, CountsTheKeepAliveRaceOfAServerThatClosesAfterOneRequest) {
+  server_process server;
+  ASSERT_NO_FATAL_FAILURE(server.start_test_server({"--one-per-connection"}));
+  auto r = run_check({server.url(), "--duration", "1s", "-c", "4"});
+  const long served = server.stop();
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_GT(outcome(r, "keepalive_race"), 0) << r.output;
+  EXPECT_EQ(field(r, "failed"), outcome(r, "keepalive_race") + outcome(r, "reset_before_response"))
+      << r.output;
+  EXPECT_EQ(field(r, "ok"), served);
+  // With a new connection per request the same server loses nothing.
+  server_process again;
+  ASSERT_NO_FATAL_FAILURE(again.start_test_server({"--one-per-connection"}));
+  auto c = run_check(
+      {again.url(), "--duration", "500ms", "-c", "4", "--mode", "close", "--fail-on-errors"});
+  EXPECT_EQ(c.exit_code, 0) << c.output;
+  EXPECT_EQ(field(c, "failed"), 0);
+}
+
+TEST_F(HandoffCheck, ConnectionCloseAnnouncedIsNotAFailure) {
+  // The same one-request connections as above, but the server says so: the client opens a new
+  // connection for the next request and nothing fails.
+  server_process server;
+  ASSERT_NO_FATAL_FAILURE(server.start_test_server({"--announce-close"}));
+  auto r = run_check({server.url(), "--duration", "500ms", "-c", "4", "--fail-on-errors"});
+  const long served = server.stop();
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(field(r, "failed"), 0) << r.output;
+  EXPECT_EQ(field(r, "ok"), served);
+}
+
+TEST_F(HandoffCheck, CountsTheRaceWithAnIdleTimeout) {
+  server_process server;
+  ASSERT_NO_FATAL_FAILURE(server.start_test_server({"--idle-close-ms", "20"}));
+  // 8 connections at 400 req/s in total: each is idle about 20 ms between requests.
+  auto r = run_check({server.url(), "--duration", "2s", "-c", "8", "--rate", "400"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_GT(outcome(r, "keepalive_race") + outcome(r, "reset_before_response"), 0) << r.output;
+  EXPECT_GT(field(r, "ok"), 0);
+  EXPECT_LE(field(r, "requests"), 2 * 400 + 8) << "the rate limit holds";
+}
+
+TEST_F(HandoffCheck, Counts503AsFailures) {
+  server_process server;
+  ASSERT_NO_FATAL_FAILURE(server.start_test_server({"--status", "503"}));
+  auto r = run_check({server.url(), "--duration", "500ms", "-c", "4", "--fail-on-errors"});
+  const long served = server.stop();
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_EQ(field(r, "ok"), 0);
+  EXPECT_EQ(outcome(r, "status"), field(r, "requests"));
+  EXPECT_EQ(r.json.as_object().at("status_codes").as_object().at("503").to_number<long>(), served);
+  EXPECT_NE(r.output.find("status 503"), std::string::npos) << r.output;
+}
+
+TEST_F(HandoffCheck, AFailingRestartCommandIsRecordedAndFailsTheRun) {
+  server_process server;
+  ASSERT_NO_FATAL_FAILURE(server.start_test_server({}));
+  auto r = run_check({server.url(), "--duration", "1s", "-c", "2", "--reload-cmd",
+                      "echo restarting >&2; exit 7", "--reload-at", "200ms"});
+  EXPECT_EQ(r.exit_code, 4) << r.output;
+  const auto& restarts = r.json.as_object().at("restarts").as_array();
+  ASSERT_EQ(restarts.size(), 1u);
+  EXPECT_FALSE(restarts[0].as_object().at("success").as_bool());
+  EXPECT_EQ(restarts[0].as_object().at("status").as_string(), "exited with status 7");
+  EXPECT_EQ(field(r, "failed"), 0);
+}
+
+TEST_F(HandoffCheck, BadInputIsAClearErrorAndANonZeroExit) {
+  // Unreachable: a port nobody listens on (bound, never listening).
+  auto closed = open_listener(parse_address("127.0.0.1:0").value()).value();
+  const auto port = local_address(closed.get()).value().port;
+  closed.reset();
+  EXPECT_EQ(run_check({"http://127.0.0.1:" + std::to_string(port) + "/"}, false).exit_code, 3);
+  EXPECT_EQ(run_check({"https://127.0.0.1/"}, false).exit_code, 2);
+  EXPECT_EQ(run_check({"127.0.0.1:80"}, false).exit_code, 2);
+  EXPECT_EQ(run_check({"http://127.0.0.1:1/", "--duration", "soon"}, false).exit_code, 2);
+  EXPECT_EQ(run_check({"http://127.0.0.1:1/", "--mode", "pipelined"}, false).exit_code, 2);
+  EXPECT_EQ(run_check({"http://127.0.0.1:1/", "--reload-every", "1s"}, false).exit_code, 2);
+  EXPECT_EQ(run_check({"http://no-such-host.invalid/"}, false).exit_code, 3);
+}
+
+}  // namespace
+}  // namespace handoff

@@ -1,0 +1,461 @@
+#include "check/load.hpp"
+
+#include <fmt/core.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <memory>
+
+#include "handoff/spawn.hpp"
+
+namespace handoff::check {
+
+namespace asio = boost::asio;
+namespace bhttp = boost::beast::http;
+using tcp = asio::ip::tcp;
+using clock_type = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+std::string build_request(const load_options& options) {
+  std::string r = options.method + " " + options.target.target +
+                  " HTTP/1.1\r\nHost: " + options.target.host_header() +
+                  "\r\nUser-Agent: handoff-check\r\n";
+  r += options.mode == connection_mode::close ? "Connection: close\r\n" : "";
+  if (options.body_size > 0 || options.method == "POST") {
+    r += "Content-Type: application/octet-stream\r\nContent-Length: " +
+         std::to_string(options.body_size) + "\r\n\r\n";
+    r.append(options.body_size, 'x');
+  } else {
+    r += "\r\n";
+  }
+  return r;
+}
+
+namespace {
+
+result<std::vector<tcp::endpoint>> resolve(asio::io_context& io, const url& target) {
+  tcp::resolver resolver(io);
+  boost::system::error_code ec;
+  auto found = resolver.resolve(target.host, std::to_string(target.port), ec);
+  if (ec) return error::make(errc::invalid_address, "resolve " + target.host + ": " + ec.message());
+  std::vector<tcp::endpoint> out;
+  for (const auto& e : found) out.push_back(e.endpoint());
+  if (out.empty())
+    return error::make(errc::invalid_address, "resolve " + target.host + ": no address");
+  return out;
+}
+
+std::int64_t micros(clock_type::duration d) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(d).count();
+}
+
+class engine;
+
+// One client connection slot: at most one request in flight.
+class connection {
+ public:
+  connection(engine& e, asio::io_context& io) : engine_(e), socket_(io), pause_(io) {}
+  void next();
+  void sweep(clock_type::time_point now);
+  void wake() { pause_.cancel(); }
+  void shut() {
+    boost::system::error_code ignored;
+    socket_.close(ignored);
+  }
+
+ private:
+  void begin();
+  void connect();
+  void send();
+  void read();
+  void complete();
+  void fail(const boost::system::error_code& ec);
+  void reset_socket() {
+    shut();
+    buffer_.clear();
+    reused_ = false;
+  }
+
+  engine& engine_;
+  tcp::socket socket_;
+  asio::steady_timer pause_;  // rate limit and the pause after a failed connect
+  boost::beast::flat_buffer buffer_;
+  std::optional<bhttp::response_parser<bhttp::string_body>> parser_;
+  phase phase_ = phase::connecting;
+  bool in_attempt_ = false;
+  bool reused_ = false;
+  bool timed_out_ = false;
+  clock_type::time_point attempt_start_, deadline_;
+};
+
+class engine {
+ public:
+  engine(const load_options& options, std::vector<tcp::endpoint> endpoints)
+      : options_(options),
+        endpoints_(std::move(endpoints)),
+        request_(build_request(options)),
+        tick_(io_) {
+    if (options.rate > 0)
+      period_ = std::chrono::nanoseconds(static_cast<std::int64_t>(1e9 / options.rate));
+    out_.requests.reserve(1 << 16);
+  }
+
+  run_result run() {
+    start_ = clock_type::now();
+    stop_at_ = start_ + options_.duration;
+    next_slot_ = start_;
+    progress_at_ = last_progress_ = start_;
+    for (unsigned i = 0; i < options_.connections; ++i)
+      connections_.push_back(std::make_unique<connection>(*this, io_));
+    active_ = connections_.size();
+    for (auto& c : connections_) c->next();
+    schedule_tick();
+    io_.run();
+    out_.load_us = micros(options_.duration);
+    out_.elapsed_us = micros(clock_type::now() - start_);
+    if (options_.progress) fmt::print(stderr, "\r\033[K");
+    return std::move(out_);
+  }
+
+  // The connection API.
+  const load_options& options() const { return options_; }
+  bool stopping() const { return stopping_; }
+  const tcp::endpoint& endpoint() const { return endpoints_.front(); }
+  const std::string& request() const { return request_; }
+  // When the next request may start (rate limit): never in the past, so no catch-up bursts.
+  clock_type::time_point next_slot() {
+    const auto now = clock_type::now();
+    const auto t = std::max(next_slot_, now);
+    next_slot_ = t + period_;
+    return t;
+  }
+  bool rate_limited() const { return period_.count() > 0; }
+  void record(clock_type::time_point started, std::uint16_t status, outcome o) {
+    const auto now = clock_type::now();
+    const auto latency = micros(now - started);
+    out_.requests.push_back(
+        {micros(now - start_),
+         static_cast<std::uint32_t>(std::min<std::int64_t>(latency, UINT32_MAX)), status, o});
+    ++total_;
+    if (failed(o)) ++failed_;
+  }
+  void note_io_error(const boost::system::error_code& ec) {
+    if (out_.first_io_error.empty()) out_.first_io_error = ec.message();
+  }
+  void served_by(std::string_view who) {
+    if (who.empty()) return;
+    if (last_served_ < out_.served_by.size() && out_.served_by[last_served_].first == who) {
+      ++out_.served_by[last_served_].second;
+      return;
+    }
+    for (std::size_t i = 0; i < out_.served_by.size(); ++i) {
+      if (out_.served_by[i].first == who) {
+        ++out_.served_by[i].second;
+        last_served_ = i;
+        return;
+      }
+    }
+    out_.served_by.emplace_back(std::string(who), 1);
+    last_served_ = out_.served_by.size() - 1;
+  }
+  void connection_done() { --active_; }
+
+ private:
+  void schedule_tick() {
+    tick_.expires_after(50ms);
+    tick_.async_wait([this](const boost::system::error_code& ec) {
+      if (ec) return;
+      on_tick();
+    });
+  }
+
+  void on_tick() {
+    const auto now = clock_type::now();
+    for (auto& c : connections_) c->sweep(now);
+    if (!stopping_ && now >= stop_at_) {
+      stopping_ = true;
+      for (auto& c : connections_) c->wake();
+    }
+    if (!stopping_) maybe_start_reload(now);
+    if (options_.progress && now - last_progress_ >= 250ms) {
+      last_progress_ = now;
+      print_progress(now);
+    }
+    if (stopping_ && active_ == 0) {
+      if (!reload_running_) return finish();
+      if (now - stop_at_ > 60s) {
+        out_.restarts.back().status = "still running after the load ended";
+        return finish();
+      }
+    }
+    schedule_tick();
+  }
+
+  void finish() {
+    for (auto& c : connections_) c->shut();
+    if (reload_wait_) {
+      boost::system::error_code ignored;
+      reload_wait_->close(ignored);
+    }
+  }
+
+  void print_progress(clock_type::time_point now) {
+    const double t = std::chrono::duration<double>(now - start_).count();
+    const auto rate = static_cast<double>(total_ - progress_total_) /
+                      std::max(1e-3, std::chrono::duration<double>(now - progress_at_).count());
+    progress_total_ = total_;
+    progress_at_ = now;
+    fmt::print(stderr,
+               "\r\033[K{:6.1f}s / {:.0f}s  {} requests  {} failed  {:.0f} req/s  {} restarts{}", t,
+               std::chrono::duration<double>(options_.duration).count(), total_, failed_, rate,
+               out_.restarts.size(), reload_running_ ? " (restarting)" : "");
+    (void)std::fflush(stderr);
+  }
+
+  void maybe_start_reload(clock_type::time_point now) {
+    if (reload_running_ || next_reload_ >= options_.reload_times.size() ||
+        options_.reload_command.empty())
+      return;
+    if (now < start_ + options_.reload_times[next_reload_]) return;
+    ++next_reload_;
+    restart_record r;
+    r.start_us = micros(now - start_);
+    spawn_options o;
+    o.argv = {"/bin/sh", "-c", options_.reload_command};
+    auto pid = spawn(o);
+    if (!pid) {
+      r.end_us = r.start_us;
+      r.finished = true;
+      r.status = pid.error().message();
+      out_.restarts.push_back(std::move(r));
+      return;
+    }
+    out_.restarts.push_back(std::move(r));
+    const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, *pid, 0));
+    if (pidfd < 0) {  // no pidfd (very old kernel): wait here; the load pauses meanwhile
+      on_reload_exit(*pid);
+      return;
+    }
+    reload_running_ = true;
+    reload_wait_.emplace(io_, pidfd);
+    reload_wait_->async_wait(asio::posix::stream_descriptor::wait_read,
+                             [this, p = *pid](const boost::system::error_code& ec) {
+                               if (ec) return;  // given up at the end
+                               on_reload_exit(p);
+                             });
+  }
+
+  void on_reload_exit(pid_t pid) {
+    auto& r = out_.restarts.back();
+    auto status = wait_exit(pid, 10s);
+    r.end_us = micros(clock_type::now() - start_);
+    r.finished = true;
+    if (status) {
+      r.success = status->success();
+      r.status = status->describe();
+    } else {
+      r.status = status.error().message();
+    }
+    reload_running_ = false;
+    if (reload_wait_) {
+      boost::system::error_code ignored;
+      reload_wait_->close(ignored);
+      reload_wait_.reset();
+    }
+  }
+
+  asio::io_context io_{1};
+  load_options options_;
+  std::vector<tcp::endpoint> endpoints_;
+  std::string request_;
+  asio::steady_timer tick_;
+  std::vector<std::unique_ptr<connection>> connections_;
+  std::size_t active_ = 0;
+  bool stopping_ = false;
+  clock_type::time_point start_, stop_at_, next_slot_, last_progress_, progress_at_;
+  std::chrono::nanoseconds period_{0};
+  run_result out_;
+  std::size_t last_served_ = 0;
+  std::uint64_t total_ = 0, failed_ = 0, progress_total_ = 0;
+  std::size_t next_reload_ = 0;
+  bool reload_running_ = false;
+  std::optional<asio::posix::stream_descriptor> reload_wait_;
+};
+
+void connection::next() {
+  in_attempt_ = false;
+  if (engine_.stopping()) {
+    reset_socket();
+    engine_.connection_done();
+    return;
+  }
+  if (engine_.rate_limited()) {
+    const auto at = engine_.next_slot();
+    if (at > clock_type::now()) {
+      pause_.expires_at(at);
+      pause_.async_wait([this](const boost::system::error_code&) {
+        if (engine_.stopping()) return next();
+        begin();
+      });
+      return;
+    }
+  }
+  begin();
+}
+
+void connection::begin() {
+  in_attempt_ = true;
+  timed_out_ = false;
+  attempt_start_ = clock_type::now();
+  if (socket_.is_open()) return send();
+  connect();
+}
+
+void connection::connect() {
+  phase_ = phase::connecting;
+  reused_ = false;
+  buffer_.clear();
+  deadline_ = attempt_start_ + engine_.options().connect_timeout;
+  socket_.async_connect(engine_.endpoint(), [this](const boost::system::error_code& ec) {
+    if (ec) return fail(ec);
+    boost::system::error_code ignored;
+    socket_.set_option(tcp::no_delay(true), ignored);
+    send();
+  });
+}
+
+void connection::send() {
+  phase_ = phase::sending;
+  deadline_ = clock_type::now() + engine_.options().timeout;
+  asio::async_write(socket_, asio::buffer(engine_.request()),
+                    [this](const boost::system::error_code& ec, std::size_t) {
+                      if (ec) return fail(ec);
+                      read();
+                    });
+}
+
+void connection::read() {
+  phase_ = phase::reading;
+  parser_.emplace();
+  parser_->body_limit(std::uint64_t{1} << 30);
+  bhttp::async_read(socket_, buffer_, *parser_,
+                    [this](const boost::system::error_code& ec, std::size_t) {
+                      if (ec) return fail(ec);
+                      complete();
+                    });
+}
+
+void connection::complete() {
+  const auto& res = parser_->get();
+  const unsigned status = res.result_int();
+  engine_.record(attempt_start_, static_cast<std::uint16_t>(status),
+                 status >= 200 && status < 300 ? outcome::ok : outcome::status);
+  engine_.served_by(res["X-Served-By"]);
+  const bool keep = engine_.options().mode == connection_mode::keepalive && parser_->keep_alive();
+  parser_.reset();
+  if (keep) {
+    reused_ = true;
+  } else {
+    reset_socket();
+  }
+  next();
+}
+
+void connection::fail(const boost::system::error_code& ec) {
+  failure_context ctx;
+  ctx.at = phase_;
+  ctx.reused = reused_;
+  ctx.timed_out = timed_out_;
+  ctx.got_bytes =
+      phase_ == phase::reading && ((parser_ && parser_->got_some()) || buffer_.size() > 0);
+  const outcome o = classify(ec, ctx);
+  if (o == outcome::io_error) engine_.note_io_error(ec);
+  const std::uint16_t status = parser_ && parser_->is_header_done()
+                                   ? static_cast<std::uint16_t>(parser_->get().result_int())
+                                   : 0;
+  engine_.record(attempt_start_, status, o);
+  parser_.reset();
+  reset_socket();
+  if (ctx.at == phase::connecting && !engine_.stopping()) {
+    in_attempt_ = false;
+    pause_.expires_after(10ms);
+    pause_.async_wait([this](const boost::system::error_code&) { next(); });
+    return;
+  }
+  next();
+}
+
+void connection::sweep(clock_type::time_point now) {
+  if (in_attempt_ && !timed_out_ && now > deadline_) {
+    timed_out_ = true;
+    shut();  // the pending operation completes with operation_aborted
+  }
+}
+
+}  // namespace
+
+namespace {
+
+// The first resolved address that accepts a connection within the connect timeout ("localhost"
+// may resolve to ::1 first while the server listens on 127.0.0.1 only).
+result<tcp::endpoint> reachable_endpoint(const load_options& options) {
+  asio::io_context io;
+  auto endpoints = resolve(io, options.target);
+  if (!endpoints) return endpoints.error();
+  std::optional<error> first_error;
+  for (const auto& endpoint : *endpoints) {
+    tcp::socket socket(io);
+    asio::steady_timer timer(io, options.connect_timeout);
+    boost::system::error_code result = asio::error::would_block;
+    bool timed_out = false;
+    socket.async_connect(endpoint, [&](const boost::system::error_code& ec) {
+      result = ec;
+      timer.cancel();
+    });
+    timer.async_wait([&](const boost::system::error_code& ec) {
+      if (ec) return;
+      timed_out = true;
+      boost::system::error_code ignored;
+      socket.close(ignored);
+    });
+    io.restart();
+    io.run();
+    const std::string what = "connect " + options.target.authority();
+    if (!timed_out && !result) return endpoint;
+    if (first_error) continue;
+    if (timed_out) {
+      first_error =
+          error::make(errc::timed_out, what + ": no answer within " +
+                                           std::to_string(options.connect_timeout.count()) + " ms");
+    } else {
+      first_error = error::from_errno(result.value(), what);
+    }
+  }
+  return *first_error;
+}
+
+}  // namespace
+
+result<void> probe(const load_options& options) {
+  auto endpoint = reachable_endpoint(options);
+  if (!endpoint) return endpoint.error();
+  return {};
+}
+
+result<run_result> run_load(const load_options& options) {
+  auto endpoint = reachable_endpoint(options);
+  if (!endpoint) return endpoint.error();
+  engine e(options, {*endpoint});
+  return e.run();
+}
+
+}  // namespace handoff::check

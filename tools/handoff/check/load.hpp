@@ -1,0 +1,86 @@
+// The load generator of `handoff check`: N connections on one io_context (one thread), each
+// sending one request at a time, for a fixed duration, while restart commands run on a schedule.
+//
+// Invariants:
+// - Every request that is started gets exactly one request_record (see outcome.hpp); a failed
+//   request is never retried, and a connection that failed is closed and replaced by a new one.
+// - In keep-alive mode a connection is reused until the server says `Connection: close` (not a
+//   failure: the next request opens a new connection); in close mode every request opens its own.
+// - A request's latency runs from the start of its attempt (including connect() when it needs a
+//   new connection) to the last byte of the response or the failure.
+// - After a failed connect a connection pauses 10 ms before its next attempt, so that a closed
+//   port costs at most connections × 100 failures per second instead of a busy loop.
+// - Timeouts are enforced by one 50 ms sweep over the connections, not a timer per request.
+// - Restart commands run one at a time (/bin/sh -c, stdio inherited); one that is due while
+//   another still runs starts when that one ends. After the load ends, a running command is
+//   waited for up to 60 s.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "check/outcome.hpp"
+#include "check/url.hpp"
+#include "handoff/error.hpp"
+
+namespace handoff::check {
+
+enum class connection_mode { keepalive, close };
+
+struct load_options {
+  url target;
+  std::chrono::milliseconds duration{10'000};
+  unsigned connections = 32;
+  double rate = 0;  // requests/s in total; 0: as fast as the server answers
+  connection_mode mode = connection_mode::keepalive;
+  std::string method = "GET";
+  std::size_t body_size = 0;  // bytes of body sent with each request (POST)
+  std::chrono::milliseconds connect_timeout{3'000};
+  std::chrono::milliseconds timeout{10'000};            // for the whole response after the request
+  std::string reload_command;                           // empty: none
+  std::vector<std::chrono::milliseconds> reload_times;  // offsets from the start
+  bool progress = false;                                // one updating line on stderr
+};
+
+struct request_record {
+  std::int64_t end_us = 0;       // when the outcome was known, from the start of the run
+  std::uint32_t latency_us = 0;  // from the start of the attempt
+  std::uint16_t status = 0;      // the HTTP status, 0 when there was no response
+  outcome result = outcome::ok;
+};
+
+struct restart_record {
+  std::int64_t start_us = 0;
+  std::int64_t end_us = 0;  // when the command exited (or failed to start)
+  bool finished = false;    // false: still running when the checker gave up waiting
+  bool success = false;     // exited with status 0
+  std::string status;       // "exited with status 0", "killed by signal 9 (Killed)", ...
+};
+
+struct run_result {
+  std::vector<request_record> requests;  // in the order of their outcome
+  std::vector<restart_record> restarts;
+  std::vector<std::pair<std::string, std::uint64_t>> served_by;  // X-Served-By -> responses
+  std::int64_t load_us = 0;     // how long requests were started (the duration)
+  std::int64_t elapsed_us = 0;  // until the last request and command ended
+  std::string first_io_error;   // the message of the first io_error outcome, if any
+};
+
+// The request bytes for every request of a run (method, target, Host, keep-alive or close,
+// a body of `body_size` bytes when asked).
+std::string build_request(const load_options& options);
+
+// Resolves the host and connects once (within the connect timeout) to the first address that
+// answers: an unreachable target is an error ("connect 127.0.0.1:1: Connection refused"), not a
+// run full of refused requests.
+result<void> probe(const load_options& options);
+
+// Runs the load against the first address that answers (as probe() finds it); errors only for
+// what prevents a run (the name does not resolve, nothing answers).
+result<run_result> run_load(const load_options& options);
+
+}  // namespace handoff::check
