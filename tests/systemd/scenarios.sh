@@ -94,11 +94,23 @@ check "socket-activated, answered by MainPID" \
 /build/tests/load_client 8080 >/run/load.out &
 load=$!
 pids=$(prop example-upgrade.service MainPID)
+# systemd 252 has no Type=notify-reload: `systemctl reload` returns when ExecReload's kill
+# exits, which can be before the app's RELOADING=1 arrives. So wait for systemd's own view
+# (bounded): MainPID changes when the app's MAINPID= is processed.
+wait_mainpid_change() {
+  for _ in $(seq 1 300); do
+    [ "$(prop example-upgrade.service MainPID)" != "$1" ] &&
+      [ "$(prop example-upgrade.service SubState)" = running ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
 for i in 1 2 3 4 5; do
   old=$(prop example-upgrade.service MainPID)
   timeout 60 systemctl reload example-upgrade.service
+  wait_mainpid_change "$old"
   new=$(prop example-upgrade.service MainPID)
-  check "reload $i: systemctl reload returns after the hand-over, with a new MainPID" \
+  check "reload $i: the hand-over completes, with a new MainPID" \
     "changed active" "$([ "$new" != "$old" ] && echo changed) $(prop example-upgrade.service ActiveState)"
   pids="$pids $new"
 done
@@ -106,6 +118,11 @@ echo "exit 1" > /tmp/broken && chmod +x /tmp/broken && sed -i '1i #!/bin/sh' /tm
 mv /tmp/broken /usr/local/bin/example_server   # a bad deploy
 old=$(prop example-upgrade.service MainPID)
 timeout 60 systemctl reload example-upgrade.service
+# The failure is reported by READY=1 with STATUS=upgrade failed: wait for it (bounded).
+for _ in $(seq 1 300); do
+  case "$(prop example-upgrade.service StatusText)" in "upgrade failed"*) break ;; esac
+  sleep 0.1
+done
 check "failed upgrade: the service stays active on the old process" \
   "active $old" "$(prop example-upgrade.service ActiveState) $(prop example-upgrade.service MainPID)"
 case "$(prop example-upgrade.service StatusText)" in
@@ -125,6 +142,56 @@ check "systemctl restart: a new process serves" \
   "$([ "$(prop example-upgrade.service MainPID)" != "$old" ] && echo new) $body"
 systemctl stop example-upgrade.service example-upgrade.socket
 check "stop: every generation gone" "" "$(pgrep -f /usr/local/bin/example_server)"
+
+echo "== deploy/systemd/example-run.*: handoff run under a .socket unit"
+install -m 0755 /build/tools/handoff/handoff /usr/local/bin/handoff
+cp /deploy/example-run.socket /deploy/example-run.service $units/
+systemctl daemon-reload
+systemctl start example-run.socket
+first=$(fetch 127.0.0.1 8081)
+supervisor=$(prop example-run.service MainPID)
+check "socket-activated supervisor is active (its READY=1 after the app's)" active \
+  "$(prop example-run.service ActiveState)"
+case "$first" in "hello from pid "*" version 1") first_ok=yes ;; *) first_ok="$first" ;; esac
+check "the app behind it answers on systemd's socket" yes "$first_ok"
+/build/tests/load_client 8081 >/run/load-run.out &
+load=$!
+for i in 1 2 3 4 5; do
+  before=$(fetch 127.0.0.1 8081)
+  timeout 60 systemctl reload example-run.service
+  reload_status=$?
+  after=$(fetch 127.0.0.1 8081)
+  check "reload $i: systemctl reload succeeds, a new generation answers, MainPID stays" \
+    "0 new $supervisor" "$reload_status $([ "$before" != "$after" ] && echo new) $(prop example-run.service MainPID)"
+done
+# The same app upgrading itself (SIGHUP to the app, not a reload): the supervisor follows its
+# MAINPID= and keeps the new process as the generation's main process.
+app=$(fetch 127.0.0.1 8081 | cut -d' ' -f4)
+kill -HUP "$app"
+timeout 10 tail --pid="$app" -f /dev/null
+upgraded=$(fetch 127.0.0.1 8081 | cut -d' ' -f4)
+check "self-upgrade under handoff run: a new process answers" changed \
+  "$([ -n "$upgraded" ] && [ "$upgraded" != "$app" ] && echo changed)"
+check "handoff status names it as the generation's process" yes \
+  "$(handoff status --control /run/handoff/example.sock | grep -q "pid $upgraded ready" && echo yes)"
+printf '#!/bin/sh\nexit 1\n' >/tmp/broken && chmod +x /tmp/broken
+mv /tmp/broken /usr/local/bin/example_server   # a bad deploy
+before=$(fetch 127.0.0.1 8081)
+timeout 60 systemctl reload example-run.service 2>/dev/null
+reload_status=$?
+check "failed reload: systemctl reload fails, the service stays active, the old generation serves" \
+  "failed active $before" \
+  "$([ "$reload_status" != 0 ] && echo failed) $(prop example-run.service ActiveState) $(fetch 127.0.0.1 8081)"
+install -m 0755 /build/examples/example_server /usr/local/bin/example_server
+kill -TERM $load; wait $load; load_status=$?
+cat /run/load-run.out
+check "no failed request during 5 reloads and a failed one (load_client)" 0 "$load_status"
+systemctl restart example-run.service
+check "systemctl restart: active again under a new supervisor" "active changed" \
+  "$(prop example-run.service ActiveState) $([ "$(prop example-run.service MainPID)" != "$supervisor" ] && echo changed)"
+systemctl stop example-run.service example-run.socket
+check "stop: the supervisor and every generation are gone" "" \
+  "$(pgrep -f '/usr/local/bin/(handoff|example_server)')"
 
 echo "systemd scenarios: $passed passed, $failed failed"
 [ "$failed" = 0 ]

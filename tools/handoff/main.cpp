@@ -11,8 +11,12 @@ int main(int argc, char** argv) {
   handoff::cli::add_supervisor_commands(app);
   try {
     app.parse(argc, argv);
+  } catch (const CLI::RuntimeError& e) {
+    return app.exit(e);  // a subcommand's own exit status, its message already printed
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version exit 0; every usage error exits 2, as the commands document.
+    const int code = app.exit(e);
+    return code == 0 ? 0 : 2;
   } catch (const std::exception& e) {
     fmt::print(stderr, "handoff: {}\n", e.what());
     return 1;
