@@ -4,10 +4,9 @@
 // socket, owns NOTIFY_SOCKET (and answers barriers), and is the subreaper that inherits each
 // old generation once its own parent has gone.
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
-
-#include <poll.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -114,7 +113,8 @@ class SelfUpgrade : public testing::Test {
     o.stderr_fd = write_end.get();
     const pid_t pid = spawn(o).value();
     alive_.insert(pid);
-    EXPECT_TRUE(wait_message([&](const notify_message& m) { return m.pid == pid && m.has("READY"); }));
+    EXPECT_TRUE(
+        wait_message([&](const notify_message& m) { return m.pid == pid && m.has("READY"); }));
     return pid;
   }
 
@@ -141,7 +141,8 @@ class SelfUpgrade : public testing::Test {
   // failed (then `why` is the manager's STATUS=).
   pid_t upgrade(pid_t current, std::string* why = nullptr) {
     EXPECT_EQ(::kill(current, SIGHUP), 0);
-    auto m = wait_message([&](const notify_message& x) { return x.pid == current && x.has("READY"); });
+    auto m =
+        wait_message([&](const notify_message& x) { return x.pid == current && x.has("READY"); });
     if (!m) {
       ADD_FAILURE() << "no READY=1 from pid " << current << " after SIGHUP";
       return -1;
