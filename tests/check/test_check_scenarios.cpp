@@ -302,7 +302,8 @@ TEST_F(HandoffCheck, CountsTheRaceWithAnIdleTimeout) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_GT(outcome(r, "keepalive_race") + outcome(r, "reset_before_response"), 0) << r.output;
   EXPECT_GT(field(r, "ok"), 0);
-  EXPECT_LE(field(r, "requests"), 2 * 400 + 8) << "the rate limit holds";
+  // Unlimited, this would be thousands; the slots at the edges of the 2 s may add a few.
+  EXPECT_LE(field(r, "requests"), 2 * 400 * 105 / 100 + 8) << "the rate limit holds";
 }
 
 TEST_F(HandoffCheck, Counts503AsFailures) {
