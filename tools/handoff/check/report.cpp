@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "json_text.hpp"
+
 namespace handoff::check {
 
 void tally::add(const request_record& r) {
@@ -209,33 +211,9 @@ std::string format_text(const report_context& r) {
 }
 
 std::string json_string(std::string_view s) {
-  std::string out = "\"";
-  for (char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          out += fmt::format("\\u{:04x}", static_cast<unsigned>(c));
-        } else {
-          out += c;
-        }
-    }
-  }
-  return out + "\"";
+  std::string out;
+  cli::append_json_string(out, s);
+  return out;
 }
 
 namespace {

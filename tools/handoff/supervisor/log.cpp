@@ -6,36 +6,11 @@
 #include <chrono>
 #include <ctime>
 
+#include "json_text.hpp"
+
 namespace handoff::supervisor {
 
-void json_string(std::string& out, std::string_view text) {
-  out += '"';
-  for (const char c : text) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20)
-          out += fmt::format("\\u{:04x}", static_cast<unsigned>(static_cast<unsigned char>(c)));
-        else
-          out += c;
-    }
-  }
-  out += '"';
-}
+void json_string(std::string& out, std::string_view text) { cli::append_json_string(out, text); }
 
 void logger::log(std::string_view event, std::string_view message, const log_fields& fields) const {
   std::string line;
