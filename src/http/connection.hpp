@@ -55,6 +55,7 @@ struct server::impl {
   std::mutex mutex;  // guards live and protects the wait for the last connection
   std::condition_variable changed;
   std::unordered_map<connection*, std::weak_ptr<connection>> live;
+  std::size_t accept_loops_running = 0;  // guarded by mutex
   std::atomic<std::size_t> open_connections{0};
   std::atomic<std::size_t> slots{0};  // open connections and accepts under way
   std::atomic<std::size_t> in_flight{0};

@@ -47,6 +47,20 @@ server::impl::impl(server_options o, handler h)
     : options(normalized(o)), on_request(std::move(h)), io(static_cast<int>(options.threads)) {}
 
 asio::awaitable<void> server::impl::accept(accept_loop& loop) {
+  // drain() waits for every loop to end: an accept that the kernel completed just as accepting
+  // stopped is delivered after the close, and its connection must be registered (and served)
+  // before drain() looks for the last connection; else the stopped io_context would destroy the
+  // accepted socket with the client's request unread, which resets it.
+  struct running_guard {
+    server::impl& srv;
+    ~running_guard() {
+      {
+        std::lock_guard lock(srv.mutex);
+        --srv.accept_loops_running;
+      }
+      srv.changed.notify_all();
+    }
+  } running{*this};
   while (!loop.stopped) {
     // A slot is reserved before accepting, so that several accept loops together never take
     // more than max_connections. At the limit, new connections stay in the kernel's queue
@@ -140,6 +154,7 @@ void server::start() {
   }
   s.listener_fds.clear();  // the loops hold their own copies
   s.work.emplace(s.io.get_executor());
+  s.accept_loops_running = s.accept_loops.size();
   for (auto& loop : s.accept_loops) asio::co_spawn(loop->strand, s.accept(*loop), asio::detached);
   s.state = server_state::ready;
   for (unsigned i = 0; i < s.options.threads; ++i) s.threads.emplace_back([&s] { s.io.run(); });
@@ -171,6 +186,10 @@ drain_report server::drain(milliseconds timeout) {
                                  })));
   }
   for (auto& f : stopped) f.wait();
+  {
+    std::unique_lock lock(s.mutex);
+    s.changed.wait_until(lock, s.deadline(), [&] { return s.accept_loops_running == 0; });
+  }
 
   // Tell every connection; from now on none is added.
   std::vector<std::shared_ptr<connection>> conns;
