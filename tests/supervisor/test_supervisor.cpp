@@ -127,6 +127,11 @@ class Supervisor : public testing::Test {
     if (supervisor_ > 0) {
       ::kill(supervisor_, SIGKILL);
       (void)wait_exit(supervisor_, 10s);
+      // A SIGKILLed supervisor leaves its apps running (by design); a failed test must not.
+      for (const auto& pid : generation_pids_) {
+        if (!pid.empty() && pid.find_first_not_of("0123456789") == std::string::npos)
+          ::kill(-std::stoi(pid), SIGKILL);
+      }
     }
     if (HasFailure())
       std::fprintf(stderr, "--- supervisor log ---\n%s", read_file(log_path_).c_str());
