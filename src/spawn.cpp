@@ -391,12 +391,27 @@ result<exit_status> wait_exit(pid_t pid, std::chrono::milliseconds timeout) {
   int status = 0;
   const pid_t reaped = sys::retry_eintr([&] { return ::waitpid(pid, &status, 0); });
   if (reaped < 0) return error::from_errno(errno, "waitpid " + subject);
+  return exit_status::from_wait_status(status);
+}
+
+exit_status exit_status::from_wait_status(int status) noexcept {
   exit_status out;
   if (WIFEXITED(status)) {
     out.exited = true;
     out.code = WEXITSTATUS(status);
   } else if (WIFSIGNALED(status)) {
     out.signal = WTERMSIG(status);
+  }
+  return out;
+}
+
+exit_status exit_status::from_siginfo(int child_code, int child_status) noexcept {
+  exit_status out;
+  if (child_code == CLD_EXITED) {
+    out.exited = true;
+    out.code = child_status;
+  } else {
+    out.signal = child_status;  // CLD_KILLED, CLD_DUMPED
   }
   return out;
 }

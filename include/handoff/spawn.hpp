@@ -58,6 +58,11 @@ struct exit_status {
   bool success() const noexcept { return exited && code == 0; }
   // "exited with status 1", "killed by signal 9 (Killed)"
   std::string describe() const;
+  // The shell's convention for one number: the exit code, or 128+N when killed by signal N.
+  int code_or_128_plus_signal() const noexcept { return exited ? code : 128 + signal; }
+  // From a waitpid(2) status word, or from waitid(2)'s si_code/si_status.
+  static exit_status from_wait_status(int status) noexcept;
+  static exit_status from_siginfo(int child_code, int child_status) noexcept;
 };
 
 // Reaps `pid`, waiting at most `timeout` (pidfd_open + poll: an event, not a sleep loop).
