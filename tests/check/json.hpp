@@ -1,5 +1,5 @@
-// Boost.JSON for the tests that read `handoff check --json` output (header-only: include
-// <boost/json/src.hpp> in exactly one translation unit of the test binary).
+// Boost.JSON for the tests that read `handoff check --json` output (its implementation comes
+// with handoff_check_lib: tools/handoff/json_impl.cpp).
 #pragma once
 
 #include <boost/json.hpp>
