@@ -1,15 +1,18 @@
 #include "supervisor/control.hpp"
 
+#include <fmt/core.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
 #include "handoff/listeners.hpp"
+#include "supervisor/log.hpp"
 
 namespace handoff::supervisor {
 
@@ -77,6 +80,103 @@ result<unique_fd> control_server::accept(uid_t& rejected) {
     }
     return client;
   }
+}
+
+using namespace std::chrono_literals;
+
+void control_sessions::poll_fds(std::vector<pollfd>& fds, std::vector<std::uint64_t>& ids) const {
+  fds.push_back({server_ ? server_->fd() : -1, POLLIN, 0});
+  for (const auto& s : sessions_) {
+    fds.push_back({s.conn.fd.get(), POLLIN, 0});
+    ids.push_back(s.id);
+  }
+}
+
+control_sessions::session* control_sessions::find(std::uint64_t id) {
+  for (auto& s : sessions_)
+    if (s.id == id) return &s;
+  return nullptr;
+}
+
+void control_sessions::accept(const logger& log, clock::time_point now) {
+  if (!server_) return;
+  for (int budget = 0; budget < 16; ++budget) {
+    uid_t rejected = 0;
+    auto fd = server_->accept(rejected);
+    if (!fd) {
+      log.log("control_error", fd.error().message());
+      return;
+    }
+    if (rejected != static_cast<uid_t>(-1)) {
+      log.log("control_refused", fmt::format("control connection of uid {} refused", rejected));
+      continue;
+    }
+    if (!*fd) return;
+    if (sessions_.size() >= 64) {
+      send_reply(fd->get(), "error too many control connections\n");
+      continue;
+    }
+    session c;
+    c.id = next_id_++;
+    c.conn.fd = std::move(*fd);
+    c.conn.deadline = now + 5s;
+    sessions_.push_back(std::move(c));
+  }
+}
+
+std::optional<std::string> control_sessions::read(std::uint64_t id) {
+  session* s = find(id);
+  if (s == nullptr) return std::nullopt;
+  if (s->conn.answered) {
+    // A waiting client only ever closes; anything it sends is ignored.
+    char buf[256];
+    const ssize_t n = ::recv(s->conn.fd.get(), buf, sizeof buf, 0);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) answer(id, {});
+    return std::nullopt;
+  }
+  std::string problem;
+  if (!read_request(s->conn, problem)) return std::nullopt;
+  if (problem == "closed") {
+    answer(id, {});
+    return std::nullopt;
+  }
+  if (!problem.empty()) {
+    answer(id, "error " + problem + "\n");
+    return std::nullopt;
+  }
+  return s->conn.buffer;
+}
+
+void control_sessions::answer(std::uint64_t id, const std::string& text) {
+  auto it = std::find_if(sessions_.begin(), sessions_.end(),
+                         [&](const session& s) { return s.id == id; });
+  if (it == sessions_.end()) return;
+  if (!text.empty()) send_reply(it->conn.fd.get(), text);
+  sessions_.erase(it);
+}
+
+void control_sessions::reply_and_wait(std::uint64_t id, const std::string& text) {
+  if (session* s = find(id)) {
+    s->conn.answered = true;
+    send_reply(s->conn.fd.get(), text);
+  }
+}
+
+void control_sessions::wait(std::uint64_t id) {
+  if (session* s = find(id)) s->conn.answered = true;
+}
+
+void control_sessions::expire(deadlines& due) {
+  std::erase_if(sessions_, [&](session& s) {
+    if (s.conn.answered || !due.reached(s.conn.deadline)) return false;
+    send_reply(s.conn.fd.get(), "error no request line within 5 s\n");
+    return true;
+  });
+}
+
+void control_sessions::answer_all(const std::string& text) {
+  for (auto& s : sessions_) send_reply(s.conn.fd.get(), text);
+  sessions_.clear();
 }
 
 bool read_request(control_client& client, std::string& error) {

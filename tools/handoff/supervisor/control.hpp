@@ -12,13 +12,17 @@
 // may connect (SO_PEERCRED); others get "error permission denied".
 #pragma once
 
+#include <poll.h>
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "handoff/fd.hpp"
+#include "supervisor/timers.hpp"
 
 namespace handoff::supervisor {
 
@@ -53,6 +57,47 @@ class control_server {
   std::string path_;
   dev_t dev_ = 0;
   ino_t ino_ = 0;
+};
+
+class logger;
+
+// The supervisor's open control connections, each known by an id that stays valid across
+// handlers: a handler that answers (and so closes) a session never invalidates what another
+// handler holds, because nothing outside holds more than the id.
+class control_sessions {
+ public:
+  control_sessions() = default;
+  explicit control_sessions(control_server server) : server_(std::move(server)) {}
+  bool listening() const noexcept { return server_.has_value(); }
+  const control_server* server() const noexcept { return server_ ? &*server_ : nullptr; }
+
+  // The listener's pollfd (fd -1 without one) and then one per session, with its id.
+  void poll_fds(std::vector<pollfd>& fds, std::vector<std::uint64_t>& ids) const;
+  // Accepts the connections that wait (a bounded number per call).
+  void accept(const logger& log, clock::time_point now);
+  // Reads from session `id`. Returns its request line once complete; a session that closed,
+  // sent too much, or (while waiting) anything at all is handled here and nullopt returned.
+  std::optional<std::string> read(std::uint64_t id);
+  // Sends `text` and closes the session (nothing when it is gone already).
+  void answer(std::uint64_t id, const std::string& text);
+  // Sends `text` and keeps the session open, waiting for an event (a reload's outcome).
+  void reply_and_wait(std::uint64_t id, const std::string& text);
+  void wait(std::uint64_t id);
+  // Sessions that said nothing within their deadline are answered and closed.
+  void expire(deadlines& due);
+  // At exit: every open session gets `text`.
+  void answer_all(const std::string& text);
+  std::size_t size() const noexcept { return sessions_.size(); }
+
+ private:
+  struct session {
+    std::uint64_t id = 0;
+    control_client conn;
+  };
+  session* find(std::uint64_t id);
+  std::optional<control_server> server_;
+  std::vector<session> sessions_;
+  std::uint64_t next_id_ = 1;
 };
 
 // Reads what is available; true once a full line is in `client.buffer` (without the newline)

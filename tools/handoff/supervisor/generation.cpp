@@ -1,6 +1,22 @@
+// The state machine of generations (generation.hpp): every transition of a generation and of
+// its processes happens here; the other parts only report events (an exit, a notification, a
+// deadline) and call in.
 #include "supervisor/generation.hpp"
 
+#include <fmt/core.h>
+#include <signal.h>
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "handoff/listeners.hpp"
+#include "handoff/socket_info.hpp"
+#include "supervisor/core.hpp"
+
 namespace handoff::supervisor {
+
+using namespace std::chrono_literals;
+using ms = std::chrono::milliseconds;
 
 const char* to_string(generation_state s) {
   switch (s) {
@@ -10,6 +26,8 @@ const char* to_string(generation_state s) {
       return "settling";
     case generation_state::serving:
       return "serving";
+    case generation_state::retiring:
+      return "retiring";
     case generation_state::draining:
       return "draining";
     case generation_state::failed:
@@ -28,6 +46,352 @@ std::string generation::pids() const {
   return out.empty() ? "none" : out;
 }
 
-int exit_code_of(const exit_status& s) { return s.exited ? s.code : 128 + s.signal; }
+namespace {
+
+std::string describe(const std::optional<exit_status>& s) {
+  return s ? s->describe() : "exited (status unknown: not a child of the supervisor)";
+}
+
+}  // namespace
+
+generation* supervisor_core::pending() {
+  for (auto& g : generations_)
+    if (g.state == generation_state::starting || g.state == generation_state::settling) return &g;
+  return nullptr;
+}
+
+generation* supervisor_core::serving() {
+  for (auto& g : generations_)
+    if (g.state == generation_state::serving) return &g;
+  return nullptr;
+}
+
+result<void> supervisor_core::spawn_slot(generation& g, slot& s) {
+  spawn_options so;
+  so.argv = o_.command;
+  for (const auto& h : sockets_) so.fds.push_back({h.fd.get(), h.name});
+  for (const auto& f : fdstore_) so.fds.push_back({f.fd.get(), f.name});
+  if (notify_) so.notify_socket = notify_->address();
+  so.group = process_group::new_group;
+  so.extra_environment.push_back("HANDOFF_GENERATION=" + std::to_string(g.id));
+  if (o_.watchdog.count() > 0)
+    so.extra_environment.push_back("WATCHDOG_USEC=" + std::to_string(o_.watchdog.count() * 1000));
+  auto pid = os_.spawn(so);
+  if (!pid) return pid.error();
+  ++transitions_;
+  const auto now = os_.now();
+  s.pid = *pid;
+  s.pgid = *pid;
+  s.former.clear();
+  s.pidfd.reset();
+  s.ready = s.stopping = s.reloading = false;
+  s.started = now;
+  s.ready_deadline = now + o_.ready_timeout;
+  s.watchdog = o_.watchdog;
+  s.status_text.clear();
+  if (o_.ready == ready_mode::tcp || o_.ready == ready_mode::http) {
+    std::string target = o_.ready_target;
+    if (o_.ready == ready_mode::tcp && target.empty()) {
+      for (const auto& h : sockets_) {
+        auto where = local_address(h.fd.get());
+        if (where && where->kind == transport::tcp) {
+          target = (where->host.empty()                          ? std::string("127.0.0.1")
+                    : where->host.find(':') != std::string::npos ? "[" + where->host + "]"
+                                                                 : where->host) +
+                   ":" + std::to_string(where->port);
+          break;
+        }
+      }
+    }
+    s.probe = start_probe(o_.ready == ready_mode::http ? "http" : "tcp", target, wake_fd_.get());
+  }
+  log_.log("started", fmt::format("generation {}: started pid {}", g.id, s.pid),
+           {{"generation", g.id}, {"pid", static_cast<long long>(s.pid)}});
+  return {};
+}
+
+void supervisor_core::start_generation(bool is_restart, std::optional<std::uint64_t> waiter) {
+  generation& g = generations_.emplace_back();
+  ++transitions_;
+  g.id = next_id_++;
+  g.started = os_.now();
+  g.is_restart = is_restart;
+  g.slots.resize(static_cast<std::size_t>(o_.processes));
+  if (waiter) g.waiters.push_back(*waiter);
+  if (!is_restart && g.id > 1) os_.notify_manager(manager_event::reloading);
+  for (auto& s : g.slots) {
+    if (auto r = spawn_slot(g, s); !r) {
+      // The very first start failing to exec is a setup error (a typo in the command), not a
+      // crash to retry; later ones (a binary being replaced during a deploy) are retried.
+      if (g.id == 1) {
+        for (auto& other : g.slots) kill_slot(other, SIGKILL);
+        throw std::runtime_error(r.error().message());
+      }
+      fail_generation(g, r.error().message());
+      return;
+    }
+  }
+  check_progress();
+}
+
+void supervisor_core::mark_ready(generation& g, slot& s, const char* how) {
+  const auto now = os_.now();
+  ++transitions_;
+  s.ready = true;
+  s.ready_at = now;
+  s.last_watchdog = now;
+  if (s.probe) s.probe->abandoned = true;
+  s.probe.reset();
+  log_.log("ready",
+           fmt::format("generation {}: pid {} ready ({}, {} ms)", g.id, s.pid, how,
+                       ms_since(s.started, now)),
+           {{"generation", g.id},
+            {"pid", static_cast<long long>(s.pid)},
+            {"ms", ms_since(s.started, now)}});
+}
+
+void supervisor_core::take_over(generation& g) {
+  const auto now = os_.now();
+  ++transitions_;
+  generation* old = serving();
+  g.state = generation_state::serving;
+  app_failures_ = 0;
+  const std::string text = fmt::format("generation {} took over: pid {} ready in {} ms", g.id,
+                                       g.pids(), ms_since(g.started, now));
+  log_.log("took_over", text, {{"generation", g.id}, {"ms", ms_since(g.started, now)}});
+  if (!g.is_restart && g.id > 1) {
+    ++reloads_;
+    last_reload_ = "ok " + text;
+  }
+  for (const auto id : g.waiters) answer(id, "ok " + text + "\n");
+  g.waiters.clear();
+  if (old != nullptr) retire(*old);
+  os_.notify_manager(manager_event::ready, "generation " + std::to_string(g.id) + " serving");
+}
+
+void supervisor_core::retire(generation& g) {
+  ++transitions_;
+  g.state = generation_state::retiring;
+  g.retire_deadline = os_.now() + o_.stop_timeout;
+  // Without a front proxy nothing of ours is in flight: the stop signal goes out at once.
+  if (!may_stop_ || may_stop_(g)) stop_generation(g, o_.stop_signal);
+}
+
+void supervisor_core::kill_slot(slot& s, int sig) {
+  if (!s.running()) return;
+  ++transitions_;
+  // Exactly once per process: to many apps a second SIGTERM or SIGINT means "stop now".
+  os_.signal_slot(s, sig);
+}
+
+void supervisor_core::fail_generation(generation& g, const std::string& cause) {
+  ++transitions_;
+  g.state = generation_state::failed;
+  g.failure = cause;
+  for (auto& s : g.slots) {
+    kill_slot(s, SIGKILL);
+    if (s.probe) s.probe->abandoned = true;
+  }
+  g.killed = true;
+  generation* current = serving();
+  std::string text = fmt::format("generation {} failed: {}", g.id, cause);
+  if (current != nullptr)
+    text += fmt::format("; generation {} (pid {}) keeps serving", current->id, current->pids());
+  log_.log("start_failed", text, {{"generation", g.id}, {"cause", cause}});
+  if (!g.is_restart && g.id > 1) {
+    ++reloads_failed_;
+    last_reload_ = "error " + text;
+    // Our manager (systemd, Type=notify-reload) waits for READY=1 after RELOADING=1 either way.
+    if (current != nullptr) os_.notify_manager(manager_event::ready, "reload failed: " + cause);
+  }
+  for (const auto id : g.waiters) answer(id, "error " + text + "\n");
+  g.waiters.clear();
+  if (current == nullptr && !stopping_) schedule_app_restart();
+}
+
+void supervisor_core::schedule_app_restart() {
+  if (o_.restart == restart_policy::never || next_start_) return;
+  const auto pause = backoff(o_.backoff_min, o_.backoff_max, app_failures_);
+  ++app_failures_;
+  next_start_ = os_.now() + pause;
+  log_.log("restart_scheduled",
+           fmt::format("no generation serving: starting a new one in {} ms", pause.count()),
+           {{"ms", static_cast<long long>(pause.count())}});
+}
+
+void supervisor_core::stop_generation(generation& g, int sig) {
+  ++transitions_;
+  g.state = generation_state::draining;
+  g.stop_sent = true;
+  g.stop_deadline = os_.now() + o_.stop_timeout;
+  for (auto& s : g.slots) {
+    kill_slot(s, sig);
+    if (s.probe) s.probe->abandoned = true;
+    s.restart_at = {};
+  }
+  log_.log("stop_sent",
+           fmt::format("generation {}: sent {} to pid {} (stop timeout {})", g.id, signal_name(sig),
+                       g.pids(), format_duration(o_.stop_timeout)),
+           {{"generation", g.id}, {"signal", signal_name(sig)}});
+}
+
+// After any event: a starting generation whose processes are all ready moves on.
+void supervisor_core::check_progress() {
+  generation* g = pending();
+  if (g == nullptr || g->state != generation_state::starting || !g->all_ready()) return;
+  // Settling protects an old generation that still serves; with none, there is nothing to wait for.
+  if (o_.settle.count() > 0 && serving() != nullptr) {
+    ++transitions_;
+    g->state = generation_state::settling;
+    g->settle_deadline = os_.now() + o_.settle;
+    log_.log("settling", fmt::format("generation {}: ready, settling for {} before taking over",
+                                     g->id, format_duration(o_.settle)));
+    return;
+  }
+  take_over(*g);
+}
+
+std::string supervisor_core::request_reload(std::optional<std::uint64_t> waiter) {
+  if (stopping_) return "the supervisor is stopping";
+  if (generation* p = pending())
+    return fmt::format("a reload is already in progress: generation {} ({}) started {} ms ago",
+                       p->id, to_string(p->state), ms_since(p->started, os_.now()));
+  int draining = 0;
+  for (const auto& g : generations_)
+    if (g.state == generation_state::draining || g.state == generation_state::retiring) ++draining;
+  if (draining >= o_.max_draining)
+    return fmt::format(
+        "{} old generations are still draining (--max-draining {}); try again once they exit",
+        draining, o_.max_draining);
+  log_.log("reload", "reload requested");
+  next_start_.reset();
+  start_generation(false, waiter);
+  return {};
+}
+
+void supervisor_core::begin_stop(const std::string& why) {
+  if (stopping_) {
+    log_.log("stop", why + " again: SIGKILL to every generation now");
+    for (auto& g : generations_)
+      for (auto& s : g.slots) kill_slot(s, SIGKILL);
+    return;
+  }
+  ++transitions_;
+  stopping_ = true;
+  if (generation* g = serving()) final_generation_ = g->id;
+  next_start_.reset();
+  log_.log("stop", why + ": stopping every generation");
+  os_.notify_manager(manager_event::stopping);
+  for (auto& g : generations_) {
+    for (const auto id : g.waiters)
+      answer(id, fmt::format("error generation {} abandoned: the supervisor is stopping\n", g.id));
+    g.waiters.clear();
+    if (g.state != generation_state::draining && g.state != generation_state::failed)
+      stop_generation(g, o_.stop_signal);
+  }
+}
+
+bool supervisor_core::finished() const {
+  for (const auto& g : generations_) {
+    if (g.any_running()) return false;
+    if (!stopping_ && g.state == generation_state::serving)
+      for (const auto& s : g.slots)
+        if (!s.running() && s.restart_at != clock::time_point{}) return false;
+  }
+  return stopping_ || !next_start_;
+}
+
+int supervisor_core::exit_code() const {
+  return last_status_ ? last_status_->code_or_128_plus_signal() : 0;
+}
+
+void supervisor_core::on_exit(pid_t pid, const std::optional<exit_status>& status) {
+  const auto now = os_.now();
+  for (auto& g : generations_) {
+    for (auto& s : g.slots) {
+      if (std::find(s.former.begin(), s.former.end(), pid) != s.former.end()) {
+        log_.log("exited",
+                 fmt::format("generation {}: pid {} (handed over to pid {} by MAINPID=) {}", g.id,
+                             pid, s.pid, describe(status)));
+        return;
+      }
+      if (s.pid != pid) continue;
+      ++transitions_;
+      const bool was_ready = s.ready;
+      s.pid = 0;
+      s.pgid = 0;
+      s.pidfd.reset();
+      s.ready = false;
+      if (s.probe) s.probe->abandoned = true;
+      s.probe.reset();
+      s.last_exit = status;
+      log_.log("exited", fmt::format("generation {}: pid {} {}", g.id, pid, describe(status)),
+               {{"generation", g.id},
+                {"pid", static_cast<long long>(pid)},
+                {"status", describe(status)},
+                {"code", static_cast<long long>(status ? status->code_or_128_plus_signal() : -1)}});
+      switch (g.state) {
+        case generation_state::starting:
+          if (status) last_status_ = status;
+          fail_generation(g, fmt::format("pid {} {} before it was ready", pid, describe(status)));
+          break;
+        case generation_state::settling:
+          if (status) last_status_ = status;
+          fail_generation(g, fmt::format("pid {} {} after it was ready, within the settle time",
+                                         pid, describe(status)));
+          break;
+        case generation_state::serving: {
+          if (status) last_status_ = status;
+          if (stopping_) break;
+          const bool success = status && status->success();
+          const bool again = o_.restart == restart_policy::always ||
+                             (o_.restart == restart_policy::on_failure && !success);
+          if (!again) {
+            log_.log("not_restarting",
+                     fmt::format("generation {}: not restarting (--restart {})", g.id,
+                                 o_.restart == restart_policy::never ? "never" : "on-failure"));
+            break;
+          }
+          // A process that served a while before dying starts its backoff over.
+          if (was_ready && now - s.ready_at >= 10s) s.failures_in_a_row = 0;
+          const auto pause = backoff(o_.backoff_min, o_.backoff_max, s.failures_in_a_row);
+          ++s.failures_in_a_row;
+          s.restart_at = now + pause;
+          log_.log("restart_scheduled",
+                   fmt::format("generation {}: died unasked; restarting its process in {} ms", g.id,
+                               pause.count()),
+                   {{"generation", g.id}, {"ms", static_cast<long long>(pause.count())}});
+          break;
+        }
+        case generation_state::retiring:
+        case generation_state::draining:
+        case generation_state::failed:
+          if (status && g.id == final_generation_) last_status_ = status;
+          break;  // removed by the timers once nothing of it runs
+      }
+      return;
+    }
+  }
+}
+
+void supervisor_core::remove_gone_generations() {
+  const auto now = os_.now();
+  for (auto it = generations_.begin(); it != generations_.end();) {
+    const bool over = it->state == generation_state::draining ||
+                      it->state == generation_state::retiring ||
+                      it->state == generation_state::failed;
+    if (!over || it->any_running()) {
+      ++it;
+      continue;
+    }
+    log_.log("gone",
+             fmt::format("generation {}: {} ({} ms after its start)", it->id,
+                         it->state == generation_state::failed ? "failed, all its processes gone"
+                                                               : "stopped",
+                         ms_since(it->started, now)),
+             {{"generation", it->id}});
+    it = generations_.erase(it);
+  }
+}
 
 }  // namespace handoff::supervisor

@@ -1,10 +1,14 @@
 // One generation of the app: the N processes started together for one start or reload, and
 // where they are in their life.
 //
-//   starting -> settling (ready, --settle) -> serving -> draining -> gone
-//        \______________\_____________________________> failed (killed) -> gone
+//   starting -> settling (ready, --settle) -> serving -> retiring -> draining -> gone
+//        \______________\________________________________________> failed (killed) -> gone
 //
-// Invariants (kept by supervisor.cpp): at most one generation is starting or settling; at
+// retiring: replaced, still running, and not yet told to stop; it gets the stop signal once
+// the retire condition holds (a front proxy: no request of ours in flight; without one, at
+// once) or --stop-timeout after it was replaced, whichever comes first.
+//
+// Invariants (kept by generation.cpp): at most one generation is starting or settling; at
 // most one is serving; each process (slot) is its own process group, so "kill the
 // generation" is a kill(-pgid) per slot, and only while the slot's main process is not yet
 // reaped (after that the group id could name someone else's group).
@@ -21,13 +25,12 @@
 
 #include "handoff/fd.hpp"
 #include "handoff/spawn.hpp"
+#include "supervisor/os.hpp"
 #include "supervisor/probe.hpp"
 
 namespace handoff::supervisor {
 
-using clock = std::chrono::steady_clock;
-
-enum class generation_state { starting, settling, serving, draining, failed };
+enum class generation_state { starting, settling, serving, retiring, draining, failed };
 const char* to_string(generation_state s);
 
 struct slot {
@@ -55,6 +58,7 @@ struct generation {
   generation_state state = generation_state::starting;
   std::vector<slot> slots;
   clock::time_point started{}, ready_deadline{}, settle_deadline{}, stop_deadline{};
+  clock::time_point retire_deadline{};  // while retiring: stop it then at the latest
   bool stop_sent = false, killed = false;
   bool is_restart = false;             // started because the app died, not by a reload
   std::string failure;                 // why it failed
@@ -72,8 +76,5 @@ struct generation {
   }
   std::string pids() const;
 };
-
-// "exited with status 1", "killed by signal 9 (Killed)"; 128+N for a signal as an exit code.
-int exit_code_of(const exit_status& s);
 
 }  // namespace handoff::supervisor

@@ -1,0 +1,283 @@
+// The supervisor's state machine without processes: a scripted operating system (os_env)
+// spawns nothing, records signals and notifications, and moves the clock by hand. The process
+// tests (test_supervisor.cpp) run the same code against real processes.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <deque>
+#include <map>
+
+#include "supervisor/core.hpp"
+
+namespace handoff::supervisor {
+namespace {
+
+using namespace std::chrono_literals;
+
+// Pids beyond any pid_max: no real process can answer for them.
+constexpr pid_t first_fake_pid = 50'000'000;
+
+class fake_os final : public os_env {
+ public:
+  result<pid_t> spawn(const spawn_options& options) override {
+    if (fail_spawns > 0) {
+      --fail_spawns;
+      return error::from_errno(ENOENT, "exec " + options.argv.at(0));
+    }
+    spawned.push_back(next_pid);
+    return next_pid++;
+  }
+  void signal_slot(const slot& s, int sig) override { signals.emplace_back(s.pid, sig); }
+  void signal_process(const slot& s, int sig) override { signals.emplace_back(s.pid, sig); }
+  std::optional<pid_t> peek_exited() override {
+    if (exits.empty()) return std::nullopt;
+    return exits.front().first;
+  }
+  std::optional<exit_status> collect(pid_t pid) override {
+    if (exits.empty() || exits.front().first != pid) return std::nullopt;
+    auto status = exits.front().second;
+    exits.pop_front();
+    return status;
+  }
+  clock::time_point now() override { return time; }
+  void notify_manager(manager_event event, std::string_view) override { manager.push_back(event); }
+
+  int signals_to(pid_t pid, int sig) const {
+    int n = 0;
+    for (const auto& [p, s] : signals)
+      if (p == pid && s == sig) ++n;
+    return n;
+  }
+
+  pid_t next_pid = first_fake_pid;
+  int fail_spawns = 0;
+  std::vector<pid_t> spawned;
+  std::vector<std::pair<pid_t, int>> signals;
+  std::deque<std::pair<pid_t, exit_status>> exits;
+  std::vector<manager_event> manager;
+  clock::time_point time = clock::time_point{} + 1000h;
+};
+
+exit_status exited(int code) {
+  exit_status s;
+  s.exited = true;
+  s.code = code;
+  return s;
+}
+
+exit_status killed(int sig) {
+  exit_status s;
+  s.signal = sig;
+  return s;
+}
+
+class StateMachine : public ::testing::Test {
+ protected:
+  run_options options() {
+    run_options o;
+    o.command = {"app"};
+    o.name = "unit";
+    o.ready_timeout = 10s;
+    o.stop_timeout = 5s;
+    return o;
+  }
+  void make(run_options o = {}) {
+    if (o.command.empty()) o = options();
+    sv = std::make_unique<supervisor_core>(std::move(o), os);
+  }
+  void ready(pid_t pid) {
+    notify_message m;
+    m.pid = pid;
+    m.fields = {{"READY", "1"}};
+    sv->on_notify_message(m);
+    settle();
+  }
+  void exit(pid_t pid, exit_status status) {
+    sv->on_exit(pid, status);
+    settle();
+  }
+  // What the loop does after every event: the timers until nothing more changes.
+  clock::time_point settle() {
+    clock::time_point next{};
+    for (int round = 0; round < 16; ++round) {
+      const auto before = sv->transitions();
+      next = sv->on_timers();
+      if (sv->transitions() == before) break;
+    }
+    return next;
+  }
+  const generation* find(int id) {
+    for (const auto& g : sv->generations())
+      if (g.id == id) return &g;
+    return nullptr;
+  }
+  generation_state state_of(int id) {
+    const generation* g = find(id);
+    EXPECT_NE(g, nullptr) << "generation " << id;
+    return g ? g->state : generation_state::failed;
+  }
+  // The first generation, ready and serving.
+  pid_t serving_first() {
+    sv->start_generation(false, std::nullopt);
+    const pid_t pid = os.spawned.back();
+    ready(pid);
+    EXPECT_EQ(state_of(1), generation_state::serving);
+    return pid;
+  }
+
+  fake_os os;
+  std::unique_ptr<supervisor_core> sv;
+};
+
+TEST(Backoff, DoublesFromMinimumUpToMaximumWithoutOverflow) {
+  EXPECT_EQ(backoff(100ms, 30s, 0), 100ms);
+  EXPECT_EQ(backoff(100ms, 30s, 1), 200ms);
+  EXPECT_EQ(backoff(100ms, 30s, 3), 800ms);
+  EXPECT_EQ(backoff(100ms, 30s, 9), 30s);
+  EXPECT_EQ(backoff(100ms, 30s, 1000), 30s);
+  EXPECT_EQ(backoff(std::chrono::milliseconds::max() / 2, 30s, 20), 30s);
+  EXPECT_EQ(backoff(0ms, 30s, 5), 0ms);
+}
+
+TEST_F(StateMachine, FirstGenerationServesOnReadyAndTellsTheManager) {
+  make();
+  sv->start_generation(false, std::nullopt);
+  ASSERT_EQ(os.spawned.size(), 1u);
+  EXPECT_EQ(state_of(1), generation_state::starting);
+  ready(os.spawned[0]);
+  EXPECT_EQ(state_of(1), generation_state::serving);
+  ASSERT_EQ(os.manager.size(), 1u);
+  EXPECT_EQ(os.manager[0], manager_event::ready);
+}
+
+TEST_F(StateMachine, ReloadTakesOverThenStopsTheOldGenerationOnce) {
+  make();
+  const pid_t old_pid = serving_first();
+  EXPECT_EQ(sv->request_reload(std::nullopt), "");
+  const pid_t new_pid = os.spawned.back();
+  EXPECT_EQ(state_of(2), generation_state::starting);
+  EXPECT_EQ(os.signals_to(old_pid, SIGTERM), 0) << "the old one serves until the new is ready";
+  ready(new_pid);
+  EXPECT_EQ(state_of(2), generation_state::serving);
+  EXPECT_EQ(state_of(1), generation_state::draining);
+  EXPECT_EQ(os.signals_to(old_pid, SIGTERM), 1);
+  exit(old_pid, killed(SIGTERM));
+  EXPECT_EQ(find(1), nullptr) << "a stopped generation is forgotten";
+  EXPECT_EQ(os.manager.back(), manager_event::ready);
+}
+
+TEST_F(StateMachine, ReloadDuringReloadIsRefused) {
+  make();
+  serving_first();
+  EXPECT_EQ(sv->request_reload(std::nullopt), "");
+  EXPECT_NE(sv->request_reload(std::nullopt).find("already in progress"), std::string::npos);
+}
+
+TEST_F(StateMachine, FailedReloadKillsTheNewGenerationAndTheOldKeepsServing) {
+  make();
+  const pid_t old_pid = serving_first();
+  ASSERT_EQ(sv->request_reload(std::nullopt), "");
+  const pid_t new_pid = os.spawned.back();
+  exit(new_pid, exited(1));
+  EXPECT_EQ(find(2), nullptr);
+  EXPECT_EQ(state_of(1), generation_state::serving);
+  EXPECT_EQ(os.signals_to(old_pid, SIGTERM), 0);
+  // Type=notify-reload: RELOADING=1 is always followed by READY=1.
+  ASSERT_GE(os.manager.size(), 2u);
+  EXPECT_EQ(os.manager[os.manager.size() - 2], manager_event::reloading);
+  EXPECT_EQ(os.manager.back(), manager_event::ready);
+}
+
+TEST_F(StateMachine, NotReadyWithinTheReadyTimeoutFails) {
+  make();
+  serving_first();
+  ASSERT_EQ(sv->request_reload(std::nullopt), "");
+  const pid_t new_pid = os.spawned.back();
+  const auto next = settle();
+  EXPECT_EQ(next, os.time + 10s) << "the loop wakes for the ready timeout";
+  os.time = next;
+  settle();
+  EXPECT_EQ(state_of(2), generation_state::failed);
+  EXPECT_EQ(os.signals_to(new_pid, SIGKILL), 1);
+}
+
+TEST_F(StateMachine, OldGenerationIgnoringTheStopSignalIsKilledAfterTheStopTimeout) {
+  make();
+  const pid_t old_pid = serving_first();
+  ASSERT_EQ(sv->request_reload(std::nullopt), "");
+  ready(os.spawned.back());
+  const auto next = settle();
+  EXPECT_EQ(next, os.time + 5s);
+  os.time = next - 1ms;
+  settle();
+  EXPECT_EQ(os.signals_to(old_pid, SIGKILL), 0);
+  os.time = next;
+  settle();
+  EXPECT_EQ(os.signals_to(old_pid, SIGKILL), 1);
+  // Nothing left to act on for it: no deadline in the past (no spin).
+  EXPECT_GT(settle(), os.time);
+}
+
+TEST_F(StateMachine, RetiredGenerationWaitsForTheRetireConditionBoundedByTheStopTimeout) {
+  make();
+  bool idle = false;
+  sv->set_retire_condition([&](const generation&) { return idle; });
+  const pid_t old_pid = serving_first();
+  ASSERT_EQ(sv->request_reload(std::nullopt), "");
+  ready(os.spawned.back());
+  EXPECT_EQ(state_of(1), generation_state::retiring);
+  EXPECT_EQ(os.signals_to(old_pid, SIGTERM), 0);
+  EXPECT_EQ(settle(), os.time + 5s);
+  idle = true;
+  settle();
+  EXPECT_EQ(state_of(1), generation_state::draining);
+  EXPECT_EQ(os.signals_to(old_pid, SIGTERM), 1);
+
+  // Never idle: the stop signal goes out at --stop-timeout after the take-over.
+  idle = false;
+  exit(old_pid, killed(SIGTERM));
+  const pid_t second = os.spawned.back();
+  ASSERT_EQ(sv->request_reload(std::nullopt), "");
+  ready(os.spawned.back());
+  EXPECT_EQ(os.signals_to(second, SIGTERM), 0);
+  os.time += 5s;
+  settle();
+  EXPECT_EQ(os.signals_to(second, SIGTERM), 1);
+}
+
+TEST_F(StateMachine, DeadProcessIsRestartedWithBackoff) {
+  run_options o = options();
+  o.backoff_min = 100ms;
+  make(o);
+  const pid_t pid = serving_first();
+  exit(pid, killed(SIGSEGV));
+  EXPECT_EQ(os.spawned.size(), 1u);
+  EXPECT_EQ(settle(), os.time + 100ms);
+  os.time += 100ms;
+  settle();
+  ASSERT_EQ(os.spawned.size(), 2u);
+  EXPECT_EQ(state_of(1), generation_state::serving);
+  // Dies again before being ready: the next pause doubles.
+  exit(os.spawned.back(), exited(1));
+  EXPECT_EQ(settle(), os.time + 200ms);
+}
+
+TEST_F(StateMachine, StopSignalsEveryGenerationAndFinishesWhenAllExited) {
+  make();
+  const pid_t pid = serving_first();
+  sv->begin_stop("test");
+  EXPECT_EQ(os.signals_to(pid, SIGTERM), 1);
+  EXPECT_EQ(os.manager.back(), manager_event::stopping);
+  EXPECT_FALSE(sv->finished());
+  exit(pid, exited(0));
+  EXPECT_TRUE(sv->finished());
+}
+
+TEST_F(StateMachine, FirstStartThatCannotExecIsASetupError) {
+  make();
+  os.fail_spawns = 1;
+  EXPECT_THROW(sv->start_generation(false, std::nullopt), std::runtime_error);
+}
+
+}  // namespace
+}  // namespace handoff::supervisor

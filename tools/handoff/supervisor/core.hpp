@@ -1,0 +1,139 @@
+// The supervisor's state and its parts, shared by the files that each own one role:
+//
+//   setup.cpp      signals, sockets, pid file (once, before the first generation)
+//   generation.cpp the state machine of generations: start, ready, take over, retire, fail,
+//                  stop, a process's exit
+//   reap.cpp       children's exits (waitid) and adopted main processes (pidfd)
+//   notify_dispatch.cpp  a notification from the app, applied to its slot
+//   timers.cpp     every timed check, each reporting its next deadline (timers.hpp)
+//   control.cpp    control sessions and their transport; requests are dispatched in loop.cpp
+//   status.cpp     `handoff status` as text and JSON
+//   supervisor.cpp the loop itself
+//
+// Everything runs on one thread. The operating system is reached only through os_env (os.hpp)
+// so that the unit tests can drive every transition without processes; setup() and the loop
+// are the parts that need the real thing.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "handoff/fd.hpp"
+#include "handoff/notify_receiver.hpp"
+#include "supervisor/control.hpp"
+#include "supervisor/generation.hpp"
+#include "supervisor/log.hpp"
+#include "supervisor/options.hpp"
+#include "supervisor/os.hpp"
+#include "supervisor/timers.hpp"
+
+namespace handoff::supervisor {
+
+struct held_socket {
+  unique_fd fd;
+  std::string name;
+  std::string where;  // its local address, for status
+};
+
+struct stored_fd {
+  unique_fd fd;
+  std::string name;
+};
+
+class supervisor_core {
+ public:
+  supervisor_core(run_options options, os_env& os);
+  ~supervisor_core();
+  supervisor_core(const supervisor_core&) = delete;
+  supervisor_core& operator=(const supervisor_core&) = delete;
+
+  // setup.cpp: the real process's signals, sockets, notify socket, control socket, pid file.
+  void setup();
+  // supervisor.cpp: runs until finished(); returns the exit code.
+  int loop();
+
+  // The state machine (generation.cpp).
+  generation* pending();
+  generation* serving();
+  void start_generation(bool is_restart, std::optional<std::uint64_t> waiter);
+  void on_exit(pid_t pid, const std::optional<exit_status>& status);
+  // "" when a reload started; else why it was refused.
+  std::string request_reload(std::optional<std::uint64_t> waiter);
+  void begin_stop(const std::string& why);
+  bool finished() const;
+  int exit_code() const;
+  // The hook of a front proxy: a retired generation is told to stop once this says it has
+  // nothing in flight (or --stop-timeout after it was retired). Without one: at once.
+  void set_retire_condition(std::function<bool(const generation&)> may_stop) {
+    may_stop_ = std::move(may_stop);
+  }
+
+  // notify_dispatch.cpp: one message from the app.
+  void on_notify_message(notify_message& m);
+  // timers.cpp: acts on every deadline reached and returns the next one.
+  clock::time_point on_timers();
+  // The number of transitions so far: the loop runs the timers again until it is stable.
+  std::uint64_t transitions() const noexcept { return transitions_; }
+
+  // status.cpp
+  std::string status_text(bool json) const;
+
+  const std::list<generation>& generations() const noexcept { return generations_; }
+  const run_options& options() const noexcept { return o_; }
+
+ private:
+  friend struct supervisor_loop;
+  result<void> spawn_slot(generation& g, slot& s);
+  void mark_ready(generation& g, slot& s, const char* how);
+  void take_over(generation& g);
+  void retire(generation& g);
+  void fail_generation(generation& g, const std::string& cause);
+  void stop_generation(generation& g, int sig);
+  void kill_slot(slot& s, int sig);
+  void schedule_app_restart();
+  void check_progress();
+  void remove_gone_generations();
+  // Events of the real process (reap.cpp, notify_dispatch.cpp, supervisor.cpp).
+  void on_signal();
+  void reap();
+  void on_pidfd(generation& g, slot& s);
+  void on_notify();
+  void on_control_request(std::uint64_t id, const std::string& line);
+  void answer(std::uint64_t id, const std::string& text);
+
+  run_options o_;
+  os_env& os_;
+  logger log_;
+  clock::time_point started_;
+  std::vector<held_socket> sockets_;
+  std::vector<stored_fd> fdstore_;
+  std::optional<notify_receiver> notify_;
+  control_sessions control_;
+  unique_fd signal_fd_, wake_fd_;
+  std::list<generation> generations_;
+  std::function<bool(const generation&)> may_stop_;
+  std::uint64_t transitions_ = 0;
+  int next_id_ = 1;
+  bool stopping_ = false;
+  int final_generation_ = 0;  // the one serving when the stop began: its status is ours
+  int app_failures_ = 0;
+  std::optional<clock::time_point> next_start_;
+  std::optional<exit_status> last_status_;
+  int reloads_ = 0, reloads_failed_ = 0, restarts_ = 0;
+  std::string last_reload_;
+  bool pid_file_written_ = false;
+  pid_t last_ignored_sender_ = 0;
+};
+
+// Small helpers the parts share.
+long long ms_since(clock::time_point t, clock::time_point now);
+std::string signal_name(int sig);
+std::string format_duration(std::chrono::milliseconds d);
+
+}  // namespace handoff::supervisor

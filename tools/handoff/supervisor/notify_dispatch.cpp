@@ -1,0 +1,104 @@
+// Notifications from the app: each message is attributed to the slot of its sender (by pid,
+// earlier main pid, or process group) and applied to it.
+#include <fmt/core.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "handoff/listeners.hpp"
+#include "supervisor/core.hpp"
+
+namespace handoff::supervisor {
+
+using ms = std::chrono::milliseconds;
+
+void supervisor_core::on_notify() {
+  for (int budget = 0; budget < 64; ++budget) {
+    auto got = notify_->try_receive();
+    if (!got) {
+      log_.log("notify_error", got.error().message());
+      continue;
+    }
+    if (!*got) return;
+    on_notify_message(**got);
+  }
+}
+
+void supervisor_core::on_notify_message(notify_message& m) {
+  generation* owner = nullptr;
+  slot* from = nullptr;
+  const pid_t group = ::getpgid(m.pid);
+  for (auto& g : generations_)
+    for (auto& s : g.slots) {
+      if (!s.running()) continue;
+      const bool mine = s.pid == m.pid ||
+                        std::find(s.former.begin(), s.former.end(), m.pid) != s.former.end() ||
+                        (group > 0 && group == s.pgid);
+      if (mine && from == nullptr) owner = &g, from = &s;
+    }
+  if (from == nullptr) {
+    if (m.pid != last_ignored_sender_)
+      log_.log("notify_ignored",
+               fmt::format("notify message from pid {}, not a process of any generation: "
+                           "ignored",
+                           m.pid));
+    last_ignored_sender_ = m.pid;
+    return;
+  }
+  generation& g = *owner;
+  slot& s = *from;
+  if (auto text = m.get("STATUS")) s.status_text = std::string(*text);
+  if (auto mp = m.get("MAINPID")) {
+    long n = 0;
+    const std::string v(*mp);
+    const bool number = !v.empty() && v.find_first_not_of("0123456789") == std::string::npos &&
+                        v.size() < 10 && (n = std::stol(v)) > 1;
+    if (!number || ::getpgid(static_cast<pid_t>(n)) != s.pgid) {
+      log_.log("notify_ignored",
+               fmt::format("generation {}: MAINPID={} from pid {} refused: not a live process "
+                           "of the generation's process group",
+                           g.id, v, m.pid));
+    } else if (n != s.pid) {
+      unique_fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(n), 0)));
+      if (pidfd) {
+        log_.log("mainpid", fmt::format("generation {}: main process {} -> {}", g.id, s.pid, n));
+        s.former.push_back(s.pid);
+        s.pid = static_cast<pid_t>(n);
+        s.pidfd = std::move(pidfd);
+      }
+    }
+  }
+  if (m.has("RELOADING")) s.reloading = true;
+  if (m.has("STOPPING")) s.stopping = true;
+  if (m.has("WATCHDOG")) s.last_watchdog = os_.now();
+  if (auto wd = m.get("WATCHDOG_USEC")) {
+    const std::string v(*wd);
+    if (!v.empty() && v.size() < 16 && v.find_first_not_of("0123456789") == std::string::npos)
+      s.watchdog = std::chrono::duration_cast<ms>(std::chrono::microseconds(std::stoll(v)));
+  }
+  if (m.has("FDSTORE") && !m.fds.empty()) {
+    std::string name(m.get("FDNAME").value_or("stored"));
+    if (!valid_socket_name(name)) name = "stored";
+    for (auto& fd : m.fds) {
+      if (fdstore_.size() >= o_.fdstore_max) {
+        log_.log("fdstore",
+                 fmt::format("fd store full ({}): fd from pid {} dropped", o_.fdstore_max, m.pid));
+        break;
+      }
+      fdstore_.push_back({std::move(fd), name});
+    }
+    log_.log("fdstore", fmt::format("generation {}: pid {} stored fds as {:?} ({} in store)", g.id,
+                                    m.pid, name, fdstore_.size()));
+  }
+  if (m.has("FDSTOREREMOVE")) {
+    if (auto name = m.get("FDNAME"))
+      std::erase_if(fdstore_, [&](const stored_fd& f) { return f.name == *name; });
+  }
+  if (m.has("READY")) {
+    s.reloading = false;
+    if (!s.ready && o_.ready == ready_mode::notify) mark_ready(g, s, "READY=1");
+  }
+}
+
+}  // namespace handoff::supervisor

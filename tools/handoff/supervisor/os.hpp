@@ -1,0 +1,65 @@
+// The operating system as the supervisor's state machine sees it: start a process, signal one,
+// learn which child exited, read the clock, tell our own manager. The real one (system_os)
+// makes the system calls; the unit tests give the state machine a scripted one, so that every
+// transition can be driven without processes (as cloudflare/tableflip's `env` does).
+//
+// Invariants of every implementation: spawn() returns only once the child runs the program;
+// signal_slot() never signals a process group whose leader was reaped, and a process only
+// through its pidfd when it has one (see generation.hpp); collect() reaps exactly the pid that
+// peek_exited() returned.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <optional>
+#include <string_view>
+
+#include "handoff/error.hpp"
+#include "handoff/notify.hpp"
+#include "handoff/spawn.hpp"
+
+namespace handoff::supervisor {
+
+using clock = std::chrono::steady_clock;
+struct slot;
+
+// READY=1 (with STATUS=), RELOADING=1 (with MONOTONIC_USEC=), STOPPING=1, WATCHDOG=1.
+enum class manager_event { ready, reloading, stopping, watchdog };
+
+class os_env {
+ public:
+  virtual ~os_env() = default;
+  virtual result<pid_t> spawn(const spawn_options& options) = 0;
+  // Sends `sig` to the slot's process group while its leader is unreaped, and to its main
+  // process when that is outside the group (after MAINPID=).
+  virtual void signal_slot(const slot& s, int sig) = 0;
+  // Sends `sig` to one process of a generation (forwarded signals: SIGUSR1 and the like).
+  virtual void signal_process(const slot& s, int sig) = 0;
+  // A child that has exited and is not reaped yet (it stays a zombie until collect()), or
+  // nullopt when none.
+  virtual std::optional<pid_t> peek_exited() = 0;
+  // Reaps it; nullopt when it could not be reaped (already gone).
+  virtual std::optional<exit_status> collect(pid_t pid) = 0;
+  virtual clock::time_point now() = 0;
+  // One notification to our own manager (systemd), if any; never fails the caller.
+  virtual void notify_manager(manager_event event, std::string_view status = {}) = 0;
+};
+
+// The real system calls; notifications go to NOTIFY_SOCKET as found at construction.
+class system_os final : public os_env {
+ public:
+  system_os();
+  result<pid_t> spawn(const spawn_options& options) override;
+  void signal_slot(const slot& s, int sig) override;
+  void signal_process(const slot& s, int sig) override;
+  std::optional<pid_t> peek_exited() override;
+  std::optional<exit_status> collect(pid_t pid) override;
+  clock::time_point now() override { return clock::now(); }
+  void notify_manager(manager_event event, std::string_view status) override;
+
+ private:
+  notifier manager_;
+};
+
+}  // namespace handoff::supervisor

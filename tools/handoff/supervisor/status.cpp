@@ -1,0 +1,73 @@
+// `handoff status`: the supervisor's state as text for a person, or as one JSON object
+// (Boost.JSON: one writer, one escaping rule).
+#include <fmt/core.h>
+#include <unistd.h>
+
+#include <boost/json.hpp>
+
+#include "supervisor/core.hpp"
+
+namespace handoff::supervisor {
+
+namespace json = boost::json;
+
+std::string supervisor_core::status_text(bool as_json) const {
+  const auto now = os_.now();
+  if (!as_json) {
+    std::string out = fmt::format(
+        "{}: supervisor pid {}, up {} s, {} reloads ({} failed), {} "
+        "restarts\n",
+        o_.name, ::getpid(), ms_since(started_, now) / 1000, reloads_, reloads_failed_, restarts_);
+    for (const auto& s : sockets_)
+      out += fmt::format("socket {}{}\n", s.name.empty() ? "" : s.name + "=", s.where);
+    for (const auto& g : generations_) {
+      out += fmt::format("generation {} {}, up {} ms\n", g.id, to_string(g.state),
+                         ms_since(g.started, now));
+      for (const auto& s : g.slots) {
+        if (s.running())
+          out += fmt::format("  pid {} {}{}, up {} ms, {} restarts{}\n", s.pid,
+                             s.ready ? "ready" : "not ready", s.reloading ? " (reloading)" : "",
+                             ms_since(s.started, now), s.restarts,
+                             s.status_text.empty() ? "" : ", status: " + s.status_text);
+        else
+          out += fmt::format("  (no process{}), {} restarts\n",
+                             s.restart_at != clock::time_point{} ? ": restart pending" : "",
+                             s.restarts);
+      }
+    }
+    if (stopping_) out += "stopping\n";
+    out += "last reload: " + (last_reload_.empty() ? std::string("none") : last_reload_) + "\n";
+    return out;
+  }
+  json::object root;
+  root["name"] = o_.name;
+  root["pid"] = ::getpid();
+  root["uptime_ms"] = ms_since(started_, now);
+  root["reloads"] = reloads_;
+  root["reloads_failed"] = reloads_failed_;
+  root["restarts"] = restarts_;
+  root["stopping"] = stopping_;
+  json::array sockets;
+  for (const auto& s : sockets_)
+    sockets.push_back(json::object{{"name", s.name}, {"address", s.where}});
+  root["sockets"] = std::move(sockets);
+  json::array generations;
+  for (const auto& g : generations_) {
+    json::array processes;
+    for (const auto& s : g.slots)
+      processes.push_back(json::object{{"pid", s.pid},
+                                       {"ready", s.ready},
+                                       {"uptime_ms", s.running() ? ms_since(s.started, now) : 0},
+                                       {"restarts", s.restarts},
+                                       {"status", s.status_text}});
+    generations.push_back(json::object{{"id", g.id},
+                                       {"state", to_string(g.state)},
+                                       {"uptime_ms", ms_since(g.started, now)},
+                                       {"processes", std::move(processes)}});
+  }
+  root["generations"] = std::move(generations);
+  root["last_reload"] = last_reload_;
+  return json::serialize(root) + "\n";
+}
+
+}  // namespace handoff::supervisor

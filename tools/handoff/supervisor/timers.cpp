@@ -1,0 +1,82 @@
+// Every timed check of the supervisor, written so that each deadline is looked at by the code
+// that acts on it (timers.hpp): the wake-up the loop sleeps until is the earliest of those.
+#include <fmt/core.h>
+#include <signal.h>
+
+#include "supervisor/core.hpp"
+
+namespace handoff::supervisor {
+
+using namespace std::chrono_literals;
+
+clock::time_point supervisor_core::on_timers() {
+  deadlines due(os_.now());
+  remove_gone_generations();
+  if (next_start_ && !stopping_ && due.reached(*next_start_)) {
+    next_start_.reset();
+    if (pending() == nullptr) start_generation(true, std::nullopt);
+  }
+  for (auto& g : generations_) {
+    const bool active =
+        g.state == generation_state::starting || g.state == generation_state::serving;
+    for (auto& s : g.slots) {
+      if (active && s.running() && !s.ready) {
+        const bool probe_done = s.probe && s.probe->done;
+        const bool delay_done =
+            o_.ready == ready_mode::delay && due.reached(s.started + o_.ready_delay);
+        if (probe_done || delay_done) {
+          mark_ready(g, s, probe_done ? "probe answered" : "delay passed");
+        } else if (due.reached(s.ready_deadline)) {
+          if (g.state == generation_state::starting) {
+            fail_generation(g, fmt::format("pid {} not ready within {} (--ready-timeout)", s.pid,
+                                           format_duration(o_.ready_timeout)));
+            break;
+          }
+          log_.log("ready_timeout", fmt::format("generation {}: restarted pid {} not ready within "
+                                                "{}; killing it",
+                                                g.id, s.pid, format_duration(o_.ready_timeout)));
+          kill_slot(s, SIGKILL);
+          s.ready_deadline = clock::time_point::max();
+        }
+      }
+      if (g.state != generation_state::serving) continue;
+      if (s.running() && s.ready && s.watchdog.count() > 0 &&
+          due.reached(s.last_watchdog + s.watchdog)) {
+        log_.log("watchdog", fmt::format("generation {}: pid {} silent for {} (watchdog); "
+                                         "killing it",
+                                         g.id, s.pid, format_duration(s.watchdog)));
+        kill_slot(s, SIGKILL);
+        s.last_watchdog = clock::time_point::max() - 24h;
+      }
+      if (!s.running() && !stopping_ && due.reached(s.restart_at)) {
+        s.restart_at = {};
+        ++s.restarts;
+        ++restarts_;
+        if (auto r = spawn_slot(g, s); !r) {
+          log_.log("restart_failed", fmt::format("generation {}: {}", g.id, r.error().message()));
+          ++s.failures_in_a_row;
+          s.restart_at = due.now() + backoff(o_.backoff_min, o_.backoff_max, s.failures_in_a_row);
+          (void)due.reached(s.restart_at);
+        }
+      }
+    }
+    if (g.state == generation_state::settling && due.reached(g.settle_deadline)) take_over(g);
+    if (g.state == generation_state::retiring &&
+        ((may_stop_ && may_stop_(g)) || due.reached(g.retire_deadline)))
+      stop_generation(g, o_.stop_signal);
+    if ((g.state == generation_state::draining || g.state == generation_state::failed) &&
+        g.stop_sent && !g.killed && g.any_running() && due.reached(g.stop_deadline)) {
+      log_.log("stop_timeout",
+               fmt::format("generation {}: still running {} after {}: SIGKILL to pid {}", g.id,
+                           signal_name(o_.stop_signal), format_duration(o_.stop_timeout), g.pids()),
+               {{"generation", g.id}});
+      for (auto& s : g.slots) kill_slot(s, SIGKILL);
+      g.killed = true;
+    }
+  }
+  check_progress();
+  control_.expire(due);
+  return due.next();
+}
+
+}  // namespace handoff::supervisor
