@@ -97,7 +97,10 @@ void count_codings(std::string_view value, int& count, bool& only_chunked) {
     if (!beast::iequals(t, "chunked")) only_chunked = false;
     return false;
   });
-  if (!any) only_chunked = false;  // an empty Transfer-Encoding is no coding we know
+  if (!any) {  // an empty Transfer-Encoding is no coding we know
+    ++count;
+    only_chunked = false;
+  }
 }
 
 bool valid_host(std::string_view host) {
@@ -316,7 +319,10 @@ response_framer::response_framer(const response_framing& options, std::string& o
   header_limit(options.header_limit);
   body_limit(boost::none);
   eager(true);
-  if (options.head) skip(true);
+  // Beast takes skip() only before the first byte, so a CONNECT's answer is read without a
+  // body whatever its status: a refused CONNECT is relayed without its body, then both
+  // connections close.
+  if (options.head || options.connect) skip(true);
 }
 
 void response_framer::on_response_impl(int code, beast_view reason, int version, error_code& ec) {
@@ -326,8 +332,6 @@ void response_framer::on_response_impl(int code, beast_view reason, int version,
   }
   status_ = code;
   reason_ = reason;
-  // A 2xx to CONNECT has no body: what follows the header belongs to the tunnel.
-  if (options_.connect && code / 100 == 2) skip(true);
 }
 
 void response_framer::on_field_impl(field name, beast_view name_text, beast_view value,
@@ -384,7 +388,9 @@ void response_framer::on_header_impl(error_code& ec) {
     out_.append("\r\n");
     return;
   }
-  if (is_done()) {
+  if (options_.connect) {
+    client_keep_alive_ = false;
+  } else if (is_done()) {
     // No body follows (HEAD, 204, 304): the length fields describe the representation.
     if (status_ != 204 && content_length()) {
       out_.append("Content-Length: ");

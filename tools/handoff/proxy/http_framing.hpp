@@ -119,7 +119,9 @@ class response_framer final : public bhttp::basic_parser<false> {
   // 101 to an Upgrade or 2xx to CONNECT: the connection becomes a byte tunnel after the header.
   bool opens_tunnel() const noexcept { return tunnel_; }
   // The upstream connection may carry another request after this response.
-  bool upstream_reusable() const noexcept { return is_done() && keep_alive() && !need_eof(); }
+  bool upstream_reusable() const noexcept {
+    return is_done() && keep_alive() && !need_eof() && !options_.connect;
+  }
 
  private:
   void on_request_impl(bhttp::verb, beast_view, beast_view, int, error_code&) override {}

@@ -112,9 +112,13 @@ class http_connection : public std::enable_shared_from_this<http_connection> {
     }
   }
 
-  asio::awaitable<void> run() {
-    asio::co_spawn(client_.get_executor(), watchdog(shared_from_this()), asio::detached);
-    while (co_await serve_one()) {
+  // `self` keeps the connection alive for as long as the coroutine runs.
+  asio::awaitable<void> run(std::shared_ptr<http_connection> self) {
+    asio::co_spawn(client_.get_executor(), watchdog(self), asio::detached);
+    // GCC 12 miscompiles co_await in a loop or if condition: each result goes to a variable.
+    for (;;) {
+      const bool more = co_await serve_one();
+      if (!more) break;
     }
     co_await close_client();
     done_ = true;
@@ -140,7 +144,8 @@ class http_connection : public std::enable_shared_from_this<http_connection> {
     if (when < armed_) timer_.cancel();
   }
 
-  asio::awaitable<void> watchdog(std::shared_ptr<http_connection> self) {
+  // The parameter, copied into the frame, keeps the connection alive while this runs.
+  asio::awaitable<void> watchdog(std::shared_ptr<http_connection> /*self*/) {
     boost::system::error_code ec;
     while (!done_) {
       // Waking at least every tick means a deadline set later is never nearer than the one
@@ -280,7 +285,11 @@ class http_connection : public std::enable_shared_from_this<http_connection> {
         if (ec == asio::error::eof && response_->is_header_done() && response_->need_eof() &&
             failure_ == body_failure::none) {
           response_->put_eof(ec);  // a body delimited by the upstream's close ends here
-          if (!ec && co_await write_response_out()) co_return response_outcome::complete;
+          if (!ec) {
+            const bool written = co_await write_response_out();
+            if (written) co_return response_outcome::complete;
+            co_return response_outcome::failed;
+          }
           co_return co_await fail_response(false);
         }
         if (ec) co_return co_await fail_response(timed_out);
@@ -295,7 +304,8 @@ class http_connection : public std::enable_shared_from_this<http_connection> {
       if (ec && ec != bhttp::error::need_more) co_return co_await fail_response(false);
       const bool interim = response_->is_header_done() && response_->interim();
       if (!response_out_.empty()) {
-        if (!co_await write_response_out()) co_return response_outcome::failed;
+        const bool written = co_await write_response_out();
+        if (!written) co_return response_outcome::failed;
         if (!interim) response_sent_ = true;
       }
       if (response_->is_done()) {
@@ -561,7 +571,8 @@ asio::awaitable<void> relay_http(stream client, router& r, std::size_t listener,
                                  const relay_options& options, relay_counters& counters) {
   auto connection =
       std::make_shared<http_connection>(std::move(client), r, listener, options, counters);
-  co_await connection->run();
+  auto* raw = connection.get();
+  return raw->run(std::move(connection));
 }
 
 }  // namespace handoff::proxy
