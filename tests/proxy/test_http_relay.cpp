@@ -165,7 +165,7 @@ TEST_F(HttpRelay, Http10ClientGetsACloseDelimitedBody) {
   auto client = h.client();
   client.send("GET / HTTP/1.0\r\n\r\n");
   auto up = h.accept_upstream();
-  EXPECT_EQ(up.read_message(), "GET / HTTP/1.1\r\n" + fwd + "\r\n");
+  EXPECT_EQ(up.read_message(), "GET / HTTP/1.1\r\nHost: \r\n" + fwd + "\r\n");
   up.send("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n");
   EXPECT_EQ(client.read_to_eof(), "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nhi");
 }

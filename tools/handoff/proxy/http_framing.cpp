@@ -145,6 +145,37 @@ void append_forwarded_for(std::string& out, std::string_view address) {
 
 }  // namespace
 
+bool header_ready(std::string_view input, std::size_t& scanned) {
+  for (std::size_t i = scanned; i < input.size(); ++i) {
+    if (input[i] != '\n') continue;
+    if (i == 0 || input[i - 1] != '\r') return true;  // a bare LF: Beast refuses it
+    if (i >= 3 && input.substr(i - 3, 4) == "\r\n\r\n") return true;
+  }
+  scanned = input.size();
+  return false;
+}
+
+namespace {
+
+// Feeds a framer the header whole, or not at all.
+template <class Framer>
+std::size_t feed_whole_header(Framer& framer, std::uint32_t limit, std::string_view input,
+                              std::size_t& scanned, error_code& ec) {
+  if (!framer.is_header_done() && !header_ready(input, scanned)) {
+    ec = input.size() >= limit ? error_code(bhttp::error::header_limit)
+                               : error_code(bhttp::error::need_more);
+    return 0;
+  }
+  const auto used = framer.put(boost::asio::const_buffer(input.data(), input.size()), ec);
+  // A header that still is not done was cut short by an error (or misjudged as whole): its
+  // views would not survive the next call, so it goes no further.
+  if (!framer.is_header_done() && used > 0 && (!ec || ec == bhttp::error::need_more))
+    ec = bhttp::error::bad_value;
+  return used;
+}
+
+}  // namespace
+
 refusal request_error(const error_code& ec) {
   if (ec == bhttp::error::header_limit) return refusal::header_too_large;
   if (ec == bhttp::error::body_limit) return refusal::body_too_large;
@@ -165,7 +196,7 @@ request_framer::request_framer(const request_framing& options, std::string& out,
 
 std::size_t request_framer::feed(std::string_view input, error_code& ec) {
   input_ = input;
-  return put(boost::asio::const_buffer(input.data(), input.size()), ec);
+  return feed_whole_header(*this, options_.header_limit, input, scanned_, ec);
 }
 
 void request_framer::on_request_impl(bhttp::verb method, beast_view method_text, beast_view target,
@@ -242,6 +273,9 @@ void request_framer::on_header_impl(error_code& ec) {
     }
     append_field(out_, f.name_text, f.value);
   }
+  // We speak HTTP/1.1 upstream, where Host is required: an HTTP/1.0 request without one gets
+  // the empty value RFC 9112 3.2 prescribes for a target without an authority.
+  if (hosts_ == 0) out_.append("Host: \r\n");
   if (upgrade_ >= 0) {
     append_field(out_, "Upgrade", fields_[static_cast<std::size_t>(upgrade_)].value);
     out_.append("Connection: upgrade\r\n");
@@ -323,6 +357,10 @@ response_framer::response_framer(const response_framing& options, std::string& o
   // body whatever its status: a refused CONNECT is relayed without its body, then both
   // connections close.
   if (options.head || options.connect) skip(true);
+}
+
+std::size_t response_framer::feed(std::string_view input, error_code& ec) {
+  return feed_whole_header(*this, options_.header_limit, input, scanned_, ec);
 }
 
 void response_framer::on_response_impl(int code, beast_view reason, int version, error_code& ec) {

@@ -13,8 +13,9 @@
 //   repeated Host in HTTP/1.1, a target that fits no request-target form, a version other than
 //   1.x. Beast itself refuses whitespace before the colon, bare CR or LF, control bytes in
 //   values, bad chunk sizes and extensions.
-// - Field views point into the input buffer handed to put(): Beast parses a header only once it
-//   is whole in that buffer, so the views live until put() returns.
+// - Field views point into the input buffer handed to feed(): feed() hands Beast a header only
+//   once it is whole in that buffer (Beast alone would parse it piecemeal across calls), so the
+//   views live until feed() returns.
 // - One parser per message (Beast parsers cannot be reset): emplace a new one each time.
 #pragma once
 
@@ -36,6 +37,10 @@ using beast_view = boost::beast::string_view;
 enum class refusal { bad_request, header_too_large, body_too_large };
 refusal request_error(const error_code& ec);
 
+// Whether a header is whole at the front of `input` (searched from `scanned`, which it
+// advances): true also when a bare LF shows the bytes are not HTTP, for the parser to refuse.
+bool header_ready(std::string_view input, std::size_t& scanned);
+
 struct field_ref {
   bhttp::field name;
   std::string_view name_text;
@@ -55,7 +60,7 @@ class request_framer final : public bhttp::basic_parser<true> {
   // `out` receives the re-framed request; `scratch` holds the fields of one header (both are
   // owned by the relay and reused from one request to the next).
   request_framer(const request_framing& options, std::string& out, std::vector<field_ref>& scratch);
-  // put() that remembers where the message starts (the obsolete-folding check reads it).
+  // put(), but the header only once it is whole in `input` (see the invariants).
   std::size_t feed(std::string_view input, error_code& ec);
 
   // After the header: what the relay needs to know of the request.
@@ -86,6 +91,7 @@ class request_framer final : public bhttp::basic_parser<true> {
   std::string_view method_text_;
   std::string_view target_;
   std::string_view input_;
+  std::size_t scanned_ = 0;
   int version_ = 11;
   int hosts_ = 0;
   int transfer_encodings_ = 0;  // tokens, over every Transfer-Encoding line
@@ -108,6 +114,8 @@ class response_framer final : public bhttp::basic_parser<false> {
  public:
   response_framer(const response_framing& options, std::string& out,
                   std::vector<field_ref>& scratch);
+  // put(), but the header only once it is whole in `input` (see the invariants).
+  std::size_t feed(std::string_view input, error_code& ec);
 
   // Set before the header is parsed: whether the client connection stays open after this
   // response (the header says Connection: close otherwise). A response that must be
@@ -138,6 +146,7 @@ class response_framer final : public bhttp::basic_parser<false> {
   const response_framing& options_;
   std::string& out_;
   std::vector<field_ref>& fields_;
+  std::size_t scanned_ = 0;
   int status_ = 0;
   std::string_view reason_;
   int transfer_encodings_ = 0;

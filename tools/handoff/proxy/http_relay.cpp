@@ -299,7 +299,7 @@ class http_connection : public std::enable_shared_from_this<http_connection> {
         response_->client_keep_alive(client_keep_alive && request_->is_done() &&
                                      failure_ == body_failure::none && !router_.closing());
       }
-      const auto used = response_->put(upstream_in_.data(), ec);
+      const auto used = response_->feed(view(upstream_in_), ec);
       upstream_in_.consume(used);
       if (ec && ec != bhttp::error::need_more) co_return co_await fail_response(false);
       const bool interim = response_->is_header_done() && response_->interim();
