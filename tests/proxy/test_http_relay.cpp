@@ -447,6 +447,26 @@ TEST_F(HttpRelay, SilentUpstreamIs504) {
   EXPECT_EQ(h.counters().gateway_timeout, 1u);
 }
 
+// The upstream neither reads the body nor answers: the relay is stuck writing to it, and
+// the response timeout still ends the exchange.
+TEST_F(HttpRelay, UpstreamThatReadsNothingIs504) {
+  h.options.response_timeout = std::chrono::milliseconds(300);
+  h.start();
+  auto client = h.client();
+  const std::string body(64 * 1024 * 1024, 'x');
+  client.send("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: " + std::to_string(body.size()) +
+              "\r\n\r\n");
+  auto up = h.accept_upstream();
+  ASSERT_TRUE(up.valid());
+  std::thread writer([&] { client.send(body); });
+  std::string answer = client.read_until("\r\n\r\n");
+  writer.join();
+  EXPECT_EQ(answer,
+            "HTTP/1.1 504 Gateway Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+  h.stop();
+  EXPECT_EQ(h.counters().gateway_timeout, 1u);
+}
+
 TEST_F(HttpRelay, ClosingAnswersWithConnectionCloseThenCloses) {
   h.start();
   auto client = h.client();

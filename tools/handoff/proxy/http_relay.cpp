@@ -463,8 +463,10 @@ class http_connection : public std::enable_shared_from_this<http_connection> {
   asio::awaitable<void> stop_task() {
     response_over_ = true;
     if (task_running_) {
+      // The pump waits either for the client's bytes or for the upstream to take them.
       boost::system::error_code ignored;
       client_.cancel(ignored);
+      if (upstream_ != nullptr) upstream_->cancel(ignored);
       co_await wait_task();
     }
   }
