@@ -258,6 +258,8 @@ class relay_harness {
     return ::poll(&p, 1, ms) == 1;
   }
   test_router& router() { return *router_; }
+  int upstream_listener() const { return upstream_listener_.get(); }
+  std::uint16_t front_port() const { return front_port_; }
   const relay_counters& counters() const { return counters_; }
   int relays_finished() const { return finished_.load(); }
 

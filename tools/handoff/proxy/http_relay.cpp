@@ -210,6 +210,7 @@ class http_connection : public std::enable_shared_from_this<http_connection> {
       }
       client_in_.commit(n);
     }
+    client_deadline(clock_type::duration::max());  // the body pump sets its own
     ++counters_.requests;
     ++served_;
     const bool client_keep_alive = request_->keep_alive();
