@@ -89,6 +89,21 @@ TEST_F(HttpRelay, KeepAliveReusesUpstreamAndSurvivesUpstreamClose) {
   EXPECT_EQ(h.router().opened.load(), 2);
 }
 
+// The client's Connection: close ends the client connection only: the upstream connection
+// neither sees it nor closes, and goes back to the pool.
+TEST_F(HttpRelay, ClientConnectionCloseStaysOnTheClientSide) {
+  h.start();
+  auto client = h.client();
+  client.send("GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+  auto up = h.accept_upstream();
+  EXPECT_EQ(up.read_message(), "GET / HTTP/1.1\r\nHost: h\r\n" + fwd + "\r\n");
+  up.send("HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nz");
+  EXPECT_EQ(client.read_to_eof(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\nz");
+  EXPECT_EQ(h.router().releases(1), std::vector<bool>{true});
+  h.stop();
+}
+
 TEST_F(HttpRelay, PipelinedRequestsAreAnsweredInOrder) {
   h.start();
   auto client = h.client();
