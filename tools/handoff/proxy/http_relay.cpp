@@ -1,0 +1,581 @@
+#include "proxy/http_relay.hpp"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <array>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/error.hpp>
+#include <memory>
+#include <string_view>
+#include <vector>
+
+#include "proxy/http_framing.hpp"
+
+namespace handoff::proxy {
+
+namespace {
+
+namespace beast = boost::beast;
+using asio::redirect_error;
+using asio::use_awaitable;
+using clock_type = std::chrono::steady_clock;
+
+constexpr std::size_t read_chunk = 16 * 1024;
+constexpr auto linger_limit = std::chrono::seconds(2);
+// The watchdog also notices router::closing() for idle connections at this pace.
+constexpr auto max_tick = std::chrono::seconds(1);
+
+// Room for one more read; a buffer full of an unfinished header or chunk line has none.
+bool has_room(const beast::flat_buffer& b) { return b.max_size() - b.size() >= read_chunk; }
+
+std::string_view view(const beast::flat_buffer& b) {
+  const auto d = b.data();
+  return {static_cast<const char*>(d.data()), d.size()};
+}
+
+std::string peer_address(const stream& s) {
+  boost::system::error_code ec;
+  const auto ep = s.remote_endpoint(ec);
+  if (ec) return {};
+  std::array<char, INET6_ADDRSTRLEN> text{};
+  const auto* sa = ep.data();
+  if (sa->sa_family == AF_INET) {
+    const auto* in = reinterpret_cast<const sockaddr_in*>(sa);
+    if (::inet_ntop(AF_INET, &in->sin_addr, text.data(), text.size())) return text.data();
+  } else if (sa->sa_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(sa);
+    if (::inet_ntop(AF_INET6, &in6->sin6_addr, text.data(), text.size())) return text.data();
+  }
+  return {};  // a unix socket: no address to forward
+}
+
+// What the relay answers itself. Bodies are empty, so the same text serves HEAD.
+std::string_view canned(int status) {
+  switch (status) {
+    case 400:
+      return "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n";
+    case 408:
+      return "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n";
+    case 413:
+      return "HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n";
+    case 431:
+      return "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n";
+    case 502:
+      return "HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n";
+    case 503:
+      return "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n";
+    default:
+      return "HTTP/1.1 504 Gateway Timeout\r\nContent-Length: 0\r\n";
+  }
+}
+
+// Why the request body could not be passed on (set by the body pump, read by the response
+// side, which answers for it).
+enum class body_failure { none, client_gone, refused, upstream_gone };
+
+class http_connection : public std::enable_shared_from_this<http_connection> {
+ public:
+  http_connection(stream client, router& r, std::size_t listener, const relay_options& o,
+                  relay_counters& c)
+      : client_(std::move(client)),
+        router_(r),
+        listener_(listener),
+        options_(o),
+        counters_(c),
+        address_(peer_address(client_)),
+        timer_(client_.get_executor()),
+        task_done_(client_.get_executor()),
+        client_in_(o.header_limit + read_chunk),
+        upstream_in_(o.response_header_limit + read_chunk) {
+    request_framing_.header_limit = o.header_limit;
+    request_framing_.body_limit = o.body_limit;
+    request_framing_.forwarded = o.forwarded;
+    request_framing_.scheme = options_.scheme;
+    request_framing_.client_address = address_;
+    tick_ = std::min({o.header_timeout, o.idle_timeout, o.response_timeout,
+                      std::chrono::duration_cast<clock_type::duration>(max_tick)});
+    const int family = client_.local_endpoint().protocol().family();
+    if (family == AF_INET || family == AF_INET6) {
+      // Responses leave as they are written, not when Nagle's algorithm lets them.
+      const int one = 1;
+      ::setsockopt(client_.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+  }
+
+  // `self` keeps the connection alive for as long as the coroutine runs.
+  asio::awaitable<void> run(std::shared_ptr<http_connection> self) {
+    asio::co_spawn(client_.get_executor(), watchdog(self), asio::detached);
+    // GCC 12 miscompiles co_await in a loop or if condition: each result goes to a variable.
+    for (;;) {
+      const bool more = co_await serve_one();
+      if (!more) break;
+    }
+    co_await close_client();
+    done_ = true;
+    timer_.cancel();
+  }
+
+ private:
+  // ---- deadlines -------------------------------------------------------------------------
+
+  void client_deadline(clock_type::duration d) {
+    client_timed_out_ = false;
+    client_deadline_ =
+        d == clock_type::duration::max() ? clock_type::time_point::max() : clock_type::now() + d;
+    rearm(client_deadline_);
+  }
+  void upstream_deadline(clock_type::duration d) {
+    upstream_timed_out_ = false;
+    upstream_deadline_ =
+        d == clock_type::duration::max() ? clock_type::time_point::max() : clock_type::now() + d;
+    rearm(upstream_deadline_);
+  }
+  void rearm(clock_type::time_point when) {
+    if (when < armed_) timer_.cancel();
+  }
+
+  // The parameter, copied into the frame, keeps the connection alive while this runs.
+  asio::awaitable<void> watchdog(std::shared_ptr<http_connection> /*self*/) {
+    boost::system::error_code ec;
+    while (!done_) {
+      // Waking at least every tick means a deadline set later is never nearer than the one
+      // armed, so most requests touch no timer at all.
+      armed_ = std::min({client_deadline_, upstream_deadline_, clock_type::now() + tick_});
+      timer_.expires_at(armed_);
+      co_await timer_.async_wait(redirect_error(use_awaitable, ec));
+      if (done_) break;
+      const auto now = clock_type::now();
+      if (now >= client_deadline_ || (idle_ && router_.closing())) {
+        client_timed_out_ = true;
+        client_deadline_ = clock_type::time_point::max();
+        client_.cancel(ec);
+      }
+      if (upstream_ != nullptr && now >= upstream_deadline_) {
+        upstream_timed_out_ = true;
+        upstream_deadline_ = clock_type::time_point::max();
+        upstream_->cancel(ec);
+      }
+    }
+  }
+
+  // ---- one request -----------------------------------------------------------------------
+
+  asio::awaitable<bool> serve_one() {
+    boost::system::error_code ec;
+    if (client_in_.size() == 0) {
+      if (router_.closing()) co_return false;
+      idle_ = true;
+      client_deadline(served_ == 0 ? options_.header_timeout : options_.idle_timeout);
+      const auto n = co_await client_.async_read_some(client_in_.prepare(read_chunk),
+                                                      redirect_error(use_awaitable, ec));
+      idle_ = false;
+      if (ec) co_return false;  // the client closed, or stayed idle too long: nothing lost
+      client_in_.commit(n);
+    }
+
+    client_deadline(options_.header_timeout);
+    request_out_.clear();
+    request_.emplace(request_framing_, request_out_, request_fields_);
+    for (;;) {
+      const auto used = request_->feed(view(client_in_), ec);
+      client_in_.consume(used);
+      if (request_->is_header_done() && (!ec || ec == bhttp::error::need_more)) break;
+      if (ec != bhttp::error::need_more) {
+        co_await refuse(request_error(ec));
+        co_return false;
+      }
+      if (!has_room(client_in_)) {
+        co_await refuse(refusal::header_too_large);
+        co_return false;
+      }
+      const auto n = co_await client_.async_read_some(client_in_.prepare(read_chunk),
+                                                      redirect_error(use_awaitable, ec));
+      if (ec) {
+        // A header cut by the deadline is answered; one cut by the client is not.
+        if (client_timed_out_) {
+          ++counters_.request_timeout;
+          co_await send_canned(408, false);
+        }
+        co_return false;
+      }
+      client_in_.commit(n);
+    }
+    client_deadline(clock_type::duration::max());  // the body pump sets its own
+    ++counters_.requests;
+    ++served_;
+    const bool client_keep_alive = request_->keep_alive();
+
+    auto acquired = co_await router_.acquire(listener_);
+    if (!acquired) {
+      ++counters_.unavailable;
+      // With a body still to come the connection cannot be reused: its end is unknown to us
+      // without reading it all.
+      const bool keep = client_keep_alive && request_->is_done() && !router_.closing();
+      co_await send_canned(503, keep);
+      co_return keep;
+    }
+    co_return co_await exchange(*acquired, client_keep_alive);
+  }
+
+  // Sends the request on `conn` and its response back; true when the client connection
+  // stays open for another request.
+  asio::awaitable<bool> exchange(upstream_connection& conn, bool client_keep_alive) {
+    boost::system::error_code ec;
+    upstream_ = &conn.socket;
+    upstream_in_.clear();
+    failure_ = body_failure::none;
+    response_sent_ = false;
+    response_over_ = false;
+    response_framing_ = {};
+    response_framing_.header_limit = options_.response_header_limit;
+    response_framing_.head = request_->head();
+    response_framing_.connect = request_->connect();
+    response_framing_.upgrade = request_->wants_upgrade();
+    response_framing_.client_version = request_->http_version();
+
+    co_await asio::async_write(*upstream_, asio::buffer(request_out_),
+                               redirect_error(use_awaitable, ec));
+    request_out_.clear();
+    // A failed write still lets us read what the upstream said (it may have answered and
+    // closed); the response side decides between that answer and a 502.
+    if (ec) failure_ = body_failure::upstream_gone;
+    if (!ec && !request_->is_done()) start_task(&http_connection::pump_body);
+
+    const auto outcome = co_await relay_response(client_keep_alive);
+    co_await stop_task();
+    upstream_ = nullptr;
+    const bool reusable = outcome == response_outcome::complete && request_->is_done() &&
+                          failure_ == body_failure::none && response_->upstream_reusable() &&
+                          upstream_in_.size() == 0;
+    if (outcome == response_outcome::tunnel) {
+      ++counters_.tunnels;
+      co_await tunnel(conn);
+      router_.release(std::move(conn), false);
+      co_return false;
+    }
+    router_.release(std::move(conn), reusable);
+    co_return outcome == response_outcome::complete && response_->client_keep_alive() &&
+        request_->is_done() && failure_ == body_failure::none;
+  }
+
+  enum class response_outcome { complete, failed, tunnel };
+
+  asio::awaitable<response_outcome> relay_response(bool client_keep_alive) {
+    boost::system::error_code ec;
+    response_out_.clear();
+    response_.emplace(response_framing_, response_out_, response_fields_);
+    bool need_read = true;
+    for (;;) {
+      if (need_read) {
+        if (!has_room(upstream_in_)) co_return co_await fail_response(false);
+        upstream_deadline(options_.response_timeout);
+        const auto n = co_await upstream_->async_read_some(upstream_in_.prepare(read_chunk),
+                                                           redirect_error(use_awaitable, ec));
+        const bool timed_out = upstream_timed_out_;
+        upstream_deadline(clock_type::duration::max());
+        if (ec == asio::error::eof && response_->is_header_done() && response_->need_eof() &&
+            failure_ == body_failure::none) {
+          response_->put_eof(ec);  // a body delimited by the upstream's close ends here
+          if (!ec) {
+            const bool written = co_await write_response_out();
+            if (written) co_return response_outcome::complete;
+            co_return response_outcome::failed;
+          }
+          co_return co_await fail_response(false);
+        }
+        if (ec) co_return co_await fail_response(timed_out);
+        upstream_in_.commit(n);
+      }
+      if (!response_->is_header_done()) {
+        response_->client_keep_alive(client_keep_alive && request_->is_done() &&
+                                     failure_ == body_failure::none && !router_.closing());
+      }
+      const auto used = response_->feed(view(upstream_in_), ec);
+      upstream_in_.consume(used);
+      if (ec && ec != bhttp::error::need_more) co_return co_await fail_response(false);
+      const bool interim = response_->is_header_done() && response_->interim();
+      if (!response_out_.empty()) {
+        const bool written = co_await write_response_out();
+        if (!written) co_return response_outcome::failed;
+        if (!interim) response_sent_ = true;
+      }
+      if (response_->is_done()) {
+        if (response_->opens_tunnel()) co_return response_outcome::tunnel;
+        if (!interim) co_return response_outcome::complete;
+        // 1xx: the final response follows, perhaps already in the buffer.
+        response_.emplace(response_framing_, response_out_, response_fields_);
+        need_read = upstream_in_.size() == 0;
+        continue;
+      }
+      need_read = true;
+    }
+  }
+
+  asio::awaitable<bool> write_response_out() {
+    boost::system::error_code ec;
+    client_deadline(options_.idle_timeout);
+    co_await asio::async_write(client_, asio::buffer(response_out_),
+                               redirect_error(use_awaitable, ec));
+    response_out_.clear();
+    client_deadline(clock_type::duration::max());
+    if (ec) ++counters_.bad_gateway;  // the client went away or stopped reading mid-response
+    co_return !ec;
+  }
+
+  // The response could not be completed: answer for the request if the client has no byte of
+  // a response yet, else close (a partial response must not look complete).
+  asio::awaitable<response_outcome> fail_response(bool timed_out) {
+    co_await stop_task();
+    if (response_sent_) {
+      ++counters_.bad_gateway;
+      co_return response_outcome::failed;
+    }
+    switch (failure_) {
+      case body_failure::client_gone:
+        break;
+      case body_failure::refused:
+        co_await refuse(body_refusal_);
+        break;
+      case body_failure::none:
+      case body_failure::upstream_gone:
+        if (timed_out) {
+          ++counters_.gateway_timeout;
+          co_await send_canned(504, false);
+        } else {
+          ++counters_.bad_gateway;
+          co_await send_canned(502, false);
+        }
+        break;
+    }
+    co_return response_outcome::failed;
+  }
+
+  // ---- the request body, concurrently with the response ------------------------------------
+
+  asio::awaitable<void> pump_body() {
+    boost::system::error_code ec;
+    while (!request_->is_done() && !response_over_) {
+      if (!has_room(client_in_)) {
+        body_refusal_ = refusal::bad_request;  // a chunk or trailer line longer than we take
+        stop_upstream(body_failure::refused);
+        co_return;
+      }
+      client_deadline(options_.idle_timeout);
+      const auto n = co_await client_.async_read_some(client_in_.prepare(read_chunk),
+                                                      redirect_error(use_awaitable, ec));
+      client_deadline(clock_type::duration::max());
+      if (ec || response_over_) {
+        if (!response_over_) stop_upstream(body_failure::client_gone);
+        co_return;
+      }
+      client_in_.commit(n);
+      const auto used = request_->feed(view(client_in_), ec);
+      client_in_.consume(used);
+      if (ec && ec != bhttp::error::need_more) {
+        body_refusal_ = request_error(ec);
+        stop_upstream(body_failure::refused);
+        co_return;
+      }
+      if (!request_out_.empty()) {
+        co_await asio::async_write(*upstream_, asio::buffer(request_out_),
+                                   redirect_error(use_awaitable, ec));
+        request_out_.clear();
+        if (ec) {
+          // The response side sees the upstream's end too; it may still read an answer.
+          failure_ = body_failure::upstream_gone;
+          co_return;
+        }
+      }
+    }
+  }
+
+  // The request cannot be completed upstream: end the upstream connection so that the
+  // response side stops waiting for an answer to it.
+  void stop_upstream(body_failure why) {
+    failure_ = why;
+    boost::system::error_code ignored;
+    if (upstream_ == nullptr) return;
+    upstream_->shutdown(asio::socket_base::shutdown_both, ignored);
+    upstream_->cancel(ignored);
+  }
+
+  // ---- tunnels ---------------------------------------------------------------------------
+
+  asio::awaitable<void> tunnel(upstream_connection& conn) {
+    client_deadline(clock_type::duration::max());
+    tunnel_upstream_ = &conn.socket;
+    start_task(&http_connection::tunnel_client_to_upstream);
+    co_await copy(*tunnel_upstream_, upstream_in_, client_);
+    co_await wait_task();
+    tunnel_upstream_ = nullptr;
+  }
+
+  asio::awaitable<void> tunnel_client_to_upstream() {
+    co_await copy(client_, client_in_, *tunnel_upstream_);
+  }
+
+  // Bytes from `from` to `to` (starting with what `buffer` holds already) until `from` ends;
+  // then `to` is told no more comes (or, after an error, both are shut).
+  static asio::awaitable<void> copy(stream& from, beast::flat_buffer& buffer, stream& to) {
+    boost::system::error_code ec;
+    for (;;) {
+      if (buffer.size() > 0) {
+        co_await asio::async_write(to, buffer.data(), redirect_error(use_awaitable, ec));
+        buffer.consume(buffer.size());
+        if (ec) break;
+      }
+      const auto n = co_await from.async_read_some(buffer.prepare(read_chunk),
+                                                   redirect_error(use_awaitable, ec));
+      if (ec) break;
+      buffer.commit(n);
+    }
+    boost::system::error_code ignored;
+    if (ec == asio::error::eof) {
+      to.shutdown(asio::socket_base::shutdown_send, ignored);
+    } else {
+      from.shutdown(asio::socket_base::shutdown_both, ignored);
+      to.shutdown(asio::socket_base::shutdown_both, ignored);
+    }
+  }
+
+  // ---- a second coroutine per connection (request body, or one side of a tunnel) ----------
+
+  void start_task(asio::awaitable<void> (http_connection::*task)()) {
+    task_running_ = true;
+    asio::co_spawn(client_.get_executor(), (this->*task)(),
+                   [self = shared_from_this()](const std::exception_ptr&) {
+                     self->task_running_ = false;
+                     self->task_done_.cancel();
+                   });
+  }
+
+  // The response is over (complete or not) while the request body is still coming: stop
+  // reading it; the client connection closes after this exchange.
+  asio::awaitable<void> stop_task() {
+    response_over_ = true;
+    if (task_running_) {
+      // The pump waits either for the client's bytes or for the upstream to take them.
+      boost::system::error_code ignored;
+      client_.cancel(ignored);
+      if (upstream_ != nullptr) upstream_->cancel(ignored);
+      co_await wait_task();
+    }
+  }
+
+  asio::awaitable<void> wait_task() {
+    boost::system::error_code ec;
+    while (task_running_) {
+      task_done_.expires_at(clock_type::time_point::max());
+      co_await task_done_.async_wait(redirect_error(use_awaitable, ec));
+    }
+  }
+
+  // ---- answers of our own ------------------------------------------------------------------
+
+  asio::awaitable<void> refuse(refusal why) {
+    switch (why) {
+      case refusal::bad_request:
+        ++counters_.bad_request;
+        co_await send_canned(400, false);
+        break;
+      case refusal::header_too_large:
+        ++counters_.header_too_large;
+        co_await send_canned(431, false);
+        break;
+      case refusal::body_too_large:
+        ++counters_.too_large;
+        co_await send_canned(413, false);
+        break;
+    }
+  }
+
+  asio::awaitable<void> send_canned(int status, bool keep_alive) {
+    auto& text = canned_;
+    text.assign(canned(status));
+    text.append(keep_alive ? "\r\n" : "Connection: close\r\n\r\n");
+    boost::system::error_code ec;
+    client_deadline(options_.idle_timeout);
+    co_await asio::async_write(client_, asio::buffer(text), redirect_error(use_awaitable, ec));
+    client_deadline(clock_type::duration::max());
+  }
+
+  // Half-close, then read until the client closes too (bounded): closing with unread bytes
+  // would reset the connection and could destroy the last response before the client read it.
+  asio::awaitable<void> close_client() {
+    boost::system::error_code ec;
+    client_.shutdown(asio::socket_base::shutdown_send, ec);
+    if (!ec) {
+      client_deadline(std::min(options_.header_timeout,
+                               std::chrono::duration_cast<clock_type::duration>(linger_limit)));
+      while (!ec) {
+        client_in_.clear();
+        const auto n = co_await client_.async_read_some(client_in_.prepare(read_chunk),
+                                                        redirect_error(use_awaitable, ec));
+        client_in_.commit(n);
+      }
+    }
+    client_.close(ec);
+  }
+
+  stream client_;
+  router& router_;
+  std::size_t listener_;
+  const relay_options& options_;
+  relay_counters& counters_;
+  std::string address_;
+  request_framing request_framing_;
+  response_framing response_framing_;
+
+  asio::steady_timer timer_;
+  asio::steady_timer task_done_;
+  clock_type::duration tick_{};
+  clock_type::time_point armed_ = clock_type::time_point::max();
+  clock_type::time_point client_deadline_ = clock_type::time_point::max();
+  clock_type::time_point upstream_deadline_ = clock_type::time_point::max();
+  bool client_timed_out_ = false;
+  bool upstream_timed_out_ = false;
+  bool idle_ = false;
+  bool done_ = false;
+  bool task_running_ = false;
+
+  // Reused from one request to the next.
+  beast::flat_buffer client_in_;
+  beast::flat_buffer upstream_in_;
+  std::string request_out_;
+  std::string response_out_;
+  std::string canned_;
+  std::vector<field_ref> request_fields_;
+  std::vector<field_ref> response_fields_;
+  std::optional<request_framer> request_;
+  std::optional<response_framer> response_;
+
+  stream* upstream_ = nullptr;
+  stream* tunnel_upstream_ = nullptr;
+  body_failure failure_ = body_failure::none;
+  refusal body_refusal_ = refusal::bad_request;
+  bool response_sent_ = false;
+  bool response_over_ = false;
+  std::uint64_t served_ = 0;
+};
+
+}  // namespace
+
+asio::awaitable<void> relay_http(stream client, router& r, std::size_t listener,
+                                 const relay_options& options, relay_counters& counters) {
+  auto connection =
+      std::make_shared<http_connection>(std::move(client), r, listener, options, counters);
+  auto* raw = connection.get();
+  return raw->run(std::move(connection));
+}
+
+}  // namespace handoff::proxy

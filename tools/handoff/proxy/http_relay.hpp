@@ -1,0 +1,60 @@
+// The HTTP/1.1 relay of `handoff run --proxy http`: serves one client connection, sending each
+// of its requests, re-framed, on an upstream connection the router lends for that request, and
+// each response, re-framed, back (framing rules: http_framing.hpp).
+//
+// Invariants:
+// - A request is written upstream at most once; nothing of it is sent again once a byte went.
+// - Requests on one client connection are answered in order, one at a time; bytes that arrive
+//   ahead (pipelining) wait in the connection's buffer for the next request.
+// - The client connection outlives upstream connections: an upstream that closes after a
+//   complete response only ends that upstream connection. The client connection closes when it
+//   asked to, when a request was refused (400, 413, 431, 408), when a response could not be
+//   completed after part of it was sent, when the router is closing, and after a tunnel.
+// - Every wait has a deadline (relay_options), enforced by one watchdog per connection.
+// - Runs on one thread with the router; counters are plain integers.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "proxy/router.hpp"
+
+namespace handoff::proxy {
+
+struct relay_options {
+  std::uint32_t header_limit = 16 * 1024;           // a larger request header: 431
+  std::optional<std::uint64_t> body_limit;          // a larger request body: 413 (none: any)
+  std::uint32_t response_header_limit = 64 * 1024;  // a larger response header: 502
+  // From the first byte of a request to the end of its header: 408 and close.
+  std::chrono::steady_clock::duration header_timeout = std::chrono::seconds(10);
+  // A keep-alive client connection with no request, and each read or write of a body on
+  // the client side: closed.
+  std::chrono::steady_clock::duration idle_timeout = std::chrono::seconds(60);
+  // Each wait for bytes of the upstream's response: 504 if none was sent to the client yet.
+  std::chrono::steady_clock::duration response_timeout = std::chrono::seconds(60);
+  bool forwarded = true;        // Forwarded, X-Forwarded-For, X-Forwarded-Proto
+  std::string scheme = "http";  // proto= and X-Forwarded-Proto
+};
+
+struct relay_counters {
+  std::uint64_t requests = 0;          // request headers accepted
+  std::uint64_t bad_request = 0;       // 400 (malformed or ambiguous request)
+  std::uint64_t too_large = 0;         // 413
+  std::uint64_t header_too_large = 0;  // 431
+  std::uint64_t request_timeout = 0;   // 408
+  std::uint64_t bad_gateway = 0;       // 502, or a response cut after it began (client closed)
+  std::uint64_t unavailable = 0;       // 503: no generation
+  std::uint64_t gateway_timeout = 0;   // 504
+  std::uint64_t tunnels = 0;           // Upgrade / CONNECT tunnels opened
+};
+
+// Serves `client` until it closes (or must be closed). `options`, `r` and `counters` must
+// outlive the returned awaitable's completion.
+asio::awaitable<void> relay_http(stream client, router& r, std::size_t listener,
+                                 const relay_options& options, relay_counters& counters);
+
+}  // namespace handoff::proxy
