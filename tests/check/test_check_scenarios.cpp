@@ -47,6 +47,7 @@ std::string slurp(const fs::path& p) {
 struct check_run {
   int exit_code = -1;
   std::string output;  // stdout
+  std::string errors;  // stderr
   boost::json::value json;
 };
 
@@ -151,6 +152,7 @@ class HandoffCheck : public testing::Test {
   check_run run_check(std::vector<std::string> args, bool want_json = true) {
     check_run r;
     const fs::path out = dir_.path / "stdout";
+    const fs::path err = dir_.path / "stderr";
     const fs::path json = dir_.path / "result.json";
     fs::remove(json);
     spawn_options o;
@@ -159,6 +161,8 @@ class HandoffCheck : public testing::Test {
     if (want_json) o.argv.insert(o.argv.end(), {"--json", json.string()});
     unique_fd out_fd(::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     o.stdout_fd = out_fd.get();
+    unique_fd err_fd(::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    o.stderr_fd = err_fd.get();
     auto pid = spawn(o);
     EXPECT_TRUE(pid) << pid.error().message();
     if (!pid) return r;
@@ -171,6 +175,7 @@ class HandoffCheck : public testing::Test {
     }
     r.exit_code = status->exited ? status->code : 128 + status->signal;
     r.output = slurp(out);
+    r.errors = slurp(err);
     if (want_json && fs::exists(json)) r.json = test::read_json_file(json.string());
     return r;
   }
@@ -199,6 +204,13 @@ TEST_F(HandoffCheck, ExampleServerUnderSteadyLoadHasNoFailures) {
     ASSERT_EQ(served.size(), 1u) << r.output;
     EXPECT_TRUE(served.contains(std::to_string(server.pid())));
     EXPECT_EQ(served.at(std::to_string(server.pid())).to_number<std::int64_t>(), field(r, "ok"));
+    if (std::string(mode) == "keepalive") {
+      EXPECT_EQ(field(r, "connections_opened"), 8) << "one per connection, none again";
+      EXPECT_EQ(field(r, "reconnects"), 0) << r.output;
+    } else {
+      EXPECT_EQ(field(r, "connections_opened"), field(r, "requests"));
+      EXPECT_TRUE(r.json.as_object().at("reconnects").is_null());
+    }
     // Consistent totals: the timeline adds up to the same requests.
     std::int64_t in_timeline = 0;
     for (const auto& v : r.json.as_object().at("timeline").as_object().at("requests").as_array())
@@ -258,6 +270,11 @@ TEST_F(HandoffCheck, CountsRefusedConnectionsOfANaiveRestart) {
   ASSERT_EQ(restarts.size(), 1u);
   EXPECT_TRUE(restarts[0].as_object().at("success").as_bool());
   EXPECT_GT(test::json_int(restarts[0], "failed"), 0) << "the failures fall in the window";
+  // Every connection was cut by the kill and opened again to the new generation.
+  EXPECT_GE(field(r, "reconnects"), 8) << r.output;
+  EXPECT_GE(test::json_int(restarts[0], "reconnects"), 8) << r.output;
+  EXPECT_EQ(field(r, "connections_opened"), 8 + field(r, "reconnects"));
+  EXPECT_NE(r.output.find("reconnects"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("connection refused"), std::string::npos);
   const std::string svg = slurp(dir_.path / "plot.svg");
   EXPECT_NE(svg.find("fill=\"#d22\""), std::string::npos) << "failures drawn";
@@ -329,6 +346,62 @@ TEST_F(HandoffCheck, AFailingRestartCommandIsRecordedAndFailsTheRun) {
   EXPECT_FALSE(restarts[0].as_object().at("success").as_bool());
   EXPECT_EQ(restarts[0].as_object().at("status").as_string(), "exited with status 7");
   EXPECT_EQ(field(r, "failed"), 0);
+}
+
+TEST_F(HandoffCheck, OutputPathsAreCheckedBeforeTheRun) {
+  server_process server;
+  ASSERT_NO_FATAL_FAILURE(server.start_test_server({}));
+  const std::string missing = (dir_.path / "no-such-dir" / "result.json").string();
+  auto r = run_check({server.url(), "--duration", "1s", "-c", "2", "--json", missing}, false);
+  EXPECT_EQ(r.exit_code, 2) << r.errors;
+  EXPECT_NE(r.errors.find("--json " + missing + ": No such file or directory"), std::string::npos)
+      << r.errors;
+  auto p =
+      run_check({server.url(), "--duration", "1s", "-c", "2", "--plot", dir_.path.string()}, false);
+  EXPECT_EQ(p.exit_code, 2) << p.errors;
+  EXPECT_NE(p.errors.find("Is a directory"), std::string::npos) << p.errors;
+  EXPECT_EQ(server.stop(), 0) << "no request was sent: the paths were checked first";
+  // A run that ends without a report leaves no empty file behind.
+  const fs::path json = dir_.path / "unreachable.json";
+  auto closed = open_listener(parse_address("127.0.0.1:0").value()).value();
+  const auto port = local_address(closed.get()).value().port;
+  closed.reset();
+  auto u =
+      run_check({"http://127.0.0.1:" + std::to_string(port) + "/", "--json", json.string()}, false);
+  EXPECT_EQ(u.exit_code, 3) << u.errors;
+  EXPECT_FALSE(fs::exists(json));
+}
+
+TEST_F(HandoffCheck, ARestartCommandStillRunningAfterTheLoadIsStopped) {
+  server_process server;
+  ASSERT_NO_FATAL_FAILURE(server.start_test_server({}));
+  const fs::path child = dir_.path / "child.pid";
+  // The command's child ignores SIGTERM too: only SIGKILL to the whole group ends it.
+  auto r = run_check({server.url(), "--duration", "500ms", "-c", "2", "--reload-at", "100ms",
+                      "--reload-grace", "200ms", "--reload-cmd",
+                      "trap '' TERM; sleep 60 & echo $! > " + child.string() + "; wait"});
+  EXPECT_EQ(r.exit_code, 4) << r.errors;
+  EXPECT_NE(r.errors.find("still runs 200 ms after the load ended: SIGTERM"), std::string::npos)
+      << r.errors;
+  EXPECT_NE(r.errors.find("SIGKILL to its process group"), std::string::npos) << r.errors;
+  const auto& restarts = r.json.as_object().at("restarts").as_array();
+  ASSERT_EQ(restarts.size(), 1u) << r.output;
+  EXPECT_TRUE(restarts[0].as_object().at("stopped").as_bool());
+  EXPECT_FALSE(restarts[0].as_object().at("success").as_bool());
+  EXPECT_EQ(restarts[0].as_object().at("status").as_string(),
+            "stopped after the load ended: killed by signal 9 (Killed)");
+  // The background child was in the group: killed too, and reaped by us (the subreaper).
+  const pid_t sleeper = std::stoi(slurp(child));
+  auto status = wait_exit(sleeper, 10s);
+  ASSERT_TRUE(status) << status.error().message();
+  EXPECT_EQ(status->signal, SIGKILL);
+  // A command that ends on SIGTERM is stopped with it.
+  auto t = run_check({server.url(), "--duration", "300ms", "-c", "2", "--reload-at", "100ms",
+                      "--reload-grace", "100ms", "--reload-cmd", "exec sleep 60"});
+  EXPECT_EQ(t.exit_code, 4) << t.errors;
+  EXPECT_EQ(t.json.as_object().at("restarts").as_array()[0].as_object().at("status").as_string(),
+            "stopped after the load ended: killed by signal 15 (Terminated)");
+  EXPECT_EQ(t.errors.find("SIGKILL"), std::string::npos) << t.errors;
 }
 
 TEST_F(HandoffCheck, BadInputIsAClearErrorAndANonZeroExit) {
