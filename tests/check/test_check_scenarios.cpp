@@ -150,15 +150,23 @@ class HandoffCheck : public testing::Test {
 
   // Runs `handoff check ARGS --json FILE`, bounded.
   check_run run_check(std::vector<std::string> args, bool want_json = true) {
+    const fs::path json = dir_.path / "result.json";
+    fs::remove(json);
+    args.insert(args.begin(), "check");
+    if (want_json) args.insert(args.end(), {"--json", json.string()});
+    check_run r = run_handoff(args);
+    if (want_json && fs::exists(json)) r.json = test::read_json_file(json.string());
+    return r;
+  }
+
+  // Runs `handoff ARGS`, bounded.
+  check_run run_handoff(const std::vector<std::string>& args) {
     check_run r;
     const fs::path out = dir_.path / "stdout";
     const fs::path err = dir_.path / "stderr";
-    const fs::path json = dir_.path / "result.json";
-    fs::remove(json);
     spawn_options o;
-    o.argv = {HANDOFF_TOOL, "check"};
+    o.argv = {HANDOFF_TOOL};
     o.argv.insert(o.argv.end(), args.begin(), args.end());
-    if (want_json) o.argv.insert(o.argv.end(), {"--json", json.string()});
     unique_fd out_fd(::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     o.stdout_fd = out_fd.get();
     unique_fd err_fd(::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
@@ -176,7 +184,6 @@ class HandoffCheck : public testing::Test {
     r.exit_code = status->exited ? status->code : 128 + status->signal;
     r.output = slurp(out);
     r.errors = slurp(err);
-    if (want_json && fs::exists(json)) r.json = test::read_json_file(json.string());
     return r;
   }
 
@@ -416,6 +423,42 @@ TEST_F(HandoffCheck, BadInputIsAClearErrorAndANonZeroExit) {
   EXPECT_EQ(run_check({"http://127.0.0.1:1/", "--mode", "pipelined"}, false).exit_code, 2);
   EXPECT_EQ(run_check({"http://127.0.0.1:1/", "--reload-every", "1s"}, false).exit_code, 2);
   EXPECT_EQ(run_check({"http://no-such-host.invalid/"}, false).exit_code, 3);
+}
+
+// The command's usage errors: one plain sentence each, exit status 2.
+TEST_F(HandoffCheck, UsageErrorsSayWhatIsWrongPlainly) {
+  auto unknown = run_handoff({"bogus"});
+  EXPECT_EQ(unknown.exit_code, 2);
+  EXPECT_NE(unknown.errors.find("unknown command \"bogus\": the commands are check, run, reload, "
+                                "status, stop"),
+            std::string::npos)
+      << unknown.errors;
+  auto option = run_handoff({"run", "--bogus", "--", "true"});
+  EXPECT_EQ(option.exit_code, 2);
+  EXPECT_NE(option.errors.find("run: unknown option --bogus"), std::string::npos) << option.errors;
+  EXPECT_EQ(option.errors.find("not expected"), std::string::npos) << option.errors;
+  auto rate = run_handoff({"check", "http://127.0.0.1:1/", "--rate", "-5"});
+  EXPECT_EQ(rate.exit_code, 2);
+  EXPECT_NE(rate.errors.find("--rate: -5: must be 0 or more"), std::string::npos) << rate.errors;
+  EXPECT_LT(rate.errors.size(), 200u) << rate.errors;
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"reload", "--timeout", "abc"},
+        {"status", "--timeout", "abc"},
+        {"check", "http://127.0.0.1:1/", "--duration", "abc"}}) {
+    auto r = run_handoff(args);
+    EXPECT_EQ(r.exit_code, 2) << args[0];
+    EXPECT_NE(r.errors.find("duration \"abc\": no number"), std::string::npos) << r.errors;
+    EXPECT_EQ(r.errors.find("Invalid argument"), std::string::npos) << r.errors;
+  }
+  for (const char* command : {"run", "check", "reload", "status", "stop"}) {
+    auto r = run_handoff({command, "--version"});
+    EXPECT_EQ(r.exit_code, 0) << command << ": " << r.errors;
+    EXPECT_EQ(r.output, "handoff 0.1.0\n") << command;
+  }
+  auto help = run_handoff({"check", "--help"});
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_NE(help.output.find("3 the target is not reachable"), std::string::npos) << help.output;
+  EXPECT_NE(help.output.find("4 a restart command failed"), std::string::npos) << help.output;
 }
 
 }  // namespace

@@ -56,7 +56,7 @@ struct check_args {
 
 std::chrono::milliseconds duration_arg(const std::string& text, const char* option) {
   auto d = parse_duration(text);
-  if (!d) fail(2, fmt::format("{}: {}", option, d.error().message()));
+  if (!d) fail(2, fmt::format("{}: {}", option, d.error().context()));
   return *d;
 }
 
@@ -196,12 +196,13 @@ void add_check_command(CLI::App& app) {
   cmd->add_option("url", args->url, "http://HOST[:PORT][/PATH] (only http:// is supported)")
       ->required();
   cmd->add_option("--duration", args->duration, "how long to send requests, e.g. 30s")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(duration_check());
   cmd->add_option("-c,--connections", args->connections, "concurrent connections")
       ->capture_default_str()
       ->check(CLI::Range(1u, 100000u));
   cmd->add_option("--rate", args->rate, "requests/s in total (default: as fast as possible)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_check());
   cmd->add_option("--mode", args->mode,
                   "keepalive: reuse connections; close: a new connection per request")
       ->capture_default_str();
@@ -209,18 +210,23 @@ void add_check_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--body-size", args->body_size, "bytes of request body (POST)");
   cmd->add_option("--connect-timeout", args->connect_timeout, "connect timeout")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(duration_check());
   cmd->add_option("--timeout", args->timeout, "response timeout after the request is sent")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(duration_check());
   cmd->add_option("--reload-cmd", args->reload_cmd,
                   "restart command, run with /bin/sh -c during the load");
   cmd->add_option("--reload-every", args->reload_every,
-                  "run the restart command every D (from D on)");
-  cmd->add_option("--reload-at", args->reload_at, "run the restart command once, D after start");
+                  "run the restart command every D (from D on)")
+      ->check(duration_check());
+  cmd->add_option("--reload-at", args->reload_at, "run the restart command once, D after start")
+      ->check(duration_check());
   cmd->add_option("--reload-grace", args->reload_grace,
                   "a restart command still running when the load ends gets D to finish, then "
                   "SIGTERM to its process group, then SIGKILL D later")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(duration_check());
   cmd->add_option("--json", args->json, "write the results as JSON to FILE");
   cmd->add_option("--plot", args->plot, "write the timeline as an SVG picture to FILE");
   cmd->add_flag("--fail-on-errors", args->fail_on_errors,
