@@ -87,13 +87,14 @@ class output_file {
     if (fd_ < 0) fail(2, fmt::format("{} {}: {}", option, path, std::strerror(errno)));
   }
 
+  // A regular file is truncated first; a pipe or terminal (--json /dev/stdout) is written as is.
   void write(const std::string& content) {
     if (fd_ < 0) return;
     written_ = true;
-    if (::ftruncate(fd_, 0) != 0) return failed();
+    struct stat st {};
+    if (::fstat(fd_, &st) == 0 && S_ISREG(st.st_mode) && ::ftruncate(fd_, 0) != 0) return failed();
     for (std::size_t done = 0; done < content.size();) {
-      const ssize_t n =
-          ::pwrite(fd_, content.data() + done, content.size() - done, static_cast<off_t>(done));
+      const ssize_t n = ::write(fd_, content.data() + done, content.size() - done);
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) return failed();
       done += static_cast<std::size_t>(n);
