@@ -1,15 +1,28 @@
 # install(EXPORT) with a package config and version file, so that find_package(handoff) works,
-# and a pkg-config file for everybody else. tests/consumer proves both.
+# and pkg-config files for everybody else; tests/consumer/run proves all of it.
+#
+# One export set per component: handoff-core-targets.cmake (no dependency) and
+# handoff-http-targets.cmake (Boost, threads), so that the package config loads the second, and
+# looks for Boost, only when the http component is asked for (handoff-config.cmake.in).
+# The command and example_server are installed to the same bin directory: the units in
+# deploy/systemd run them from /usr/local/bin, the default prefix's.
 include(CMakePackageConfigHelpers)
 
-install(TARGETS handoff_core handoff_http EXPORT handoff-targets
+install(TARGETS handoff_core EXPORT handoff-core-targets
+        ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
+        LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
+install(TARGETS handoff_http EXPORT handoff-http-targets
         ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
 install(DIRECTORY include/handoff DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
         FILES_MATCHING PATTERN "*.hpp")
+if(TARGET example_server)
+  install(TARGETS example_server RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+endif()
 
 set(HANDOFF_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/handoff)
-install(EXPORT handoff-targets NAMESPACE handoff:: DESTINATION ${HANDOFF_CMAKE_DIR})
+install(EXPORT handoff-core-targets NAMESPACE handoff:: DESTINATION ${HANDOFF_CMAKE_DIR})
+install(EXPORT handoff-http-targets NAMESPACE handoff:: DESTINATION ${HANDOFF_CMAKE_DIR})
 configure_package_config_file(cmake/handoff-config.cmake.in
   ${PROJECT_BINARY_DIR}/handoff-config.cmake INSTALL_DESTINATION ${HANDOFF_CMAKE_DIR})
 write_basic_package_version_file(${PROJECT_BINARY_DIR}/handoff-config-version.cmake
@@ -21,6 +34,9 @@ install(FILES ${PROJECT_BINARY_DIR}/handoff-config.cmake
 # Relocatable: the prefix is found from where the .pc file lies, so a copied or --prefix'ed
 # install works without reconfiguring.
 file(RELATIVE_PATH HANDOFF_PC_TO_PREFIX "/p/${CMAKE_INSTALL_LIBDIR}/pkgconfig" "/p")
-configure_file(cmake/handoff-core.pc.in ${PROJECT_BINARY_DIR}/handoff-core.pc @ONLY)
-install(FILES ${PROJECT_BINARY_DIR}/handoff-core.pc
-        DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
+foreach(component core http)
+  configure_file(cmake/handoff-${component}.pc.in ${PROJECT_BINARY_DIR}/handoff-${component}.pc
+                 @ONLY)
+  install(FILES ${PROJECT_BINARY_DIR}/handoff-${component}.pc
+          DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
+endforeach()

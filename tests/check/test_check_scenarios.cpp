@@ -47,6 +47,7 @@ std::string slurp(const fs::path& p) {
 struct check_run {
   int exit_code = -1;
   std::string output;  // stdout
+  std::string errors;  // stderr
   boost::json::value json;
 };
 
@@ -149,16 +150,27 @@ class HandoffCheck : public testing::Test {
 
   // Runs `handoff check ARGS --json FILE`, bounded.
   check_run run_check(std::vector<std::string> args, bool want_json = true) {
-    check_run r;
-    const fs::path out = dir_.path / "stdout";
     const fs::path json = dir_.path / "result.json";
     fs::remove(json);
+    args.insert(args.begin(), "check");
+    if (want_json) args.insert(args.end(), {"--json", json.string()});
+    check_run r = run_handoff(args);
+    if (want_json && fs::exists(json)) r.json = test::read_json_file(json.string());
+    return r;
+  }
+
+  // Runs `handoff ARGS`, bounded.
+  check_run run_handoff(const std::vector<std::string>& args) {
+    check_run r;
+    const fs::path out = dir_.path / "stdout";
+    const fs::path err = dir_.path / "stderr";
     spawn_options o;
-    o.argv = {HANDOFF_TOOL, "check"};
+    o.argv = {HANDOFF_TOOL};
     o.argv.insert(o.argv.end(), args.begin(), args.end());
-    if (want_json) o.argv.insert(o.argv.end(), {"--json", json.string()});
     unique_fd out_fd(::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     o.stdout_fd = out_fd.get();
+    unique_fd err_fd(::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    o.stderr_fd = err_fd.get();
     auto pid = spawn(o);
     EXPECT_TRUE(pid) << pid.error().message();
     if (!pid) return r;
@@ -171,7 +183,7 @@ class HandoffCheck : public testing::Test {
     }
     r.exit_code = status->exited ? status->code : 128 + status->signal;
     r.output = slurp(out);
-    if (want_json && fs::exists(json)) r.json = test::read_json_file(json.string());
+    r.errors = slurp(err);
     return r;
   }
 
@@ -199,6 +211,13 @@ TEST_F(HandoffCheck, ExampleServerUnderSteadyLoadHasNoFailures) {
     ASSERT_EQ(served.size(), 1u) << r.output;
     EXPECT_TRUE(served.contains(std::to_string(server.pid())));
     EXPECT_EQ(served.at(std::to_string(server.pid())).to_number<std::int64_t>(), field(r, "ok"));
+    if (std::string(mode) == "keepalive") {
+      EXPECT_EQ(field(r, "connections_opened"), 8) << "one per connection, none again";
+      EXPECT_EQ(field(r, "reconnects"), 0) << r.output;
+    } else {
+      EXPECT_EQ(field(r, "connections_opened"), field(r, "requests"));
+      EXPECT_TRUE(r.json.as_object().at("reconnects").is_null());
+    }
     // Consistent totals: the timeline adds up to the same requests.
     std::int64_t in_timeline = 0;
     for (const auto& v : r.json.as_object().at("timeline").as_object().at("requests").as_array())
@@ -258,6 +277,11 @@ TEST_F(HandoffCheck, CountsRefusedConnectionsOfANaiveRestart) {
   ASSERT_EQ(restarts.size(), 1u);
   EXPECT_TRUE(restarts[0].as_object().at("success").as_bool());
   EXPECT_GT(test::json_int(restarts[0], "failed"), 0) << "the failures fall in the window";
+  // Every connection was cut by the kill and opened again to the new generation.
+  EXPECT_GE(field(r, "reconnects"), 8) << r.output;
+  EXPECT_GE(test::json_int(restarts[0], "reconnects"), 8) << r.output;
+  EXPECT_EQ(field(r, "connections_opened"), 8 + field(r, "reconnects"));
+  EXPECT_NE(r.output.find("reconnects"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("connection refused"), std::string::npos);
   const std::string svg = slurp(dir_.path / "plot.svg");
   EXPECT_NE(svg.find("fill=\"#d22\""), std::string::npos) << "failures drawn";
@@ -331,6 +355,62 @@ TEST_F(HandoffCheck, AFailingRestartCommandIsRecordedAndFailsTheRun) {
   EXPECT_EQ(field(r, "failed"), 0);
 }
 
+TEST_F(HandoffCheck, OutputPathsAreCheckedBeforeTheRun) {
+  server_process server;
+  ASSERT_NO_FATAL_FAILURE(server.start_test_server({}));
+  const std::string missing = (dir_.path / "no-such-dir" / "result.json").string();
+  auto r = run_check({server.url(), "--duration", "1s", "-c", "2", "--json", missing}, false);
+  EXPECT_EQ(r.exit_code, 2) << r.errors;
+  EXPECT_NE(r.errors.find("--json " + missing + ": No such file or directory"), std::string::npos)
+      << r.errors;
+  auto p =
+      run_check({server.url(), "--duration", "1s", "-c", "2", "--plot", dir_.path.string()}, false);
+  EXPECT_EQ(p.exit_code, 2) << p.errors;
+  EXPECT_NE(p.errors.find("Is a directory"), std::string::npos) << p.errors;
+  EXPECT_EQ(server.stop(), 0) << "no request was sent: the paths were checked first";
+  // A run that ends without a report leaves no empty file behind.
+  const fs::path json = dir_.path / "unreachable.json";
+  auto closed = open_listener(parse_address("127.0.0.1:0").value()).value();
+  const auto port = local_address(closed.get()).value().port;
+  closed.reset();
+  auto u =
+      run_check({"http://127.0.0.1:" + std::to_string(port) + "/", "--json", json.string()}, false);
+  EXPECT_EQ(u.exit_code, 3) << u.errors;
+  EXPECT_FALSE(fs::exists(json));
+}
+
+TEST_F(HandoffCheck, ARestartCommandStillRunningAfterTheLoadIsStopped) {
+  server_process server;
+  ASSERT_NO_FATAL_FAILURE(server.start_test_server({}));
+  const fs::path child = dir_.path / "child.pid";
+  // The command's child ignores SIGTERM too: only SIGKILL to the whole group ends it.
+  auto r = run_check({server.url(), "--duration", "500ms", "-c", "2", "--reload-at", "100ms",
+                      "--reload-grace", "200ms", "--reload-cmd",
+                      "trap '' TERM; sleep 60 & echo $! > " + child.string() + "; wait"});
+  EXPECT_EQ(r.exit_code, 4) << r.errors;
+  EXPECT_NE(r.errors.find("still runs 200 ms after the load ended: SIGTERM"), std::string::npos)
+      << r.errors;
+  EXPECT_NE(r.errors.find("SIGKILL to its process group"), std::string::npos) << r.errors;
+  const auto& restarts = r.json.as_object().at("restarts").as_array();
+  ASSERT_EQ(restarts.size(), 1u) << r.output;
+  EXPECT_TRUE(restarts[0].as_object().at("stopped").as_bool());
+  EXPECT_FALSE(restarts[0].as_object().at("success").as_bool());
+  EXPECT_EQ(restarts[0].as_object().at("status").as_string(),
+            "stopped after the load ended: killed by signal 9 (Killed)");
+  // The background child was in the group: killed too, and reaped by us (the subreaper).
+  const pid_t sleeper = std::stoi(slurp(child));
+  auto status = wait_exit(sleeper, 10s);
+  ASSERT_TRUE(status) << status.error().message();
+  EXPECT_EQ(status->signal, SIGKILL);
+  // A command that ends on SIGTERM is stopped with it.
+  auto t = run_check({server.url(), "--duration", "300ms", "-c", "2", "--reload-at", "100ms",
+                      "--reload-grace", "100ms", "--reload-cmd", "exec sleep 60"});
+  EXPECT_EQ(t.exit_code, 4) << t.errors;
+  EXPECT_EQ(t.json.as_object().at("restarts").as_array()[0].as_object().at("status").as_string(),
+            "stopped after the load ended: killed by signal 15 (Terminated)");
+  EXPECT_EQ(t.errors.find("SIGKILL"), std::string::npos) << t.errors;
+}
+
 TEST_F(HandoffCheck, BadInputIsAClearErrorAndANonZeroExit) {
   // Unreachable: a port nobody listens on (bound, never listening).
   auto closed = open_listener(parse_address("127.0.0.1:0").value()).value();
@@ -343,6 +423,42 @@ TEST_F(HandoffCheck, BadInputIsAClearErrorAndANonZeroExit) {
   EXPECT_EQ(run_check({"http://127.0.0.1:1/", "--mode", "pipelined"}, false).exit_code, 2);
   EXPECT_EQ(run_check({"http://127.0.0.1:1/", "--reload-every", "1s"}, false).exit_code, 2);
   EXPECT_EQ(run_check({"http://no-such-host.invalid/"}, false).exit_code, 3);
+}
+
+// The command's usage errors: one plain sentence each, exit status 2.
+TEST_F(HandoffCheck, UsageErrorsSayWhatIsWrongPlainly) {
+  auto unknown = run_handoff({"bogus"});
+  EXPECT_EQ(unknown.exit_code, 2);
+  EXPECT_NE(unknown.errors.find("unknown command \"bogus\": the commands are check, run, reload, "
+                                "status, stop"),
+            std::string::npos)
+      << unknown.errors;
+  auto option = run_handoff({"run", "--bogus", "--", "true"});
+  EXPECT_EQ(option.exit_code, 2);
+  EXPECT_NE(option.errors.find("run: unknown option --bogus"), std::string::npos) << option.errors;
+  EXPECT_EQ(option.errors.find("not expected"), std::string::npos) << option.errors;
+  auto rate = run_handoff({"check", "http://127.0.0.1:1/", "--rate", "-5"});
+  EXPECT_EQ(rate.exit_code, 2);
+  EXPECT_NE(rate.errors.find("--rate: -5: must be 0 or more"), std::string::npos) << rate.errors;
+  EXPECT_LT(rate.errors.size(), 200u) << rate.errors;
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"reload", "--timeout", "abc"},
+        {"status", "--timeout", "abc"},
+        {"check", "http://127.0.0.1:1/", "--duration", "abc"}}) {
+    auto r = run_handoff(args);
+    EXPECT_EQ(r.exit_code, 2) << args[0];
+    EXPECT_NE(r.errors.find("duration \"abc\": no number"), std::string::npos) << r.errors;
+    EXPECT_EQ(r.errors.find("Invalid argument"), std::string::npos) << r.errors;
+  }
+  for (const char* command : {"run", "check", "reload", "status", "stop"}) {
+    auto r = run_handoff({command, "--version"});
+    EXPECT_EQ(r.exit_code, 0) << command << ": " << r.errors;
+    EXPECT_EQ(r.output, "handoff 0.1.0\n") << command;
+  }
+  auto help = run_handoff({"check", "--help"});
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_NE(help.output.find("3 the target is not reachable"), std::string::npos) << help.output;
+  EXPECT_NE(help.output.find("4 a restart command failed"), std::string::npos) << help.output;
 }
 
 }  // namespace

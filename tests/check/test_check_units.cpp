@@ -228,6 +228,9 @@ run_result synthetic_run() {
   }
   run.restarts.push_back({1'000'000, 1'100'000, true, true, "exited with status 0"});
   run.served_by = {{"42", 2800}};
+  // 4 connections at the start; two are closed in the restart and opened again, one after it.
+  run.opened_us = {1'000, 1'000, 1'000, 1'000, 1'050'000, 1'200'000, 2'000'000};
+  run.reconnect_us = {1'050'000, 1'200'000, 2'000'000};
   return run;
 }
 
@@ -314,8 +317,45 @@ TEST(CheckReport, TextAndSvgMentionWhatHappened) {
   EXPECT_NE(svg.find("<polyline"), std::string::npos);
 }
 
-TEST(CheckReport, JsonStringEscapes) {
-  EXPECT_EQ(json_string("a\"b\\c\n\x01"), "\"a\\\"b\\\\c\\n\\u0001\"");
+TEST(CheckReport, ConnectionsAndReconnectsOverallAndPerWindow) {
+  const auto run = synthetic_run();
+  const auto s = analyze(run);
+  EXPECT_EQ(s.connections_opened, 7u);
+  EXPECT_EQ(s.reconnects, 3u);
+  ASSERT_EQ(s.windows.size(), 1u);
+  EXPECT_EQ(s.windows[0].connections_opened, 2u);  // the window is 1.0-1.4 s
+  EXPECT_EQ(s.windows[0].reconnects, 2u);
+  load_options o;
+  o.target = parse_url("http://127.0.0.1:1/").value();
+  const auto json = boost::json::parse(format_json({o, run, s}));
+  EXPECT_EQ(test::json_int(json, "connections_opened"), 7);
+  EXPECT_EQ(test::json_int(json, "reconnects"), 3);
+  const auto& restart = json.as_object().at("restarts").as_array().at(0);
+  EXPECT_EQ(test::json_int(restart, "connections_opened"), 2);
+  EXPECT_EQ(test::json_int(restart, "reconnects"), 2);
+  const std::string text = format_text({o, run, s});
+  EXPECT_NE(text.find("3 reconnects"), std::string::npos) << text;
+  EXPECT_NE(text.find("2 reconnects"), std::string::npos) << text;
+  // A new connection per request is the design of close mode, not a reconnect.
+  o.mode = connection_mode::close;
+  const auto close = boost::json::parse(format_json({o, run, s}));
+  EXPECT_TRUE(close.as_object().at("reconnects").is_null());
+  EXPECT_TRUE(
+      close.as_object().at("restarts").as_array().at(0).as_object().at("reconnects").is_null());
+}
+
+TEST(CheckReport, JsonEscapesEveryString) {
+  auto run = synthetic_run();
+  run.served_by = {{"a\"b\\c\n\x01", 1}};
+  run.first_io_error = "tab\there";
+  const auto s = analyze(run);
+  load_options o;
+  o.target = parse_url("http://127.0.0.1:1/").value();
+  const std::string text = format_json({o, run, s});
+  const auto json = boost::json::parse(text);
+  EXPECT_TRUE(json.as_object().at("served_by").as_object().contains("a\"b\\c\n\x01"));
+  EXPECT_EQ(json.as_object().at("first_io_error").as_string(), "tab\there");
+  EXPECT_NE(text.find("\\u0001"), std::string::npos) << text.substr(0, 400);
 }
 
 }  // namespace

@@ -1,15 +1,24 @@
 // handoff check URL: load while restarting, every failure by class (see check/load.hpp for the
 // engine's invariants and check/report.hpp for what a restart window is).
 //
-// Exit status: 0; 1 with --fail-on-errors when any request failed; 2 for a usage error (bad URL,
-// duration, mode, method); 3 when the target cannot be reached before the load starts; 4 when a
-// restart command failed (it is also on the timeline and in the JSON).
+// Exit status (exit_codes below, also in --help and docs/check.md): 0; 1 with --fail-on-errors
+// when any request failed, or when no request completed; 2 for a usage error (bad URL, duration,
+// mode, method, an output file that cannot be opened); 3 when the target cannot be reached
+// before the load starts; 4 when a restart command failed or had to be stopped at the end (it is
+// also on the timeline and in the JSON).
+//
+// Output files are opened before the run, so that a typo in a path costs nothing, and written
+// after it; one created here is removed again when the run ends without a report.
+#include <fcntl.h>
 #include <fmt/core.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
-#include <fstream>
+#include <cstring>
+#include <utility>
 
 #include "check/load.hpp"
 #include "check/report.hpp"
@@ -33,6 +42,7 @@ struct check_args {
   std::string reload_cmd;
   std::string reload_every;
   std::string reload_at;
+  std::string reload_grace = "5s";
   std::string json;
   std::string plot;
   bool fail_on_errors = false;
@@ -46,16 +56,62 @@ struct check_args {
 
 std::chrono::milliseconds duration_arg(const std::string& text, const char* option) {
   auto d = parse_duration(text);
-  if (!d) fail(2, fmt::format("{}: {}", option, d.error().message()));
+  if (!d) fail(2, fmt::format("{}: {}", option, d.error().context()));
   return *d;
 }
 
-void write_file(const std::string& path, const std::string& content) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f << content;
-  f.close();
-  if (!f) fail(1, fmt::format("cannot write {}", path));
-}
+constexpr const char* exit_codes =
+    "Exit status: 0 ok; 1 with --fail-on-errors when a request failed, or when no request "
+    "completed; 2 usage error (bad URL, duration, option, an output file that cannot be opened); "
+    "3 the target is not reachable before the load starts; 4 a restart command failed, or still "
+    "ran after the load and --reload-grace and was stopped.";
+
+// An output file (--json, --plot), opened before the run and written after it.
+class output_file {
+ public:
+  output_file() = default;
+  output_file(const output_file&) = delete;
+  output_file& operator=(const output_file&) = delete;
+  ~output_file() {
+    if (fd_ >= 0) ::close(fd_);
+    if (created_ && !written_) (void)::unlink(path_.c_str());
+  }
+
+  void open(const std::string& path, const char* option) {
+    if (path.empty()) return;
+    path_ = path;
+    option_ = option;
+    fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    created_ = fd_ >= 0;
+    if (fd_ < 0 && errno == EEXIST) fd_ = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+    if (fd_ < 0) fail(2, fmt::format("{} {}: {}", option, path, std::strerror(errno)));
+  }
+
+  // A regular file is truncated first; a pipe or terminal (--json /dev/stdout) is written as is.
+  void write(const std::string& content) {
+    if (fd_ < 0) return;
+    written_ = true;
+    struct stat st {};
+    if (::fstat(fd_, &st) == 0 && S_ISREG(st.st_mode) && ::ftruncate(fd_, 0) != 0) return failed();
+    for (std::size_t done = 0; done < content.size();) {
+      const ssize_t n = ::write(fd_, content.data() + done, content.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return failed();
+      done += static_cast<std::size_t>(n);
+    }
+    const int fd = std::exchange(fd_, -1);
+    if (::close(fd) != 0) failed();
+  }
+
+ private:
+  void failed() { fail(1, fmt::format("{} {}: write: {}", option_, path_, std::strerror(errno))); }
+
+  std::string path_;
+  const char* option_ = "";
+  int fd_ = -1;
+  bool created_ = false;
+  bool written_ = false;
+};
 
 void run_check(const check_args& a) {
   check::load_options o;
@@ -99,7 +155,11 @@ void run_check(const check_args& a) {
     o.reload_times.push_back(d);
   }
   std::sort(o.reload_times.begin(), o.reload_times.end());
+  o.reload_grace = duration_arg(a.reload_grace, "--reload-grace");
   o.progress = !a.quiet && ::isatty(STDERR_FILENO) == 1;
+  output_file json, plot;
+  json.open(a.json, "--json");
+  plot.open(a.plot, "--plot");
 
   if (auto p = check::probe(o); !p)
     fail(3, fmt::format("{} is not reachable: {}", a.url, p.error().message()));
@@ -109,8 +169,8 @@ void run_check(const check_args& a) {
   const check::report_context ctx{o, *run, summary};
   fmt::print("{}", check::format_text(ctx));
   (void)std::fflush(stdout);
-  if (!a.json.empty()) write_file(a.json, check::format_json(ctx));
-  if (!a.plot.empty()) write_file(a.plot, check::format_svg(ctx));
+  json.write(check::format_json(ctx));
+  plot.write(check::format_svg(ctx));
 
   std::size_t failed_commands = 0;
   for (const auto& r : run->restarts) failed_commands += r.success ? 0 : 1;
@@ -137,12 +197,13 @@ void add_check_command(CLI::App& app) {
   cmd->add_option("url", args->url, "http://HOST[:PORT][/PATH] (only http:// is supported)")
       ->required();
   cmd->add_option("--duration", args->duration, "how long to send requests, e.g. 30s")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(duration_check());
   cmd->add_option("-c,--connections", args->connections, "concurrent connections")
       ->capture_default_str()
       ->check(CLI::Range(1u, 100000u));
   cmd->add_option("--rate", args->rate, "requests/s in total (default: as fast as possible)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(non_negative_check());
   cmd->add_option("--mode", args->mode,
                   "keepalive: reuse connections; close: a new connection per request")
       ->capture_default_str();
@@ -150,19 +211,29 @@ void add_check_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--body-size", args->body_size, "bytes of request body (POST)");
   cmd->add_option("--connect-timeout", args->connect_timeout, "connect timeout")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(duration_check());
   cmd->add_option("--timeout", args->timeout, "response timeout after the request is sent")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(duration_check());
   cmd->add_option("--reload-cmd", args->reload_cmd,
                   "restart command, run with /bin/sh -c during the load");
   cmd->add_option("--reload-every", args->reload_every,
-                  "run the restart command every D (from D on)");
-  cmd->add_option("--reload-at", args->reload_at, "run the restart command once, D after start");
+                  "run the restart command every D (from D on)")
+      ->check(duration_check());
+  cmd->add_option("--reload-at", args->reload_at, "run the restart command once, D after start")
+      ->check(duration_check());
+  cmd->add_option("--reload-grace", args->reload_grace,
+                  "a restart command still running when the load ends gets D to finish, then "
+                  "SIGTERM to its process group, then SIGKILL D later")
+      ->capture_default_str()
+      ->check(duration_check());
   cmd->add_option("--json", args->json, "write the results as JSON to FILE");
   cmd->add_option("--plot", args->plot, "write the timeline as an SVG picture to FILE");
   cmd->add_flag("--fail-on-errors", args->fail_on_errors,
                 "exit with status 1 when any request failed");
   cmd->add_flag("-q,--quiet", args->quiet, "no progress line");
+  cmd->footer(exit_codes);
   cmd->callback([args] { run_check(*args); });
 }
 

@@ -160,14 +160,17 @@ void add_supervisor_commands(CLI::App& app) {
                   "notify | http://HOST:PORT/PATH | tcp[:HOST:PORT] | delay:DURATION")
       ->capture_default_str();
   run->add_option("--ready-timeout", run_a->ready_timeout, "a new generation must be ready within")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(duration_check());
   run->add_option("--settle", run_a->settle,
                   "a ready generation must stay up this long before the old one is stopped")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(duration_check());
   run->add_option("--stop-signal", run_a->stop_signal, "sent to the old generation")
       ->capture_default_str();
   run->add_option("--stop-timeout", run_a->stop_timeout, "then SIGKILL to its process groups")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(duration_check());
   run->add_option("--processes", run_a->o.processes,
                   "processes per generation, sharing the sockets")
       ->check(CLI::Range(1, 1024))
@@ -181,7 +184,8 @@ void add_supervisor_commands(CLI::App& app) {
       ->capture_default_str();
   run->add_option("--watchdog", run_a->watchdog,
                   "restart a ready process silent this long (WATCHDOG=1); 0: off")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(duration_check());
   run->add_option("--control", run_a->o.control,
                   "control socket (default $XDG_RUNTIME_DIR/handoff/NAME.sock or "
                   "/run/handoff/NAME.sock)");
@@ -205,7 +209,8 @@ void add_supervisor_commands(CLI::App& app) {
   auto [reload, reload_a] =
       add_client("reload", "start a new generation; exit 0 once it has taken over", "120s");
   reload->add_option("--timeout", reload_a->timeout, "give up waiting after")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(duration_check());
   reload->callback([a = reload_a] {
     const auto answer = call(client_control_path(a->control, a->name), "reload",
                              duration_of(a->timeout, "--timeout"));
@@ -222,7 +227,8 @@ void add_supervisor_commands(CLI::App& app) {
   auto [status, status_a] = add_client("status", "generations, pids, states, last reload", "10s");
   status->add_flag("--json", status_a->json, "one JSON object");
   status->add_option("--timeout", status_a->timeout, "give up waiting after")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(duration_check());
   status->callback([a = status_a] {
     const auto answer =
         call(client_control_path(a->control, a->name), a->json ? "status json" : "status",
@@ -234,7 +240,9 @@ void add_supervisor_commands(CLI::App& app) {
   });
 
   auto [stop, stop_a] = add_client("stop", "stop the app gracefully, then the supervisor", "60s");
-  stop->add_option("--timeout", stop_a->timeout, "give up waiting after")->capture_default_str();
+  stop->add_option("--timeout", stop_a->timeout, "give up waiting after")
+      ->capture_default_str()
+      ->check(duration_check());
   stop->callback([a = stop_a] {
     const auto answer = call(client_control_path(a->control, a->name), "stop",
                              duration_of(a->timeout, "--timeout"));

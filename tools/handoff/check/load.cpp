@@ -1,6 +1,7 @@
 #include "check/load.hpp"
 
 #include <fmt/core.h>
+#include <signal.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -13,6 +14,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
+#include <cerrno>
 #include <memory>
 
 #include "handoff/spawn.hpp"
@@ -94,6 +96,7 @@ class connection {
   bool in_attempt_ = false;
   bool reused_ = false;
   bool timed_out_ = false;
+  bool opened_before_ = false;  // this slot had a connection before (reconnect accounting)
   clock_type::time_point attempt_start_, deadline_;
 };
 
@@ -168,6 +171,11 @@ class engine {
     last_served_ = out_.served_by.size() - 1;
   }
   void connection_done() { --active_; }
+  void connection_opened(bool reconnect) {
+    const auto at = micros(clock_type::now() - start_);
+    out_.opened_us.push_back(at);
+    if (reconnect) out_.reconnect_us.push_back(at);
+  }
 
  private:
   void schedule_tick() {
@@ -190,14 +198,43 @@ class engine {
       last_progress_ = now;
       print_progress(now);
     }
-    if (stopping_ && active_ == 0) {
-      if (!reload_running_) return finish();
-      if (now - stop_at_ > 60s) {
-        out_.restarts.back().status = "still running after the load ended";
-        return finish();
-      }
-    }
+    if (stopping_ && reload_running_) stop_reload(now);
+    if (stopping_ && active_ == 0 && !reload_running_) return finish();
     schedule_tick();
+  }
+
+  // The run ends with the load: a command still running after the grace is stopped, its whole
+  // process group, since /bin/sh -c may have started children that hold the run open.
+  void stop_reload(clock_type::time_point now) {
+    const auto grace = options_.reload_grace;
+    auto& r = out_.restarts.back();
+    if (reload_signals_ == 0 && now - stop_at_ >= grace) {
+      r.stopped = true;
+      fmt::print(stderr,
+                 "handoff check: the restart command started at {:.2f} s still runs {} ms after "
+                 "the load ended: SIGTERM to its process group\n",
+                 static_cast<double>(r.start_us) / 1e6, grace.count());
+      signal_reload(SIGTERM);
+      reload_signals_ = 1;
+      reload_signal_at_ = now;
+    } else if (reload_signals_ == 1 && now - reload_signal_at_ >= grace) {
+      fmt::print(stderr,
+                 "handoff check: the restart command still runs {} ms after SIGTERM: SIGKILL to "
+                 "its process group\n",
+                 grace.count());
+      signal_reload(SIGKILL);
+      reload_signals_ = 2;
+      reload_signal_at_ = now;
+    } else if (reload_signals_ == 2 && now - reload_signal_at_ >= grace) {
+      // Unkillable (uninterruptible sleep): give up rather than hang the checker.
+      r.status = "still running after SIGKILL";
+      reload_running_ = false;
+    }
+  }
+
+  // Only while the leader is unreaped (reload_running_): its pid is then still the group's id.
+  void signal_reload(int sig) {
+    if (::kill(-reload_pid_, sig) != 0 && errno == ESRCH) (void)::kill(reload_pid_, sig);
   }
 
   void finish() {
@@ -231,6 +268,7 @@ class engine {
     r.start_us = micros(now - start_);
     spawn_options o;
     o.argv = {"/bin/sh", "-c", options_.reload_command};
+    o.group = process_group::new_group;
     auto pid = spawn(o);
     if (!pid) {
       r.end_us = r.start_us;
@@ -246,6 +284,7 @@ class engine {
       return;
     }
     reload_running_ = true;
+    reload_pid_ = *pid;
     reload_wait_.emplace(io_, pidfd);
     reload_wait_->async_wait(asio::posix::stream_descriptor::wait_read,
                              [this, p = *pid](const boost::system::error_code& ec) {
@@ -260,8 +299,9 @@ class engine {
     r.end_us = micros(clock_type::now() - start_);
     r.finished = true;
     if (status) {
-      r.success = status->success();
-      r.status = status->describe();
+      r.success = status->success() && !r.stopped;
+      r.status =
+          r.stopped ? "stopped after the load ended: " + status->describe() : status->describe();
     } else {
       r.status = status.error().message();
     }
@@ -288,6 +328,9 @@ class engine {
   std::uint64_t total_ = 0, failed_ = 0, progress_total_ = 0;
   std::size_t next_reload_ = 0;
   bool reload_running_ = false;
+  pid_t reload_pid_ = -1;
+  int reload_signals_ = 0;  // 0: none sent, 1: SIGTERM, 2: SIGKILL
+  clock_type::time_point reload_signal_at_;
   std::optional<asio::posix::stream_descriptor> reload_wait_;
 };
 
@@ -327,6 +370,9 @@ void connection::connect() {
   deadline_ = attempt_start_ + engine_.options().connect_timeout;
   socket_.async_connect(engine_.endpoint(), [this](const boost::system::error_code& ec) {
     if (ec) return fail(ec);
+    engine_.connection_opened(opened_before_ &&
+                              engine_.options().mode == connection_mode::keepalive);
+    opened_before_ = true;
     boost::system::error_code ignored;
     socket_.set_option(tcp::no_delay(true), ignored);
     send();

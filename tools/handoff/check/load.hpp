@@ -11,9 +11,17 @@
 // - After a failed connect a connection pauses 10 ms before its next attempt, so that a closed
 //   port costs at most connections × 100 failures per second instead of a busy loop.
 // - Timeouts are enforced by one 50 ms sweep over the connections, not a timer per request.
-// - Restart commands run one at a time (/bin/sh -c, stdio inherited); one that is due while
-//   another still runs starts when that one ends. After the load ends, a running command is
-//   waited for up to 60 s.
+// - Restart commands run one at a time (/bin/sh -c, stdio inherited, in a process group of
+//   their own); one that is due while another still runs starts when that one ends, and none
+//   starts after the load ended. A command still running when the load ends gets
+//   `reload_grace` to finish, then SIGTERM to its process group, then SIGKILL after another
+//   `reload_grace`: it never extends the run by more than that, and it is recorded as stopped
+//   (a failed command). The group is signalled only while its leader is unreaped, so its id
+//   cannot have been reused.
+// - Connections are counted when a connect succeeds. In keep-alive mode a connection opened by
+//   a slot that had one before is a reconnect: its previous connection was closed (by the
+//   server, a failure or a timeout), since the client never closes a healthy one. In close mode
+//   every request opens a connection by design, so there are no reconnects to count.
 #pragma once
 
 #include <chrono>
@@ -43,6 +51,7 @@ struct load_options {
   std::chrono::milliseconds timeout{10'000};            // for the whole response after the request
   std::string reload_command;                           // empty: none
   std::vector<std::chrono::milliseconds> reload_times;  // offsets from the start
+  std::chrono::milliseconds reload_grace{5'000};        // see the invariants above
   bool progress = false;                                // one updating line on stderr
 };
 
@@ -57,17 +66,20 @@ struct restart_record {
   std::int64_t start_us = 0;
   std::int64_t end_us = 0;  // when the command exited (or failed to start)
   bool finished = false;    // false: still running when the checker gave up waiting
-  bool success = false;     // exited with status 0
+  bool success = false;     // exited with status 0 (never when stopped)
   std::string status;       // "exited with status 0", "killed by signal 9 (Killed)", ...
+  bool stopped = false;     // still running after the load and its grace: signalled by us
 };
 
 struct run_result {
   std::vector<request_record> requests;  // in the order of their outcome
   std::vector<restart_record> restarts;
   std::vector<std::pair<std::string, std::uint64_t>> served_by;  // X-Served-By -> responses
-  std::int64_t load_us = 0;     // how long requests were started (the duration)
-  std::int64_t elapsed_us = 0;  // until the last request and command ended
-  std::string first_io_error;   // the message of the first io_error outcome, if any
+  std::vector<std::int64_t> opened_us;     // when each connection was opened, in order
+  std::vector<std::int64_t> reconnect_us;  // those of them that were reconnects (keep-alive)
+  std::int64_t load_us = 0;                // how long requests were started (the duration)
+  std::int64_t elapsed_us = 0;             // until the last request and command ended
+  std::string first_io_error;              // the message of the first io_error outcome, if any
 };
 
 // The request bytes for every request of a run (method, target, Host, keep-alive or close,

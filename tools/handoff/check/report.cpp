@@ -3,9 +3,8 @@
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <boost/json.hpp>
 #include <cmath>
-
-#include "json_text.hpp"
 
 namespace handoff::check {
 
@@ -100,6 +99,17 @@ run_summary analyze(const run_result& run, std::int64_t bin_us) {
     }
     if (!in_window) s.steady.add(r);
   }
+  s.connections_opened = run.opened_us.size();
+  s.reconnects = run.reconnect_us.size();
+  for (auto& w : s.windows) {
+    const auto in = [&](const std::vector<std::int64_t>& times) {
+      return static_cast<std::uint64_t>(
+          std::count_if(times.begin(), times.end(),
+                        [&](std::int64_t t) { return t >= w.from_us && t < w.to_us; }));
+    };
+    w.connections_opened = in(run.opened_us);
+    w.reconnects = in(run.reconnect_us);
+  }
   return s;
 }
 
@@ -151,6 +161,11 @@ std::string format_text(const report_context& r) {
     out += fmt::format("    {:<44} {:>8}\n", fmt::format("status {}", code), n);
   if (!r.run.first_io_error.empty())
     out += fmt::format("    (first other I/O error: {})\n", r.run.first_io_error);
+  const bool keepalive = o.mode == connection_mode::keepalive;
+  out += fmt::format(
+      "  connections opened {:>10}{}\n", s.connections_opened,
+      keepalive ? fmt::format("  ({} reconnects: opened again after a close)", s.reconnects)
+                : std::string("  (one per request)"));
   out += fmt::format("\n  latency (ms)           {:>9} {:>9} {:>9} {:>9} {:>9}\n", "p50", "p90",
                      "p99", "p99.9", "max");
   out += latency_row("all", t.latency);
@@ -171,11 +186,12 @@ std::string format_text(const report_context& r) {
       const auto& w = s.windows[i];
       const auto& rs = w.restart;
       out += fmt::format(
-          "  {:>3}. at {:.2f} s: {}{}; window {:.2f}-{:.2f} s{}: {} requests, {} failed", i + 1,
+          "  {:>3}. at {:.2f} s: {}{}; window {:.2f}-{:.2f} s{}: {} requests, {} failed{}", i + 1,
           seconds(rs.start_us), rs.status,
           rs.finished ? fmt::format(" after {:.2f} s", seconds(rs.end_us - rs.start_us)) : "",
           seconds(w.from_us), seconds(w.to_us), w.settled ? "" : " (not settled)", w.stats.requests,
-          w.stats.failed());
+          w.stats.failed(),
+          keepalive ? fmt::format(", {} reconnects", w.reconnects) : std::string());
       const std::string f = failure_list(w.stats);
       out += f.empty() ? "\n" : " (" + f + ")\n";
     }
@@ -210,45 +226,108 @@ std::string format_text(const report_context& r) {
   return out;
 }
 
-std::string json_string(std::string_view s) {
-  std::string out;
-  cli::append_json_string(out, s);
-  return out;
-}
-
 namespace {
 
-std::string json_latency(const histogram& h) {
-  return fmt::format(
-      "{{\"count\": {}, \"p50\": {:.3f}, \"p90\": {:.3f}, \"p99\": {:.3f}, \"p99_9\": {:.3f}, "
-      "\"max\": {:.3f}, \"mean\": {:.3f}}}",
-      h.count(), ms(h.percentile(50)), ms(h.percentile(90)), ms(h.percentile(99)),
-      ms(h.percentile(99.9)), ms(h.max()), h.mean() / 1000.0);
+namespace json = boost::json;
+
+// Milliseconds and seconds to the microsecond, so that the file says what was measured and no
+// more digits than that.
+double rounded(double v, double unit) { return std::round(v * unit) / unit; }
+double json_ms(std::uint64_t us) { return rounded(ms(us), 1000); }
+double json_s(std::int64_t us) { return rounded(seconds(us), 1e6); }
+
+json::object json_latency(const histogram& h) {
+  return {{"count", h.count()},
+          {"p50", json_ms(h.percentile(50))},
+          {"p90", json_ms(h.percentile(90))},
+          {"p99", json_ms(h.percentile(99))},
+          {"p99_9", json_ms(h.percentile(99.9))},
+          {"max", json_ms(h.max())},
+          {"mean", rounded(h.mean() / 1000.0, 1000)}};
 }
 
-std::string json_tally(const tally& t) {
-  std::string s = fmt::format("\"requests\": {}, \"ok\": {}, \"failed\": {}, \"outcomes\": {{",
-                              t.requests, t.ok(), t.failed());
-  bool first = true;
-  for (outcome o : all_outcomes) {
-    s += fmt::format("{}\"{}\": {}", first ? "" : ", ", to_string(o), t.count(o));
-    first = false;
+// The fields of a tally, added to `o` (the top level holds the totals' fields directly).
+void put_tally(json::object& o, const tally& t) {
+  o["requests"] = t.requests;
+  o["ok"] = t.ok();
+  o["failed"] = t.failed();
+  json::object outcomes;
+  for (outcome c : all_outcomes) outcomes[to_string(c)] = t.count(c);
+  o["outcomes"] = std::move(outcomes);
+  json::object codes;
+  for (const auto& [code, n] : t.status_codes) codes[std::to_string(code)] = n;
+  o["status_codes"] = std::move(codes);
+  o["latency_ms"] = json_latency(t.latency);
+}
+
+json::object tally_object(const tally& t) {
+  json::object o;
+  put_tally(o, t);
+  return o;
+}
+
+// Reconnects are counted in keep-alive mode only (load.hpp): null in close mode.
+json::value reconnects(const load_options& o, std::uint64_t n) {
+  if (o.mode != connection_mode::keepalive) return nullptr;
+  return n;
+}
+
+// Boost.JSON 1.81 writes doubles as "5E2" and everything on one line; the file is also read by
+// people, so numbers are written by fmt (shortest round trip: "500", "0.291") and objects one
+// member a line. Strings, keys and the structure stay Boost.JSON's.
+void write_pretty(std::string& out, const json::value& v, int indent) {
+  switch (v.kind()) {
+    case json::kind::double_:
+      out += std::isfinite(v.get_double()) ? fmt::format("{}", v.get_double()) : "null";
+      return;
+    case json::kind::object: {
+      const auto& o = v.get_object();
+      if (o.empty()) {
+        out += "{}";
+        return;
+      }
+      const bool flat = indent >= 2;  // a restart, a tally inside an object: one line
+      out += '{';
+      bool first = true;
+      for (const auto& [key, value] : o) {
+        out += first ? "" : ",";
+        out += flat ? (first ? "" : " ")
+                    : "\n" + std::string(static_cast<std::size_t>(indent + 1) * 2, ' ');
+        out += json::serialize(json::string_view(key));
+        out += ": ";
+        write_pretty(out, value, indent + 1);
+        first = false;
+      }
+      out += flat ? "}" : "\n" + std::string(static_cast<std::size_t>(indent) * 2, ' ') + "}";
+      return;
+    }
+    case json::kind::array: {
+      const auto& a = v.get_array();
+      const bool scalars =
+          std::none_of(a.begin(), a.end(), [](const json::value& x) { return x.is_structured(); });
+      out += '[';
+      for (std::size_t i = 0; i < a.size(); ++i) {
+        out += i ? "," : "";
+        out += scalars ? (i ? " " : "")
+                       : "\n" + std::string(static_cast<std::size_t>(indent + 1) * 2, ' ');
+        write_pretty(out, a[i], indent + 1);
+      }
+      out += scalars || a.empty()
+                 ? "]"
+                 : "\n" + std::string(static_cast<std::size_t>(indent) * 2, ' ') + "]";
+      return;
+    }
+    default:
+      out += json::serialize(v);
   }
-  s += "}, \"status_codes\": {";
-  first = true;
-  for (const auto& [code, n] : t.status_codes) {
-    s += fmt::format("{}\"{}\": {}", first ? "" : ", ", code, n);
-    first = false;
-  }
-  s += "}, \"latency_ms\": " + json_latency(t.latency);
-  return s;
 }
 
 template <class F>
-std::string json_array(const std::vector<timeline_bin>& bins, F f) {
-  std::string s = "[";
-  for (std::size_t i = 0; i < bins.size(); ++i) s += (i ? ", " : "") + f(bins[i]);
-  return s + "]";
+json::array timeline_array(const std::vector<timeline_bin>& bins, F f) {
+  json::array a;
+  a.reserve(bins.size());
+  for (const auto& b : bins) a.emplace_back(f(b));
+  return a;
 }
 
 }  // namespace
@@ -256,58 +335,55 @@ std::string json_array(const std::vector<timeline_bin>& bins, F f) {
 std::string format_json(const report_context& r) {
   const auto& o = r.options;
   const auto& s = r.summary;
-  std::string out = "{\n";
-  out += fmt::format("  \"url\": {},\n",
-                     json_string("http://" + o.target.authority() + o.target.target));
-  out += fmt::format(
-      "  \"mode\": \"{}\", \"method\": {}, \"body_size\": {}, \"connections\": {}, \"rate\": {},\n",
-      o.mode == connection_mode::keepalive ? "keepalive" : "close", json_string(o.method),
-      o.body_size, o.connections, o.rate);
-  out += fmt::format("  \"duration_s\": {:.3f}, \"elapsed_s\": {:.3f},\n", seconds(r.run.load_us),
-                     seconds(r.run.elapsed_us));
-  out += "  " + json_tally(s.total) + ",\n";
-  out += "  \"steady\": {" + json_tally(s.steady) + "},\n";
-  out += "  \"in_restarts\": {" + json_tally(s.in_restarts) + "},\n";
-  out += fmt::format("  \"first_io_error\": {},\n", json_string(r.run.first_io_error));
-  out += "  \"served_by\": {";
-  for (std::size_t i = 0; i < r.run.served_by.size(); ++i)
-    out += fmt::format("{}{}: {}", i ? ", " : "", json_string(r.run.served_by[i].first),
-                       r.run.served_by[i].second);
-  out += "},\n  \"restarts\": [";
-  for (std::size_t i = 0; i < s.windows.size(); ++i) {
-    const auto& w = s.windows[i];
-    out += fmt::format(
-        "{}\n    {{\"start_s\": {:.3f}, \"end_s\": {:.3f}, \"finished\": {}, \"success\": {}, "
-        "\"status\": {}, \"window_start_s\": {:.3f}, \"window_end_s\": {:.3f}, \"settled\": {}, "
-        "\"baseline_ok_per_s\": {:.1f}, {}}}",
-        i ? "," : "", seconds(w.restart.start_us), seconds(w.restart.end_us), w.restart.finished,
-        w.restart.success, json_string(w.restart.status), seconds(w.from_us), seconds(w.to_us),
-        w.settled, w.baseline_ok_per_s, json_tally(w.stats));
+  json::object top;
+  top["url"] = "http://" + o.target.authority() + o.target.target;
+  top["mode"] = o.mode == connection_mode::keepalive ? "keepalive" : "close";
+  top["method"] = o.method;
+  top["body_size"] = o.body_size;
+  top["connections"] = o.connections;
+  top["rate"] = o.rate;
+  top["duration_s"] = json_s(r.run.load_us);
+  top["elapsed_s"] = json_s(r.run.elapsed_us);
+  put_tally(top, s.total);
+  top["connections_opened"] = s.connections_opened;
+  top["reconnects"] = reconnects(o, s.reconnects);
+  top["steady"] = tally_object(s.steady);
+  top["in_restarts"] = tally_object(s.in_restarts);
+  top["first_io_error"] = r.run.first_io_error;
+  json::object served;
+  for (const auto& [who, n] : r.run.served_by) served[who] = n;
+  top["served_by"] = std::move(served);
+  json::array restarts;
+  for (const auto& w : s.windows) {
+    json::object x{{"start_s", json_s(w.restart.start_us)},
+                   {"end_s", json_s(w.restart.end_us)},
+                   {"finished", w.restart.finished},
+                   {"stopped", w.restart.stopped},
+                   {"success", w.restart.success},
+                   {"status", w.restart.status},
+                   {"window_start_s", json_s(w.from_us)},
+                   {"window_end_s", json_s(w.to_us)},
+                   {"settled", w.settled},
+                   {"baseline_ok_per_s", rounded(w.baseline_ok_per_s, 10)},
+                   {"connections_opened", w.connections_opened},
+                   {"reconnects", reconnects(o, w.reconnects)}};
+    put_tally(x, w.stats);
+    restarts.emplace_back(std::move(x));
   }
-  out += s.windows.empty() ? "],\n" : "\n  ],\n";
-  out += fmt::format("  \"timeline\": {{\"bin_ms\": {},\n", s.bin_us / 1000);
-  out += "    \"requests\": " +
-         json_array(s.timeline, [](const timeline_bin& b) { return std::to_string(b.requests); }) +
-         ",\n";
-  out += "    \"ok\": " +
-         json_array(s.timeline, [](const timeline_bin& b) { return std::to_string(b.ok); }) + ",\n";
-  out += "    \"failed\": " +
-         json_array(s.timeline, [](const timeline_bin& b) { return std::to_string(b.failed); }) +
-         ",\n";
-  out += "    \"latency_max_ms\": " +
-         json_array(
-             s.timeline,
-             [](const timeline_bin& b) { return fmt::format("{:.3f}", ms(b.latency_max_us)); }) +
-         ",\n";
-  out += "    \"latency_mean_ms\": " +
-         json_array(s.timeline,
-                    [](const timeline_bin& b) {
-                      return fmt::format("{:.3f}",
-                                         b.requests ? ms(b.latency_sum_us) / b.requests : 0.0);
-                    }) +
-         "}\n";
-  out += "}\n";
-  return out;
+  top["restarts"] = std::move(restarts);
+  top["timeline"] = json::object{
+      {"bin_ms", s.bin_us / 1000},
+      {"requests", timeline_array(s.timeline, [](const timeline_bin& b) { return b.requests; })},
+      {"ok", timeline_array(s.timeline, [](const timeline_bin& b) { return b.ok; })},
+      {"failed", timeline_array(s.timeline, [](const timeline_bin& b) { return b.failed; })},
+      {"latency_max_ms",
+       timeline_array(s.timeline, [](const timeline_bin& b) { return json_ms(b.latency_max_us); })},
+      {"latency_mean_ms", timeline_array(s.timeline, [](const timeline_bin& b) {
+         return b.requests ? rounded(ms(b.latency_sum_us) / b.requests, 1000) : 0.0;
+       })}};
+  std::string out;
+  write_pretty(out, top, 0);
+  return out + "\n";
 }
 
 namespace {

@@ -10,7 +10,8 @@
 // during it (it ended after the window's start and started before its end: requests held in a
 // queue during a stall count for the restart even when they complete after it); the timeline
 // places requests by the time of their outcome.
-// "Steady state" is everything outside the windows.
+// "Steady state" is everything outside the windows. A connection the client opened belongs to
+// the window it was opened in (the counts of reconnects: see load.hpp).
 #pragma once
 
 #include <array>
@@ -49,6 +50,8 @@ struct restart_window {
   bool settled = false;          // traffic was back to steady state within the window
   double baseline_ok_per_s = 0;  // the pre-restart median, per second
   tally stats;
+  std::uint64_t connections_opened = 0;  // opened during the window
+  std::uint64_t reconnects = 0;          // of those, reconnects (keep-alive mode only)
 };
 
 struct run_summary {
@@ -58,6 +61,8 @@ struct run_summary {
   std::vector<timeline_bin> timeline;
   std::int64_t bin_us = 100'000;
   std::vector<restart_window> windows;
+  std::uint64_t connections_opened = 0;  // over the whole run
+  std::uint64_t reconnects = 0;
 };
 
 run_summary analyze(const run_result& run, std::int64_t bin_us = 100'000);
@@ -69,10 +74,8 @@ struct report_context {
 };
 
 std::string format_text(const report_context& r);
+// One JSON object (Boost.JSON): the fields are listed in docs/check.md.
 std::string format_json(const report_context& r);
 std::string format_svg(const report_context& r);
-
-// JSON string escaping (quotes included).
-std::string json_string(std::string_view s);
 
 }  // namespace handoff::check
