@@ -27,6 +27,8 @@ class fake_os final : public os_env {
     spawned.push_back(next_pid);
     return next_pid++;
   }
+  unique_fd open_pidfd(pid_t) override { return {}; }
+  std::optional<std::vector<ino_t>> socket_inodes(pid_t) override { return std::nullopt; }
   void signal_slot(const slot& s, int sig) override { signals.emplace_back(s.pid, sig); }
   void signal_process(const slot& s, int sig) override { signals.emplace_back(s.pid, sig); }
   std::optional<pid_t> peek_exited() override {
@@ -271,6 +273,80 @@ TEST_F(StateMachine, StopSignalsEveryGenerationAndFinishesWhenAllExited) {
   EXPECT_FALSE(sv->finished());
   exit(pid, exited(0));
   EXPECT_TRUE(sv->finished());
+}
+
+TEST_F(StateMachine, AStopAskedForAndDoneByTheStopSignalExitsZero) {
+  make();
+  const pid_t pid = serving_first();
+  sv->begin_stop("SIGTERM");
+  exit(pid, killed(SIGTERM));
+  ASSERT_TRUE(sv->finished());
+  EXPECT_EQ(sv->exit_code(), 0);
+}
+
+TEST_F(StateMachine, AStopThatNeededSigkillOrAnAppThatFailedKeepsTheStatus) {
+  make();
+  const pid_t pid = serving_first();
+  sv->begin_stop("SIGTERM");
+  exit(pid, exited(3));
+  EXPECT_EQ(sv->exit_code(), 3);
+}
+
+TEST_F(StateMachine, AppKilledByTheStopSignalUnaskedIsAFailure) {
+  run_options o = options();
+  o.restart = restart_policy::never;
+  make(o);
+  const pid_t pid = serving_first();
+  exit(pid, killed(SIGTERM));  // someone else's SIGTERM: not a stop we were asked for
+  ASSERT_TRUE(sv->finished());
+  EXPECT_EQ(sv->exit_code(), 128 + SIGTERM);
+}
+
+TEST_F(StateMachine, RefusedReloadSignalStillSendsReloadingThenReady) {
+  make();
+  serving_first();
+  ASSERT_EQ(sv->request_reload(std::nullopt), "");  // generation 2 starting
+  os.manager.clear();
+  sv->on_reload_signal();  // refused: a reload is in progress
+  ASSERT_EQ(os.manager.size(), 2u);
+  EXPECT_EQ(os.manager[0], manager_event::reloading);
+  EXPECT_EQ(os.manager[1], manager_event::ready);
+}
+
+TEST_F(StateMachine, WatchdogIntervalsOverADayNeitherOverflowNorSpin) {
+  make();
+  const pid_t pid = serving_first();
+  for (const char* usec : {"90000000000", "18446744073709551615", "9223372036854775807"}) {
+    notify_message m;
+    m.pid = pid;
+    m.fields = {{"WATCHDOG_USEC", usec}};
+    sv->on_notify_message(m);
+    const auto next = settle();
+    EXPECT_GT(next, os.time) << usec;
+    EXPECT_LE(next, os.time + watchdog_max) << usec;
+  }
+  // Silent for the whole (capped) interval: killed once, and then no deadline for it.
+  os.time += watchdog_max;
+  settle();
+  EXPECT_EQ(os.signals_to(pid, SIGKILL), 1);
+  EXPECT_EQ(settle(), clock::time_point::max());
+  EXPECT_EQ(os.signals_to(pid, SIGKILL), 1);
+}
+
+TEST_F(StateMachine, OwnWatchdogIsPingedEveryHalfIntervalFromTheLoop) {
+  make();
+  serving_first();
+  os.manager.clear();
+  sv->set_own_watchdog(10s);
+  EXPECT_EQ(settle(), os.time + 5s);
+  ASSERT_EQ(os.manager.size(), 1u);
+  EXPECT_EQ(os.manager[0], manager_event::watchdog);
+  os.time += 4s;
+  settle();
+  EXPECT_EQ(os.manager.size(), 1u);
+  os.time += 1s;
+  EXPECT_EQ(settle(), os.time + 5s);
+  EXPECT_EQ(os.manager.size(), 2u);
 }
 
 TEST_F(StateMachine, FirstStartThatCannotExecIsASetupError) {
