@@ -1,11 +1,18 @@
 // The supervisor's state machine without processes: a scripted operating system (os_env)
 // spawns nothing, records signals and notifications, and moves the clock by hand. The process
 // tests (test_supervisor.cpp) run the same code against real processes.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <deque>
+#include <fstream>
 #include <map>
+#include <sstream>
 
 #include "supervisor/core.hpp"
 
@@ -353,6 +360,61 @@ TEST_F(StateMachine, FirstStartThatCannotExecIsASetupError) {
   make();
   os.fail_spawns = 1;
   EXPECT_THROW(sv->start_generation(false, std::nullopt), std::runtime_error);
+}
+
+// The real system_os with real processes: a group whose leader was reaped is never signalled
+// as a group (its id may be reused), only the main process, through its pidfd.
+TEST(SystemOs, AfterTheLeaderIsReapedOnlyTheMainProcessIsSignalled) {
+  int p[2];
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  const pid_t leader = ::fork();
+  ASSERT_GE(leader, 0);
+  if (leader == 0) {
+    ::setpgid(0, 0);
+    sigset_t term;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    pid_t kids[2] = {0, 0};
+    for (int i = 0; i < 2; ++i) {
+      kids[i] = ::fork();
+      if (kids[i] == 0) {
+        // The second one (a bystander of the group) blocks SIGTERM: a signal sent to the group
+        // stays visible as pending in /proc/PID/status instead of ending it.
+        if (i == 1) ::sigprocmask(SIG_BLOCK, &term, nullptr);
+        for (;;) ::pause();
+      }
+    }
+    (void)!::write(p[1], kids, sizeof kids);
+    ::_exit(0);
+  }
+  ::close(p[1]);
+  pid_t kids[2] = {0, 0};
+  ASSERT_EQ(::read(p[0], kids, sizeof kids), static_cast<ssize_t>(sizeof kids));
+  ::close(p[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(leader, &status, 0), leader);  // the leader is reaped
+  const pid_t main_pid = kids[0], bystander = kids[1];
+  unique_fd main_fd(static_cast<int>(::syscall(SYS_pidfd_open, main_pid, 0)));
+  ASSERT_TRUE(main_fd);
+
+  system_os os;
+  slot s;
+  s.pid = main_pid;
+  s.pgid = leader;
+  s.leader_reaped = true;
+  s.pidfd = os.open_pidfd(main_pid);
+  os.signal_slot(s, SIGTERM);
+
+  pollfd pfd{main_fd.get(), POLLIN, 0};
+  EXPECT_EQ(::poll(&pfd, 1, 10000), 1) << "the main process got no SIGTERM";
+  std::ifstream in("/proc/" + std::to_string(bystander) + "/status");
+  std::string line, pending;
+  while (std::getline(in, line))
+    if (line.rfind("ShdPnd:", 0) == 0) pending = line.substr(7);
+  const unsigned long long mask = std::stoull(pending, nullptr, 16);
+  EXPECT_EQ(mask & (1ULL << (SIGTERM - 1)), 0ULL) << "the group of a reaped leader was signalled";
+  ::kill(bystander, SIGKILL);
+  s.pid = 0;
 }
 
 }  // namespace
