@@ -1051,5 +1051,35 @@ TEST_F(Supervisor, TextLogLinesCarryTimestampsUnlessTheJournalStampsThem) {
   EXPECT_EQ(off.output.rfind("handoff[false]: ", 0), 0U) << off.output;
 }
 
+TEST_F(Supervisor, AManagerThatDoesNotReadNeverStopsTheLoop) {
+  // Our "systemd" never reads: its queue is full before the supervisor starts, so every
+  // READY=1 / RELOADING=1 finds no room. The supervisor must go on answering at once.
+  manager_.emplace(notify_receiver::open_unique().value());
+  unique_fd filler(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  sockaddr_un to{};
+  to.sun_family = AF_UNIX;
+  const std::string name = manager_->address();
+  ASSERT_EQ(name.front(), '@');
+  std::memcpy(to.sun_path, name.data(), name.size());
+  to.sun_path[0] = '\0';
+  const auto length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size());
+  int queued = 0;
+  while (::sendto(filler.get(), "X=1", 3, MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&to), length) ==
+         3)
+    ++queued;
+  ASSERT_EQ(errno, EAGAIN);
+  ASSERT_GT(queued, 0);
+  launch({"--ready", "delay:1ms"}, quiet_app());
+  const auto deadline = clock_type::now() + 10s;
+  while (status_json().find("\"serving\"") == std::string::npos && clock_type::now() < deadline)
+    std::this_thread::sleep_for(5ms);
+  for (int i = 0; i < 3; ++i) {
+    const auto r = cli({"reload", "--control", control_, "--timeout", "3s"}, 20s);
+    EXPECT_TRUE(r.status.success()) << r.output;
+  }
+  note_generations();
+  stop_supervisor(0);
+}
+
 }  // namespace
 }  // namespace handoff

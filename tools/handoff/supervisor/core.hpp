@@ -6,7 +6,7 @@
 //   reap.cpp       children's exits (waitid) and adopted main processes (pidfd)
 //   notify_dispatch.cpp  a notification from the app, applied to its slot
 //   timers.cpp     every timed check, each reporting its next deadline (timers.hpp)
-//   control.cpp    control sessions and their transport; requests are dispatched in loop.cpp
+//   control.cpp    control sessions and their transport (requests dispatched in supervisor.cpp)
 //   status.cpp     `handoff status` as text and JSON
 //   supervisor.cpp the loop itself
 //
@@ -95,7 +95,6 @@ class supervisor_core {
   const run_options& options() const noexcept { return o_; }
 
  private:
-  friend struct supervisor_loop;
   result<void> spawn_slot(generation& g, slot& s);
   void mark_ready(generation& g, slot& s, const char* how);
   void take_over(generation& g);

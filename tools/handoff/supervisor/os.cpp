@@ -3,10 +3,14 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 
@@ -16,7 +20,7 @@
 namespace handoff::supervisor {
 
 // Our manager's socket is taken out of the environment: the app reports to us, not to it.
-system_os::system_os() : manager_(notifier::from_environment(/*unset=*/true)) {}
+system_os::system_os() : manager_(notifier::from_environment(/*unset=*/true).socket()) {}
 
 result<pid_t> system_os::spawn(const spawn_options& options) { return handoff::spawn(options); }
 
@@ -90,20 +94,46 @@ std::optional<exit_status> system_os::collect(pid_t pid) {
 }
 
 void system_os::notify_manager(manager_event event, std::string_view status) {
+  if (!manager_) return;
+  std::string message;
   switch (event) {
     case manager_event::ready:
-      (void)manager_.ready(status);
+      message = "READY=1";
       break;
     case manager_event::reloading:
-      (void)manager_.reloading();
+      message = "RELOADING=1\nMONOTONIC_USEC=" + std::to_string(monotonic_usec());
       break;
     case manager_event::stopping:
-      (void)manager_.stopping(status);
+      message = "STOPPING=1";
       break;
     case manager_event::watchdog:
-      (void)manager_.watchdog();
+      message = "WATCHDOG=1";
       break;
   }
+  if (!status.empty()) {
+    std::string line(status);
+    std::replace(line.begin(), line.end(), '\n', ' ');  // one line: STATUS= ends at a newline
+    message += "\nSTATUS=" + line;
+  }
+  // sd_notify(3)'s socket: a path, or '@' for the abstract namespace. notifier::send() waits up
+  // to notify_send_timeout for room in the manager's queue; the loop must not, so the datagram
+  // goes out here with MSG_DONTWAIT.
+  const std::string& name = *manager_;
+  sockaddr_un to{};
+  to.sun_family = AF_UNIX;
+  if (name.size() < 2 || name.size() >= sizeof to.sun_path || (name[0] != '/' && name[0] != '@'))
+    return;
+  std::memcpy(to.sun_path, name.data(), name.size());
+  if (name[0] == '@') to.sun_path[0] = '\0';
+  const auto length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size());
+  if (!socket_) socket_.reset(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  if (!socket_) return;
+  ssize_t n = 0;
+  do {
+    n = ::sendto(socket_.get(), message.data(), message.size(), MSG_NOSIGNAL | MSG_DONTWAIT,
+                 reinterpret_cast<const sockaddr*>(&to), length);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) ++dropped_;
 }
 
 }  // namespace handoff::supervisor

@@ -12,7 +12,9 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -48,7 +50,8 @@ class os_env {
   // The inodes of the sockets process `pid` holds (/proc/PID/fd), nullopt when unknown.
   virtual std::optional<std::vector<ino_t>> socket_inodes(pid_t pid) = 0;
   virtual clock::time_point now() = 0;
-  // One notification to our own manager (systemd), if any; never fails the caller.
+  // One notification to our own manager (systemd), if any; never fails the caller and never
+  // waits (a manager whose queue is full loses it).
   virtual void notify_manager(manager_event event, std::string_view status = {}) = 0;
 };
 
@@ -65,9 +68,13 @@ class system_os final : public os_env {
   std::optional<std::vector<ino_t>> socket_inodes(pid_t pid) override;
   clock::time_point now() override { return clock::now(); }
   void notify_manager(manager_event event, std::string_view status) override;
+  // Notifications our manager's full queue made us drop (sends never wait).
+  std::uint64_t dropped_notifications() const noexcept { return dropped_; }
 
  private:
-  notifier manager_;
+  std::optional<std::string> manager_;  // NOTIFY_SOCKET: "/path" or "@abstract"
+  unique_fd socket_;                    // nonblocking datagram socket, opened on first use
+  std::uint64_t dropped_ = 0;
 };
 
 }  // namespace handoff::supervisor
