@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -101,6 +102,8 @@ struct child_plan {
   std::array<int, 3> stdio{-1, -1, -1};
   const char* working_directory = nullptr;
   bool new_group = false;
+  int death_signal = 0;
+  pid_t parent = 0;
   int report_fd = -1;
 };
 
@@ -192,6 +195,10 @@ int close_from(unsigned low, unsigned keep) {
     child_fail(report_fd, child_step::close_fds, errno, first_free);
 
   if (plan.new_group && ::setpgid(0, 0) != 0) child_fail(report_fd, child_step::setpgid, errno, 0);
+  // The parent may have died before the prctl: then nobody would ever send the signal.
+  if (plan.death_signal != 0 &&
+      (::prctl(PR_SET_PDEATHSIG, plan.death_signal) != 0 || ::getppid() != plan.parent))
+    ::_exit(128 + plan.death_signal);
   if (plan.working_directory != nullptr && ::chdir(plan.working_directory) != 0)
     child_fail(report_fd, child_step::chdir, errno, 0);
   if (plan.pid_digits != nullptr) format_pid(plan.pid_digits, ::getpid());
@@ -321,6 +328,8 @@ result<pid_t> spawn(const spawn_options& options) {
   plan.stdio = stdio;
   plan.working_directory = options.working_directory ? options.working_directory->c_str() : nullptr;
   plan.new_group = options.group == process_group::new_group;
+  plan.death_signal = options.parent_death_signal;
+  plan.parent = ::getpid();
   plan.report_fd = report_write.get();
 
   // With every signal blocked across fork, no handler of ours runs in the child before it has

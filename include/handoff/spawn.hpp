@@ -40,6 +40,11 @@ struct spawn_options {
   std::optional<std::string> working_directory;
   // Replacements for the child's stdin/stdout/stderr (-1: inherit this process's).
   int stdin_fd = -1, stdout_fd = -1, stderr_fd = -1;
+  // Signal the child gets when the thread that spawned it ends (PR_SET_PDEATHSIG), 0 for none.
+  // Set in the child before exec; a parent that died already by then gets the child the
+  // signal at once. Only the child itself is covered: a process it hands its place to (a
+  // fork, MAINPID=) needs its own.
+  int parent_death_signal = 0;
 };
 
 // The child runs the program by the time this returns (exec succeeded); the caller reaps it.

@@ -192,13 +192,28 @@ class Supervisor : public testing::Test {
   }
 
   cli_result cli(std::vector<std::string> args, std::chrono::milliseconds timeout = 30s) {
+    std::vector<std::string> argv = {HANDOFF_TOOL};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return run_program(argv, timeout);
+  }
+
+  // `script` run by /bin/sh with "$@" = handoff ARGS: to start it as a manager might.
+  cli_result cli_sh(const std::string& script, std::vector<std::string> args,
+                    std::chrono::milliseconds timeout = 30s) {
+    std::vector<std::string> argv = {"/bin/sh", "-c", script, "sh", HANDOFF_TOOL};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return run_program(argv, timeout);
+  }
+
+  cli_result run_program(const std::vector<std::string>& argv, std::chrono::milliseconds timeout) {
+    const std::string& what = argv.size() > 1 ? argv[1] : argv[0];
+    std::vector<std::string> args = {what};
     cli_result out;
     int p[2];
     EXPECT_EQ(::pipe2(p, O_CLOEXEC), 0);
     unique_fd read_end(p[0]), write_end(p[1]);
     spawn_options o;
-    o.argv = {HANDOFF_TOOL};
-    o.argv.insert(o.argv.end(), args.begin(), args.end());
+    o.argv = argv;
     o.stdout_fd = o.stderr_fd = write_end.get();
     auto pid = spawn(o);
     write_end.reset();
@@ -767,6 +782,303 @@ TEST_F(Supervisor, StopCommandStopsEverything) {
   supervisor_ = -1;
   EXPECT_TRUE(status->success()) << status->describe();
   for (const auto& pid : generation_pids_) EXPECT_FALSE(alive(std::stoi(pid)));
+}
+
+// Waits until `pid` has exited (its pidfd readable) or `timeout` passed.
+bool exits_within(pid_t pid, std::chrono::milliseconds timeout) {
+  unique_fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  if (!pidfd) return !alive(pid);
+  pollfd p{pidfd.get(), POLLIN, 0};
+  return ::poll(&p, 1, static_cast<int>(timeout.count())) == 1;
+}
+
+// An app that sends READY=1 and then only sleeps (writes nothing, holds its fds).
+std::vector<std::string> quiet_app(const std::string& before = "") {
+  return {"/bin/sh", "-c", before + "exec sleep 60"};
+}
+
+TEST_F(Supervisor, StopDuringReloadWithTheReloadClientActiveInTheSameRound) {
+  // Generation 2 never becomes ready: its reload client waits. The supervisor is stopped
+  // (SIGSTOP) while SIGTERM and a byte from that client arrive, so that one round of its loop
+  // sees both: the stop answers (and closes) the waiting client before its turn comes.
+  write_modes("serve\nnever-ready\n");
+  start({"--ready-timeout", "30s"}, example_server_app());
+  unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un to{};
+  to.sun_family = AF_UNIX;
+  std::memcpy(to.sun_path, control_.data(), control_.size());
+  ASSERT_EQ(::connect(fd.get(), reinterpret_cast<sockaddr*>(&to), sizeof to), 0);
+  ASSERT_EQ(::send(fd.get(), "reload\n", 7, MSG_NOSIGNAL), 7);
+  const auto deadline = clock_type::now() + 10s;
+  while (status_json().find("\"starting\"") == std::string::npos && clock_type::now() < deadline)
+    std::this_thread::sleep_for(5ms);
+  note_generations();
+  ASSERT_EQ(::kill(supervisor_, SIGSTOP), 0);
+  ASSERT_EQ(::send(fd.get(), "x", 1, MSG_NOSIGNAL), 1);
+  ASSERT_EQ(::kill(supervisor_, SIGTERM), 0);
+  ASSERT_EQ(::kill(supervisor_, SIGCONT), 0);
+  auto status = wait_exit(supervisor_, 30s);
+  ASSERT_TRUE(status) << status.error().message();
+  supervisor_ = -1;
+  EXPECT_TRUE(status->exited) << status->describe();
+  EXPECT_EQ(status->code, 0) << read_file(log_path_);
+  char buf[256] = {};
+  pollfd p{fd.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 5000), 1);
+  const ssize_t n = ::recv(fd.get(), buf, sizeof buf - 1, 0);
+  EXPECT_NE(std::string(buf, n > 0 ? static_cast<std::size_t>(n) : 0).find("abandoned"),
+            std::string::npos);
+}
+
+TEST_F(Supervisor, StartedWithSigchldIgnoredItStillSeesItsChildrenExit) {
+  // An ignored SIGCHLD survives exec: without a reset the kernel reaps the app itself and the
+  // supervisor never learns it exited.
+  // (dash's trap '' CHLD does not ignore it; Python's signal module does.)
+  if (::access("/usr/bin/python3", X_OK) != 0) GTEST_SKIP() << "no python3";
+  write_modes("exit1\n");
+  const auto r = run_program({"/usr/bin/python3", "-c",
+                              "import os, signal, sys\n"
+                              "signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n"
+                              "os.execv(sys.argv[1], sys.argv[1:])\n",
+                              HANDOFF_TOOL, "run", "--control", control_, "--restart", "never",
+                              "--", HANDOFF_FAULT_APP, "--modes", modes_, "--", "/bin/true"},
+                             20s);
+  EXPECT_TRUE(r.status.exited) << r.output;
+  EXPECT_EQ(r.status.code, 1) << r.output;
+}
+
+TEST_F(Supervisor, AStopAskedForExitsZeroWhenTheAppDiesOfTheStopSignal) {
+  launch({"--ready", "delay:10ms"}, quiet_app());
+  for (;;) {
+    auto m = manager_->receive(30s);
+    ASSERT_TRUE(m) << m.error().message();
+    if (m->pid == supervisor_ && m->has("READY")) break;
+  }
+  note_generations();
+  stop_supervisor(0);  // sleep dies of SIGTERM: 143 before
+}
+
+TEST_F(Supervisor, ReloadIsNeverRefusedForTheControlConnectionCap) {
+  start({}, example_server_app());
+  std::vector<unique_fd> idle;
+  sockaddr_un to{};
+  to.sun_family = AF_UNIX;
+  std::memcpy(to.sun_path, control_.data(), control_.size());
+  for (int i = 0; i < 70; ++i) {
+    unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    ASSERT_EQ(::connect(fd.get(), reinterpret_cast<sockaddr*>(&to), sizeof to), 0);
+    idle.push_back(std::move(fd));
+  }
+  const auto r = reload();
+  EXPECT_TRUE(r.status.success()) << r.output;
+  note_generations();
+  stop_supervisor(0);
+}
+
+TEST_F(Supervisor, DuplicateListenNamesOrAddressesAreRejectedAtStart) {
+  auto l = open_listener(parse_address("127.0.0.1:0").value());
+  ASSERT_TRUE(l);
+  const auto port = std::to_string(local_address(l->get()).value().port);
+  l->reset();
+  const auto names = cli({"run", "--control", control_, "-l", "a=127.0.0.1:0", "-l",
+                          "a=127.0.0.1:0", "--", "/bin/true"});
+  EXPECT_EQ(names.status.code, 2) << names.output;
+  EXPECT_NE(names.output.find("the name \"a\" is given twice"), std::string::npos) << names.output;
+  const auto addresses = cli({"run", "--control", control_, "-l", "a=127.0.0.1:" + port, "-l",
+                              "b=127.0.0.1:" + port, "--", "/bin/true"});
+  EXPECT_EQ(addresses.status.code, 2) << addresses.output;
+  EXPECT_NE(addresses.output.find("the same address twice"), std::string::npos) << addresses.output;
+}
+
+TEST_F(Supervisor, ListenFdsNamingAClosedFdIsAnError) {
+  const auto r = cli_sh("exec 3>&-; LISTEN_PID=$$ LISTEN_FDS=1 exec \"$@\"",
+                        {"run", "--control", control_, "--", "/bin/true"}, 20s);
+  EXPECT_EQ(r.status.code, 2) << r.output;
+  EXPECT_NE(r.output.find("LISTEN_FDS=1: fd 3 is not open"), std::string::npos) << r.output;
+}
+
+TEST_F(Supervisor, ReadyProbeUrlsAndTargetsAreCheckedByTheOneParser) {
+  for (const char* ready : {"http://127.0.0.1:99999/", "tcp:127.0.0.1:99999", "http://:80/"}) {
+    const auto r = cli({"run", "--control", control_, "--ready", ready, "--", "/bin/true"});
+    EXPECT_EQ(r.status.code, 2) << ready << ": " << r.output;
+    EXPECT_NE(r.output.find("--ready"), std::string::npos) << r.output;
+  }
+}
+
+TEST_F(Supervisor, ClientConnectHonoursTheTimeoutWhenTheBacklogIsFull) {
+  // A socket that never accepts, its backlog filled: connect(2) would wait for ever.
+  address where;
+  where.kind = transport::unix_stream;
+  where.host = dir_ / "full.sock";
+  listen_options lo;
+  lo.backlog = 1;
+  auto server = open_listener(where, lo);
+  ASSERT_TRUE(server) << server.error().message();
+  std::vector<unique_fd> fillers;
+  for (int i = 0; i < 64; ++i) {
+    unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    sockaddr_un to{};
+    to.sun_family = AF_UNIX;
+    std::memcpy(to.sun_path, where.host.data(), where.host.size());
+    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&to), sizeof to) != 0) break;
+    fillers.push_back(std::move(fd));
+  }
+  const auto started = clock_type::now();
+  const auto r = cli({"status", "--control", where.host, "--timeout", "500ms"}, 20s);
+  EXPECT_EQ(r.status.code, 3) << r.output;
+  EXPECT_LT(clock_type::now() - started, 15s);
+}
+
+TEST_F(Supervisor, ChildrenDieWithASupervisorKilledOutright) {
+  start({}, example_server_app());
+  ASSERT_EQ(::kill(supervisor_, SIGKILL), 0);
+  (void)wait_exit(supervisor_, 10s);
+  supervisor_ = -1;
+  for (const auto& pid : generation_pids_)
+    EXPECT_TRUE(exits_within(std::stoi(pid), 20s)) << "pid " << pid << " outlived its supervisor";
+}
+
+TEST_F(Supervisor, AFailedStartLeavesNoControlDirectoryBehind) {
+  const std::string runtime = dir_ / "runtime";
+  ASSERT_EQ(::mkdir(runtime.c_str(), 0700), 0);
+  const auto r = cli_sh("XDG_RUNTIME_DIR=" + runtime + " exec \"$@\"",
+                        {"run", "--name", "t", "--", "/nonexistent/app"});
+  EXPECT_EQ(r.status.code, 2) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(runtime + "/handoff")) << r.output;
+}
+
+TEST_F(Supervisor, ASocketNoProcessHoldsIsReportedOnceTheGenerationIsReady) {
+  launch({"-l", "kept=127.0.0.1:0", "-l", "dropped=127.0.0.1:0", "--ready", "delay:10ms"},
+         quiet_app("exec 4>&-; "));
+  for (;;) {
+    auto m = manager_->receive(30s);
+    ASSERT_TRUE(m) << m.error().message();
+    if (m->pid == supervisor_ && m->has("READY")) break;
+  }
+  note_generations();
+  const std::string log = read_file(log_path_);
+  EXPECT_NE(log.find("holds no copy of socket dropped="), std::string::npos) << log;
+  EXPECT_EQ(log.find("holds no copy of socket kept="), std::string::npos) << log;
+  const auto status = cli({"status", "--control", control_});
+  EXPECT_NE(status.output.find("NOT SERVED"), std::string::npos) << status.output;
+  stop_supervisor(0);
+}
+
+TEST_F(Supervisor, NonblockingSetsONonblockOnTheHandedSockets) {
+  for (const bool on : {false, true}) {
+    const std::string info = dir_ / (on ? "on" : "off");
+    std::vector<std::string> options = {"--ready", "delay:10ms"};
+    if (on) options.push_back("--nonblocking");
+    if (supervisor_ > 0) stop_supervisor(0);
+    auto l = open_listener(parse_address("127.0.0.1:0").value());
+    ASSERT_TRUE(l);
+    listener_ = std::move(*l);
+    launch(options, quiet_app("cat /proc/self/fdinfo/3 > " + info + "; "));
+    for (;;) {
+      auto m = manager_->receive(30s);
+      ASSERT_TRUE(m) << m.error().message();
+      if (m->pid == supervisor_ && m->has("READY")) break;
+    }
+    note_generations();
+    const auto deadline = clock_type::now() + 10s;
+    while (read_file(info).find("flags") == std::string::npos && clock_type::now() < deadline)
+      std::this_thread::sleep_for(5ms);
+    const std::string text = read_file(info);
+    const auto at = text.find("flags:");
+    ASSERT_NE(at, std::string::npos) << text;
+    const unsigned long flags = std::stoul(text.substr(at + 6), nullptr, 8);
+    EXPECT_EQ((flags & O_NONBLOCK) != 0, on) << text;
+  }
+  stop_supervisor(0);
+}
+
+TEST_F(Supervisor, AStderrNobodyReadsNeverStopsTheLoop) {
+  // The supervisor's stderr: a one-page pipe that is never read. Its lines fill the pipe
+  // within a few reloads; every reload and status must still be answered.
+  int p[2];
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  unique_fd read_end(p[0]), write_end(p[1]);
+  ASSERT_GT(::fcntl(write_end.get(), F_SETPIPE_SZ, 4096), 0);
+  spawn_options o;
+  o.argv = {HANDOFF_TOOL, "run",       "--control", control_,  "--name", "test",
+            "--ready",    "delay:1ms", "--",        "/bin/sh", "-c",     "exec sleep 60"};
+  o.fds = {{listener_.get(), "http"}};
+  o.stdout_fd = o.stderr_fd = write_end.get();
+  auto pid = spawn(o);
+  ASSERT_TRUE(pid) << pid.error().message();
+  supervisor_ = *pid;
+  const auto deadline = clock_type::now() + 10s;
+  while (!std::filesystem::exists(control_) && clock_type::now() < deadline)
+    std::this_thread::sleep_for(5ms);
+  for (int i = 0; i < 40; ++i) {
+    const auto r = cli({"reload", "--control", control_, "--timeout", "10s"}, 20s);
+    ASSERT_TRUE(r.status.success()) << "reload " << i << ": " << r.output;
+  }
+  const auto s = cli({"status", "--control", control_, "--timeout", "10s"}, 20s);
+  EXPECT_TRUE(s.status.success()) << s.output;
+  note_generations();
+  // Reading the pipe again: the count of dropped lines comes out once there is room.
+  std::thread reader([&] {
+    char buf[4096];
+    while (::read(read_end.get(), buf, sizeof buf) > 0) {
+    }
+  });
+  ASSERT_EQ(::kill(supervisor_, SIGTERM), 0);
+  auto status = wait_exit(supervisor_, 30s);
+  supervisor_ = -1;
+  ASSERT_TRUE(status);
+  EXPECT_TRUE(status->success()) << status->describe();
+  write_end.reset();
+  reader.join();
+}
+
+TEST_F(Supervisor, TextLogLinesCarryTimestampsUnlessTheJournalStampsThem) {
+  start({}, example_server_app());
+  stop_supervisor(0);
+  const std::string log = read_file(log_path_);
+  static const std::regex stamped(R"(^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z handoff\[test\]: )");
+  std::istringstream lines(log);
+  std::string line;
+  int checked = 0;
+  while (std::getline(lines, line)) {
+    if (line.find("handoff[test]") == std::string::npos) continue;
+    EXPECT_TRUE(std::regex_search(line, stamped)) << line;
+    ++checked;
+  }
+  EXPECT_GT(checked, 3);
+  const auto off = cli({"run", "--log-timestamps", "no", "--control", control_, "-l", "127.0.0.1:0",
+                        "--restart", "never", "--", "/bin/false"});
+  EXPECT_EQ(off.output.rfind("handoff[false]: ", 0), 0U) << off.output;
+}
+
+TEST_F(Supervisor, AManagerThatDoesNotReadNeverStopsTheLoop) {
+  // Our "systemd" never reads: its queue is full before the supervisor starts, so every
+  // READY=1 / RELOADING=1 finds no room. The supervisor must go on answering at once.
+  manager_.emplace(notify_receiver::open_unique().value());
+  unique_fd filler(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  sockaddr_un to{};
+  to.sun_family = AF_UNIX;
+  const std::string name = manager_->address();
+  ASSERT_EQ(name.front(), '@');
+  std::memcpy(to.sun_path, name.data(), name.size());
+  to.sun_path[0] = '\0';
+  const auto length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + name.size());
+  int queued = 0;
+  while (::sendto(filler.get(), "X=1", 3, MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&to), length) ==
+         3)
+    ++queued;
+  ASSERT_EQ(errno, EAGAIN);
+  ASSERT_GT(queued, 0);
+  launch({"--ready", "delay:1ms"}, quiet_app());
+  const auto deadline = clock_type::now() + 10s;
+  while (status_json().find("\"serving\"") == std::string::npos && clock_type::now() < deadline)
+    std::this_thread::sleep_for(5ms);
+  for (int i = 0; i < 3; ++i) {
+    const auto r = cli({"reload", "--control", control_, "--timeout", "3s"}, 20s);
+    EXPECT_TRUE(r.status.success()) << r.output;
+  }
+  note_generations();
+  stop_supervisor(0);
 }
 
 }  // namespace

@@ -1,11 +1,18 @@
 // The supervisor's state machine without processes: a scripted operating system (os_env)
 // spawns nothing, records signals and notifications, and moves the clock by hand. The process
 // tests (test_supervisor.cpp) run the same code against real processes.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <deque>
+#include <fstream>
 #include <map>
+#include <sstream>
 
 #include "supervisor/core.hpp"
 
@@ -27,6 +34,8 @@ class fake_os final : public os_env {
     spawned.push_back(next_pid);
     return next_pid++;
   }
+  unique_fd open_pidfd(pid_t) override { return {}; }
+  std::optional<std::vector<ino_t>> socket_inodes(pid_t) override { return std::nullopt; }
   void signal_slot(const slot& s, int sig) override { signals.emplace_back(s.pid, sig); }
   void signal_process(const slot& s, int sig) override { signals.emplace_back(s.pid, sig); }
   std::optional<pid_t> peek_exited() override {
@@ -273,10 +282,139 @@ TEST_F(StateMachine, StopSignalsEveryGenerationAndFinishesWhenAllExited) {
   EXPECT_TRUE(sv->finished());
 }
 
+TEST_F(StateMachine, AStopAskedForAndDoneByTheStopSignalExitsZero) {
+  make();
+  const pid_t pid = serving_first();
+  sv->begin_stop("SIGTERM");
+  exit(pid, killed(SIGTERM));
+  ASSERT_TRUE(sv->finished());
+  EXPECT_EQ(sv->exit_code(), 0);
+}
+
+TEST_F(StateMachine, AStopThatNeededSigkillOrAnAppThatFailedKeepsTheStatus) {
+  make();
+  const pid_t pid = serving_first();
+  sv->begin_stop("SIGTERM");
+  exit(pid, exited(3));
+  EXPECT_EQ(sv->exit_code(), 3);
+}
+
+TEST_F(StateMachine, AppKilledByTheStopSignalUnaskedIsAFailure) {
+  run_options o = options();
+  o.restart = restart_policy::never;
+  make(o);
+  const pid_t pid = serving_first();
+  exit(pid, killed(SIGTERM));  // someone else's SIGTERM: not a stop we were asked for
+  ASSERT_TRUE(sv->finished());
+  EXPECT_EQ(sv->exit_code(), 128 + SIGTERM);
+}
+
+TEST_F(StateMachine, RefusedReloadSignalStillSendsReloadingThenReady) {
+  make();
+  serving_first();
+  ASSERT_EQ(sv->request_reload(std::nullopt), "");  // generation 2 starting
+  os.manager.clear();
+  sv->on_reload_signal();  // refused: a reload is in progress
+  ASSERT_EQ(os.manager.size(), 2u);
+  EXPECT_EQ(os.manager[0], manager_event::reloading);
+  EXPECT_EQ(os.manager[1], manager_event::ready);
+}
+
+TEST_F(StateMachine, WatchdogIntervalsOverADayNeitherOverflowNorSpin) {
+  make();
+  const pid_t pid = serving_first();
+  for (const char* usec : {"90000000000", "18446744073709551615", "9223372036854775807"}) {
+    notify_message m;
+    m.pid = pid;
+    m.fields = {{"WATCHDOG_USEC", usec}};
+    sv->on_notify_message(m);
+    const auto next = settle();
+    EXPECT_GT(next, os.time) << usec;
+    EXPECT_LE(next, os.time + watchdog_max) << usec;
+  }
+  // Silent for the whole (capped) interval: killed once, and then no deadline for it.
+  os.time += watchdog_max;
+  settle();
+  EXPECT_EQ(os.signals_to(pid, SIGKILL), 1);
+  EXPECT_EQ(settle(), clock::time_point::max());
+  EXPECT_EQ(os.signals_to(pid, SIGKILL), 1);
+}
+
+TEST_F(StateMachine, OwnWatchdogIsPingedEveryHalfIntervalFromTheLoop) {
+  make();
+  serving_first();
+  os.manager.clear();
+  sv->set_own_watchdog(10s);
+  EXPECT_EQ(settle(), os.time + 5s);
+  ASSERT_EQ(os.manager.size(), 1u);
+  EXPECT_EQ(os.manager[0], manager_event::watchdog);
+  os.time += 4s;
+  settle();
+  EXPECT_EQ(os.manager.size(), 1u);
+  os.time += 1s;
+  EXPECT_EQ(settle(), os.time + 5s);
+  EXPECT_EQ(os.manager.size(), 2u);
+}
+
 TEST_F(StateMachine, FirstStartThatCannotExecIsASetupError) {
   make();
   os.fail_spawns = 1;
   EXPECT_THROW(sv->start_generation(false, std::nullopt), std::runtime_error);
+}
+
+// The real system_os with real processes: a group whose leader was reaped is never signalled
+// as a group (its id may be reused), only the main process, through its pidfd.
+TEST(SystemOs, AfterTheLeaderIsReapedOnlyTheMainProcessIsSignalled) {
+  int p[2];
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  const pid_t leader = ::fork();
+  ASSERT_GE(leader, 0);
+  if (leader == 0) {
+    ::setpgid(0, 0);
+    sigset_t term;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    pid_t kids[2] = {0, 0};
+    for (int i = 0; i < 2; ++i) {
+      kids[i] = ::fork();
+      if (kids[i] == 0) {
+        // The second one (a bystander of the group) blocks SIGTERM: a signal sent to the group
+        // stays visible as pending in /proc/PID/status instead of ending it.
+        if (i == 1) ::sigprocmask(SIG_BLOCK, &term, nullptr);
+        for (;;) ::pause();
+      }
+    }
+    (void)!::write(p[1], kids, sizeof kids);
+    ::_exit(0);
+  }
+  ::close(p[1]);
+  pid_t kids[2] = {0, 0};
+  ASSERT_EQ(::read(p[0], kids, sizeof kids), static_cast<ssize_t>(sizeof kids));
+  ::close(p[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(leader, &status, 0), leader);  // the leader is reaped
+  const pid_t main_pid = kids[0], bystander = kids[1];
+  unique_fd main_fd(static_cast<int>(::syscall(SYS_pidfd_open, main_pid, 0)));
+  ASSERT_TRUE(main_fd);
+
+  system_os os;
+  slot s;
+  s.pid = main_pid;
+  s.pgid = leader;
+  s.leader_reaped = true;
+  s.pidfd = os.open_pidfd(main_pid);
+  os.signal_slot(s, SIGTERM);
+
+  pollfd pfd{main_fd.get(), POLLIN, 0};
+  EXPECT_EQ(::poll(&pfd, 1, 10000), 1) << "the main process got no SIGTERM";
+  std::ifstream in("/proc/" + std::to_string(bystander) + "/status");
+  std::string line, pending;
+  while (std::getline(in, line))
+    if (line.rfind("ShdPnd:", 0) == 0) pending = line.substr(7);
+  const unsigned long long mask = std::stoull(pending, nullptr, 16);
+  EXPECT_EQ(mask & (1ULL << (SIGTERM - 1)), 0ULL) << "the group of a reaped leader was signalled";
+  ::kill(bystander, SIGKILL);
+  s.pid = 0;
 }
 
 }  // namespace

@@ -200,5 +200,31 @@ systemctl stop example-run.service example-run.socket
 check "stop: the supervisor and every generation are gone" "" \
   "$(pgrep -f '/usr/local/bin/(handoff|example_server)')"
 
+echo "== handoff run under WatchdogSec=: the supervisor's loop pings systemd"
+cat > $units/watchdog-run.service <<UNIT
+[Service]
+Type=notify
+WatchdogSec=1s
+ExecStart=/usr/local/bin/handoff run --name wd --control /run/watchdog-run.sock \
+    --ready delay:10ms -- /bin/sleep 600
+UNIT
+systemctl daemon-reload
+systemctl start watchdog-run.service
+supervisor=$(prop watchdog-run.service MainPID)
+# Every WATCHDOG=1 moves systemd's WatchdogTimestamp; wait for four of them (two seconds at a
+# ping every half second: twice WatchdogSec), bounded. Without pings systemd kills the
+# supervisor after one second instead.
+pings=0 last=$(prop watchdog-run.service WatchdogTimestampMonotonic)
+for _ in $(seq 1 100); do
+  now=$(prop watchdog-run.service WatchdogTimestampMonotonic)
+  [ "$now" != "$last" ] && pings=$((pings + 1)) last=$now
+  [ "$pings" -ge 4 ] && break
+  sleep 0.1
+done
+check "watchdog: four pings seen, the same supervisor still active, never restarted" \
+  "4 active $supervisor 0" \
+  "$pings $(prop watchdog-run.service ActiveState) $(prop watchdog-run.service MainPID) $(prop watchdog-run.service NRestarts)"
+systemctl stop watchdog-run.service
+
 echo "systemd scenarios: $passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -81,7 +81,8 @@ std::string first_line(const std::string& text) { return text.substr(0, text.fin
 struct run_args {
   sv::run_options o;
   std::string ready = "notify", ready_timeout = "60s", stop_signal = "TERM", stop_timeout = "30s",
-              restart = "on-failure", log_format = "text", watchdog = "0", settle = "0";
+              restart = "on-failure", log_format = "text", watchdog = "0", settle = "0",
+              log_timestamps = "auto";
 };
 
 struct client_args {
@@ -97,8 +98,12 @@ void run_command(run_args& a) {
   } else if (a.ready == "tcp" || a.ready.rfind("tcp:", 0) == 0) {
     o.ready = sv::ready_mode::tcp;
     if (a.ready.size() > 4) o.ready_target = a.ready.substr(4);
+    if (!o.ready_target.empty())
+      if (const auto problem = sv::ready_target_problem("tcp", o.ready_target); !problem.empty())
+        fail(2, "--ready: " + problem);
   } else if (a.ready.rfind("http://", 0) == 0) {
-    if (!sv::valid_http_url(a.ready)) fail(2, "--ready: \"" + a.ready + "\" is not a valid URL");
+    if (const auto problem = sv::ready_target_problem("http", a.ready); !problem.empty())
+      fail(2, "--ready: " + problem);
     o.ready = sv::ready_mode::http;
     o.ready_target = a.ready;
   } else if (a.ready.rfind("delay:", 0) == 0) {
@@ -130,10 +135,19 @@ void run_command(run_args& a) {
   if (o.name.empty()) o.name = std::filesystem::path(o.command.front()).filename().string();
   if (o.name.empty() || o.name.find('/') != std::string::npos)
     fail(2, "--name: \"" + o.name + "\" cannot name a control socket");
+  if (a.log_timestamps == "yes")
+    o.log_timestamps = true;
+  else if (a.log_timestamps == "no")
+    o.log_timestamps = false;
+  else if (a.log_timestamps != "auto")
+    fail(2, "--log-timestamps: \"" + a.log_timestamps + "\" is not auto, yes or no");
+  std::string created_dir;
   if (o.control.empty()) {
     const std::string dir = sv::default_control_dir();
     // Only the last component is ours to create; 0700 keeps other users out of the directory.
-    if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
+    if (::mkdir(dir.c_str(), 0700) == 0)
+      created_dir = dir;
+    else if (errno != EEXIST)
       fail(2, fmt::format("cannot create {} for the control socket: {} (give --control PATH, or "
                           "set XDG_RUNTIME_DIR)",
                           dir, std::strerror(errno)));
@@ -143,8 +157,11 @@ void run_command(run_args& a) {
   try {
     code = sv::run(o);
   } catch (const std::runtime_error& e) {
+    // A directory we created for nothing goes again (rmdir: only while it is empty).
+    if (!created_dir.empty()) (void)::rmdir(created_dir.c_str());
     fail(2, std::string("run: ") + e.what());
   }
+  if (!created_dir.empty()) (void)::rmdir(created_dir.c_str());
   if (code != 0) throw CLI::RuntimeError(code);
 }
 
@@ -194,6 +211,11 @@ void add_supervisor_commands(CLI::App& app) {
                   "command's file name)");
   run->add_option("--pid-file", run_a->o.pid_file, "write the supervisor's pid there");
   run->add_option("--log-format", run_a->log_format, "text | json")->capture_default_str();
+  run->add_option("--log-timestamps", run_a->log_timestamps,
+                  "auto | yes | no: time on text log lines (auto: not when stderr is the journal)")
+      ->capture_default_str();
+  run->add_flag("--nonblocking", run_a->o.nonblocking,
+                "O_NONBLOCK on the sockets handed to the app (systemd's NonBlocking=)");
   run->add_option("command", run_a->o.command, "the app and its arguments (after --)")->required();
   run->callback([run_a] { run_command(*run_a); });
 

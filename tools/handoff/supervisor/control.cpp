@@ -4,6 +4,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -29,10 +30,15 @@ result<control_server> control_server::open(const std::string& path) {
   // and replaces only a stale socket file.
   auto fd = open_listener(where, options);
   if (!fd) return fd.error();
-  if (auto nb = set_nonblocking(fd->get()); !nb) return nb.error();
+  // From here on the socket file is ours: an error must not leave it behind.
   struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) return error::from_errno(errno, "stat " + path);
-  return control_server(std::move(*fd), path, st.st_dev, st.st_ino);
+  if (::lstat(path.c_str(), &st) != 0) {
+    const error e = error::from_errno(errno, "stat " + path);
+    return e;  // no file to remove
+  }
+  control_server server(std::move(*fd), path, st.st_dev, st.st_ino);  // removes it if dropped
+  if (auto nb = set_nonblocking(server.fd()); !nb) return nb.error();
+  return server;
 }
 
 control_server::control_server(control_server&& other) noexcept
@@ -112,9 +118,19 @@ void control_sessions::accept(const logger& log, clock::time_point now) {
       continue;
     }
     if (!*fd) return;
-    if (sessions_.size() >= 64) {
-      send_reply(fd->get(), "error too many control connections\n");
-      continue;
+    if (sessions_.size() >= control_sessions_max) {
+      // Never refuse the newcomer (it may be the reload or stop that matters): the oldest
+      // connection that has not said anything yet makes room, else the oldest of all.
+      auto victim = std::find_if(sessions_.begin(), sessions_.end(),
+                                 [](const session& s) { return !s.conn.answered; });
+      if (victim == sessions_.end()) victim = sessions_.begin();
+      send_reply(victim->conn.fd.get(),
+                 fmt::format("error closed: {} control connections open, this one the oldest\n",
+                             control_sessions_max));
+      log.log("control_dropped", fmt::format("{} control connections open: closed the oldest idle "
+                                             "one",
+                                             control_sessions_max));
+      sessions_.erase(victim);
     }
     session c;
     c.id = next_id_++;
@@ -227,8 +243,19 @@ result<control_answer> control_call(const std::string& path, const std::string& 
   if (path.size() >= sizeof to.sun_path)
     return error::from_errno(ENAMETOOLONG, "control socket " + path);
   std::memcpy(to.sun_path, path.data(), path.size());
-  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&to), sizeof to) != 0)
+  // A full backlog makes connect(2) of a unix stream socket wait for room, for as long as
+  // SO_SNDTIMEO says (unix(7)); without it, for ever.
+  const auto total = std::chrono::duration_cast<std::chrono::microseconds>(timeout).count();
+  timeval tv{};
+  tv.tv_sec = static_cast<time_t>(total / 1'000'000);
+  tv.tv_usec = static_cast<suseconds_t>(total % 1'000'000);
+  if (tv.tv_sec == 0 && tv.tv_usec == 0) tv.tv_usec = 1;
+  if (::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0)
+    return error::from_errno(errno, "SO_SNDTIMEO");
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&to), sizeof to) != 0) {
+    if (errno == EAGAIN) return control_answer{};  // no answer within the timeout
     return error::from_errno(errno, "connect to the supervisor at " + path);
+  }
   const std::string line = request + "\n";
   if (::send(fd.get(), line.data(), line.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(line.size()))
     return error::from_errno(errno, "send to the supervisor at " + path);

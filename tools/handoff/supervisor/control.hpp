@@ -8,8 +8,10 @@
 //   status json   -> one JSON object
 //   stop          -> "ok stopping"; the connection stays open until the supervisor exits
 // Anything else gets "error unknown command ..."; a line over 256 bytes or a peer that says
-// nothing for 5 s is answered with an error and closed. Only the supervisor's own user or root
-// may connect (SO_PEERCRED); others get "error permission denied".
+// nothing for 5 s is answered with an error and closed. At most control_sessions_max
+// connections are open: a new one beyond that closes the oldest that has not sent its request. Only
+// the supervisor's own user or root may connect (SO_PEERCRED); others get "error permission
+// denied".
 #pragma once
 
 #include <poll.h>
@@ -27,6 +29,8 @@
 namespace handoff::supervisor {
 
 inline constexpr std::size_t control_line_max = 256;
+// Open connections at most; a new one past that closes the oldest idle one (never refused).
+inline constexpr std::size_t control_sessions_max = 64;
 
 // One accepted connection, until its request line is complete.
 struct control_client {

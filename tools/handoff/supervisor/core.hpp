@@ -6,7 +6,7 @@
 //   reap.cpp       children's exits (waitid) and adopted main processes (pidfd)
 //   notify_dispatch.cpp  a notification from the app, applied to its slot
 //   timers.cpp     every timed check, each reporting its next deadline (timers.hpp)
-//   control.cpp    control sessions and their transport; requests are dispatched in loop.cpp
+//   control.cpp    control sessions and their transport (requests dispatched in supervisor.cpp)
 //   status.cpp     `handoff status` as text and JSON
 //   supervisor.cpp the loop itself
 //
@@ -38,7 +38,9 @@ namespace handoff::supervisor {
 struct held_socket {
   unique_fd fd;
   std::string name;
-  std::string where;  // its local address, for status
+  std::string where;    // its local address, for status
+  ino_t inode = 0;      // of the socket, to find it in /proc/PID/fd
+  int unserved_by = 0;  // a ready generation none of whose processes holds it (0: none)
 };
 
 struct stored_fd {
@@ -66,6 +68,11 @@ class supervisor_core {
   // "" when a reload started; else why it was refused.
   std::string request_reload(std::optional<std::uint64_t> waiter);
   void begin_stop(const std::string& why);
+  // SIGHUP: a reload, or if refused, RELOADING=1 and READY=1 to our manager all the same.
+  void on_reload_signal();
+  // Our own manager's watchdog (WATCHDOG_USEC of the supervisor): WATCHDOG=1 every half
+  // interval while the loop runs. Zero: none.
+  void set_own_watchdog(std::chrono::microseconds interval);
   bool finished() const;
   int exit_code() const;
   // The hook of a front proxy: a retired generation is told to stop once this says it has
@@ -88,7 +95,6 @@ class supervisor_core {
   const run_options& options() const noexcept { return o_; }
 
  private:
-  friend struct supervisor_loop;
   result<void> spawn_slot(generation& g, slot& s);
   void mark_ready(generation& g, slot& s, const char* how);
   void take_over(generation& g);
@@ -97,6 +103,7 @@ class supervisor_core {
   void stop_generation(generation& g, int sig);
   void kill_slot(slot& s, int sig);
   void schedule_app_restart();
+  void check_sockets_served(const generation& g);
   void check_progress();
   void remove_gone_generations();
   // Events of the real process (reap.cpp, notify_dispatch.cpp, supervisor.cpp).
@@ -119,6 +126,8 @@ class supervisor_core {
   std::list<generation> generations_;
   std::function<bool(const generation&)> may_stop_;
   std::uint64_t transitions_ = 0;
+  std::chrono::microseconds own_watchdog_{0};
+  clock::time_point next_ping_{};
   int next_id_ = 1;
   bool stopping_ = false;
   int final_generation_ = 0;  // the one serving when the stop began: its status is ours

@@ -73,9 +73,16 @@ result<void> supervisor_core::spawn_slot(generation& g, slot& s) {
   for (const auto& f : fdstore_) so.fds.push_back({f.fd.get(), f.name});
   if (notify_) so.notify_socket = notify_->address();
   so.group = process_group::new_group;
+  // A supervisor killed outright (SIGKILL) takes its children with it rather than leaving
+  // them holding the ports; they get the stop signal, as on any stop.
+  so.parent_death_signal = o_.stop_signal;
   so.extra_environment.push_back("HANDOFF_GENERATION=" + std::to_string(g.id));
   if (o_.watchdog.count() > 0)
-    so.extra_environment.push_back("WATCHDOG_USEC=" + std::to_string(o_.watchdog.count() * 1000));
+    so.extra_environment.push_back(
+        "WATCHDOG_USEC=" +
+        std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(
+                           std::min<std::chrono::milliseconds>(o_.watchdog, watchdog_max))
+                           .count()));
   auto pid = os_.spawn(so);
   if (!pid) return pid.error();
   ++transitions_;
@@ -83,11 +90,13 @@ result<void> supervisor_core::spawn_slot(generation& g, slot& s) {
   s.pid = *pid;
   s.pgid = *pid;
   s.former.clear();
-  s.pidfd.reset();
+  s.pidfd = os_.open_pidfd(*pid);
+  s.leader_reaped = false;
+  s.watchdog_fired = false;
   s.ready = s.stopping = s.reloading = false;
   s.started = now;
   s.ready_deadline = now + o_.ready_timeout;
-  s.watchdog = o_.watchdog;
+  s.watchdog = std::min<std::chrono::milliseconds>(o_.watchdog, watchdog_max);
   s.status_text.clear();
   if (o_.ready == ready_mode::tcp || o_.ready == ready_mode::http) {
     std::string target = o_.ready_target;
@@ -167,6 +176,28 @@ void supervisor_core::take_over(generation& g) {
   g.waiters.clear();
   if (old != nullptr) retire(*old);
   os_.notify_manager(manager_event::ready, "generation " + std::to_string(g.id) + " serving");
+  check_sockets_served(g);
+}
+
+void supervisor_core::check_sockets_served(const generation& g) {
+  std::vector<ino_t> held;
+  for (const auto& s : g.slots) {
+    if (!s.running()) continue;
+    auto inodes = os_.socket_inodes(s.pid);
+    if (!inodes) return;  // unknown (no /proc): no verdict rather than a false alarm
+    held.insert(held.end(), inodes->begin(), inodes->end());
+  }
+  for (auto& h : sockets_) {
+    h.unserved_by = 0;
+    if (h.inode == 0 || std::find(held.begin(), held.end(), h.inode) != held.end()) continue;
+    h.unserved_by = g.id;
+    log_.log("socket_unserved",
+             fmt::format("ERROR: generation {} (pid {}) holds no copy of socket {}{}: nobody "
+                         "accepts its connections, clients will wait for ever; does the app "
+                         "serve every socket in LISTEN_FDNAMES?",
+                         g.id, g.pids(), h.name.empty() ? "" : h.name + "=", h.where),
+             {{"generation", g.id}, {"socket", h.name}, {"address", h.where}});
+  }
 }
 
 void supervisor_core::retire(generation& g) {
@@ -228,6 +259,11 @@ void supervisor_core::stop_generation(generation& g, int sig) {
     kill_slot(s, sig);
     if (s.probe) s.probe->abandoned = true;
     s.restart_at = {};
+  }
+  if (!g.any_running()) {
+    log_.log("stop_sent", fmt::format("generation {}: stopped (no process running)", g.id),
+             {{"generation", g.id}});
+    return;
   }
   log_.log("stop_sent",
            fmt::format("generation {}: sent {} to pid {} (stop timeout {})", g.id, signal_name(sig),
@@ -301,6 +337,11 @@ bool supervisor_core::finished() const {
   return stopping_ || !next_start_;
 }
 
+void supervisor_core::set_own_watchdog(std::chrono::microseconds interval) {
+  own_watchdog_ = interval;
+  next_ping_ = os_.now();  // the first ping at once
+}
+
 int supervisor_core::exit_code() const {
   return last_status_ ? last_status_->code_or_128_plus_signal() : 0;
 }
@@ -310,6 +351,7 @@ void supervisor_core::on_exit(pid_t pid, const std::optional<exit_status>& statu
   for (auto& g : generations_) {
     for (auto& s : g.slots) {
       if (std::find(s.former.begin(), s.former.end(), pid) != s.former.end()) {
+        if (pid == s.pgid) s.leader_reaped = true;
         log_.log("exited",
                  fmt::format("generation {}: pid {} (handed over to pid {} by MAINPID=) {}", g.id,
                              pid, s.pid, describe(status)));
@@ -366,7 +408,13 @@ void supervisor_core::on_exit(pid_t pid, const std::optional<exit_status>& statu
         case generation_state::retiring:
         case generation_state::draining:
         case generation_state::failed:
-          if (status && g.id == final_generation_) last_status_ = status;
+          if (status && g.id == final_generation_) {
+            last_status_ = status;
+            // Death by the stop signal we sent is the stop done, not a failure (systemd
+            // counts a main process's non-zero status as a failed stop).
+            if (stopping_ && !status->exited && status->signal == o_.stop_signal)
+              last_status_ = exit_status::from_wait_status(0);
+          }
           break;  // removed by the timers once nothing of it runs
       }
       return;

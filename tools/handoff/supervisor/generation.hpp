@@ -30,19 +30,26 @@
 
 namespace handoff::supervisor {
 
+// The longest watchdog interval: a longer one (WATCHDOG_USEC= up to 2^64-1 us) is cut to it,
+// so that deadlines computed from it stay far from the clock's range.
+inline constexpr std::chrono::milliseconds watchdog_max = std::chrono::hours(24 * 366);
+
 enum class generation_state { starting, settling, serving, retiring, draining, failed };
 const char* to_string(generation_state s);
 
 struct slot {
-  pid_t pid = 0;              // the main process; 0 while waiting for a restart
-  pid_t pgid = 0;             // its process group (the first pid of the slot's current run)
-  std::vector<pid_t> former;  // earlier main pids (before MAINPID=), their exits are expected
-  unique_fd pidfd;            // for a main process adopted by MAINPID= (maybe not our child)
+  pid_t pid = 0;               // the main process; 0 while waiting for a restart
+  pid_t pgid = 0;              // its process group (the first pid of the slot's current run)
+  std::vector<pid_t> former;   // earlier main pids (before MAINPID=), their exits are expected
+  unique_fd pidfd;             // of the main process: every signal to it goes through this
+  bool leader_reaped = false;  // the group's leader (a former main pid) is gone: the group id
+                               // may name someone else's group, so it is never signalled
   bool ready = false;
   bool stopping = false;  // STOPPING=1 received
   bool reloading = false;
   clock::time_point started{}, ready_at{}, last_watchdog{};
   clock::time_point ready_deadline{};  // while not ready
+  bool watchdog_fired = false;         // killed for silence: no further watchdog deadline
   clock::time_point restart_at{};      // while pid == 0
   std::chrono::milliseconds watchdog{0};
   std::shared_ptr<probe_state> probe;

@@ -1,13 +1,14 @@
 // Notifications from the app: each message is attributed to the slot of its sender (by pid,
 // earlier main pid, or process group) and applied to it.
 #include <fmt/core.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
 
+#include "handoff/decimal.hpp"
 #include "handoff/listeners.hpp"
 #include "supervisor/core.hpp"
+#include "supervisor/pidfd.hpp"
 
 namespace handoff::supervisor {
 
@@ -50,32 +51,38 @@ void supervisor_core::on_notify_message(notify_message& m) {
   slot& s = *from;
   if (auto text = m.get("STATUS")) s.status_text = std::string(*text);
   if (auto mp = m.get("MAINPID")) {
-    long n = 0;
-    const std::string v(*mp);
-    const bool number = !v.empty() && v.find_first_not_of("0123456789") == std::string::npos &&
-                        v.size() < 10 && (n = std::stol(v)) > 1;
-    if (!number || ::getpgid(static_cast<pid_t>(n)) != s.pgid) {
+    const auto n = parse_decimal<pid_t>(*mp, 2);
+    // The pidfd first, then the membership check, then the pidfd's process still alive: so
+    // the check was about the process the pidfd names, not a later owner of a reused pid.
+    unique_fd pidfd;
+    if (n && *n != s.pid) pidfd.reset(::pidfd_open(*n, 0));
+    const bool member =
+        pidfd && ::getpgid(*n) == s.pgid && ::pidfd_send_signal(pidfd.get(), 0, nullptr, 0) == 0;
+    if (n && *n == s.pid) {
+      // Already the main process.
+    } else if (!member) {
       log_.log("notify_ignored",
                fmt::format("generation {}: MAINPID={} from pid {} refused: not a live process "
                            "of the generation's process group",
-                           g.id, v, m.pid));
-    } else if (n != s.pid) {
-      unique_fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, static_cast<pid_t>(n), 0)));
-      if (pidfd) {
-        log_.log("mainpid", fmt::format("generation {}: main process {} -> {}", g.id, s.pid, n));
-        s.former.push_back(s.pid);
-        s.pid = static_cast<pid_t>(n);
-        s.pidfd = std::move(pidfd);
-      }
+                           g.id, std::string(*mp), m.pid));
+    } else {
+      log_.log("mainpid", fmt::format("generation {}: main process {} -> {}", g.id, s.pid, *n));
+      s.former.push_back(s.pid);
+      s.pid = *n;
+      s.pidfd = std::move(pidfd);
     }
   }
   if (m.has("RELOADING")) s.reloading = true;
   if (m.has("STOPPING")) s.stopping = true;
   if (m.has("WATCHDOG")) s.last_watchdog = os_.now();
   if (auto wd = m.get("WATCHDOG_USEC")) {
-    const std::string v(*wd);
-    if (!v.empty() && v.size() < 16 && v.find_first_not_of("0123456789") == std::string::npos)
-      s.watchdog = std::chrono::duration_cast<ms>(std::chrono::microseconds(std::stoll(v)));
+    if (const auto us = parse_decimal<std::uint64_t>(*wd, 1)) {
+      const auto cap = static_cast<std::uint64_t>(
+          std::chrono::duration_cast<std::chrono::microseconds>(watchdog_max).count());
+      s.watchdog = std::chrono::duration_cast<ms>(
+          std::chrono::microseconds(static_cast<std::int64_t>(std::min(*us, cap))));
+      s.watchdog_fired = false;
+    }
   }
   if (m.has("FDSTORE") && !m.fds.empty()) {
     std::string name(m.get("FDNAME").value_or("stored"));

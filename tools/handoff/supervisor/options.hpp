@@ -34,6 +34,8 @@ struct run_options {
   int max_draining = 4;
   std::chrono::milliseconds watchdog{0};  // 0: off
   std::size_t fdstore_max = 64;
+  bool nonblocking = false;            // O_NONBLOCK on the sockets handed to the app (NonBlocking=)
+  std::optional<bool> log_timestamps;  // text logs; nullopt: on unless stderr is the journal
 };
 
 }  // namespace handoff::supervisor

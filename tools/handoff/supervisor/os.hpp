@@ -12,10 +12,14 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "handoff/error.hpp"
+#include "handoff/fd.hpp"
 #include "handoff/notify.hpp"
 #include "handoff/spawn.hpp"
 
@@ -31,8 +35,10 @@ class os_env {
  public:
   virtual ~os_env() = default;
   virtual result<pid_t> spawn(const spawn_options& options) = 0;
-  // Sends `sig` to the slot's process group while its leader is unreaped, and to its main
-  // process when that is outside the group (after MAINPID=).
+  // A pidfd of a child just spawned (not reaped yet, so it is that child); invalid if none.
+  virtual unique_fd open_pidfd(pid_t pid) = 0;
+  // Sends `sig` to the slot's process group while its leader is unreaped, else (or when the
+  // main process left the group) to the main process through its pidfd.
   virtual void signal_slot(const slot& s, int sig) = 0;
   // Sends `sig` to one process of a generation (forwarded signals: SIGUSR1 and the like).
   virtual void signal_process(const slot& s, int sig) = 0;
@@ -41,8 +47,11 @@ class os_env {
   virtual std::optional<pid_t> peek_exited() = 0;
   // Reaps it; nullopt when it could not be reaped (already gone).
   virtual std::optional<exit_status> collect(pid_t pid) = 0;
+  // The inodes of the sockets process `pid` holds (/proc/PID/fd), nullopt when unknown.
+  virtual std::optional<std::vector<ino_t>> socket_inodes(pid_t pid) = 0;
   virtual clock::time_point now() = 0;
-  // One notification to our own manager (systemd), if any; never fails the caller.
+  // One notification to our own manager (systemd), if any; never fails the caller and never
+  // waits (a manager whose queue is full loses it).
   virtual void notify_manager(manager_event event, std::string_view status = {}) = 0;
 };
 
@@ -51,15 +60,21 @@ class system_os final : public os_env {
  public:
   system_os();
   result<pid_t> spawn(const spawn_options& options) override;
+  unique_fd open_pidfd(pid_t pid) override;
   void signal_slot(const slot& s, int sig) override;
   void signal_process(const slot& s, int sig) override;
   std::optional<pid_t> peek_exited() override;
   std::optional<exit_status> collect(pid_t pid) override;
+  std::optional<std::vector<ino_t>> socket_inodes(pid_t pid) override;
   clock::time_point now() override { return clock::now(); }
   void notify_manager(manager_event event, std::string_view status) override;
+  // Notifications our manager's full queue made us drop (sends never wait).
+  std::uint64_t dropped_notifications() const noexcept { return dropped_; }
 
  private:
-  notifier manager_;
+  std::optional<std::string> manager_;  // NOTIFY_SOCKET: "/path" or "@abstract"
+  unique_fd socket_;                    // nonblocking datagram socket, opened on first use
+  std::uint64_t dropped_ = 0;
 };
 
 }  // namespace handoff::supervisor

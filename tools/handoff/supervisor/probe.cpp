@@ -2,57 +2,32 @@
 
 #include <netdb.h>
 #include <poll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/write.hpp>
 #include <chrono>
 #include <thread>
+
+#include "check/url.hpp"
+#include "handoff/address.hpp"
 
 namespace handoff::supervisor {
 namespace {
 
-using clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
-
-struct url_parts {
-  std::string host, port = "80", path = "/";
-};
-
-bool parse_url(const std::string& url, url_parts& out) {
-  const std::string scheme = "http://";
-  if (url.rfind(scheme, 0) != 0) return false;
-  std::string rest = url.substr(scheme.size());
-  const auto slash = rest.find('/');
-  if (slash != std::string::npos) {
-    out.path = rest.substr(slash);
-    rest.resize(slash);
-  }
-  if (!rest.empty() && rest.front() == '[') {
-    const auto close = rest.find(']');
-    if (close == std::string::npos) return false;
-    out.host = rest.substr(1, close - 1);
-    rest.erase(0, close + 1);
-    if (!rest.empty()) {
-      if (rest.front() != ':') return false;
-      out.port = rest.substr(1);
-    }
-  } else {
-    const auto colon = rest.rfind(':');
-    out.host = rest.substr(0, colon);
-    if (colon != std::string::npos) out.port = rest.substr(colon + 1);
-  }
-  return !out.host.empty() && !out.port.empty() &&
-         out.port.find_first_not_of("0123456789") == std::string::npos;
-}
-
-bool split_host_port(const std::string& target, std::string& host, std::string& port) {
-  url_parts parts;
-  if (!parse_url("http://" + target, parts)) return false;
-  host = parts.host;
-  port = parts.port;
-  return true;
-}
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
 
 // A connected socket within `timeout`, or an invalid fd.
 unique_fd connect_to(const std::string& host, const std::string& port,
@@ -79,49 +54,72 @@ unique_fd connect_to(const std::string& host, const std::string& port,
   return fd;
 }
 
-bool http_ok(const url_parts& url) {
-  unique_fd fd = connect_to(url.host, url.port, 1s);
-  if (!fd) return false;
-  const std::string request = "GET " + url.path + " HTTP/1.1\r\nHost: " + url.host +
-                              "\r\nUser-Agent: handoff-ready-probe\r\nConnection: close\r\n\r\n";
-  if (::send(fd.get(), request.data(), request.size(), MSG_NOSIGNAL) !=
-      static_cast<ssize_t>(request.size()))
-    return false;
-  std::string head;
-  const auto deadline = clock::now() + 2s;
-  char buf[512];
-  while (head.size() < 12) {
-    const auto left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock::now()).count();
-    if (left <= 0) return false;
-    pollfd p{fd.get(), POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
-    const ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
-    if (n <= 0) return false;
-    head.append(buf, static_cast<std::size_t>(n));
-  }
-  return head.rfind("HTTP/1.", 0) == 0 && head[9] == '2';
+asio::awaitable<bool> http_get_ok(const check::url& url) {
+  auto executor = co_await asio::this_coro::executor;
+  asio::ip::tcp::resolver resolver(executor);
+  beast::tcp_stream stream(executor);
+  const auto found =
+      co_await resolver.async_resolve(url.host, std::to_string(url.port), asio::use_awaitable);
+  stream.expires_after(1s);
+  co_await stream.async_connect(found, asio::use_awaitable);
+  http::request<http::empty_body> request{http::verb::get, url.target, 11};
+  request.set(http::field::host, url.host_header());
+  request.set(http::field::user_agent, "handoff-ready-probe");
+  request.set(http::field::connection, "close");
+  stream.expires_after(2s);
+  co_await http::async_write(stream, request, asio::use_awaitable);
+  beast::flat_buffer buffer;
+  http::response_parser<http::string_body> parser;
+  co_await http::async_read_header(stream, buffer, parser, asio::use_awaitable);
+  const unsigned status = parser.get().result_int();
+  co_return status >= 200 && status < 300;
+}
+
+// One GET; true on a 2xx answer. Any error (refused, reset, timeout, not HTTP) is a "not yet".
+bool http_ok(const check::url& url) {
+  asio::io_context io;
+  bool ok = false;
+  asio::co_spawn(io, http_get_ok(url),
+                 [&](const std::exception_ptr& e, bool answer) { ok = e == nullptr && answer; });
+  io.run();
+  return ok;
 }
 
 }  // namespace
 
-bool valid_http_url(const std::string& url) {
-  url_parts parts;
-  return parse_url(url, parts);
+std::string ready_target_problem(const std::string& kind, const std::string& target) {
+  if (kind == "http") {
+    auto url = check::parse_url(target);
+    return url ? std::string() : url.error().message();
+  }
+  auto where = parse_address(target);
+  if (!where) return where.error().message();
+  if (where->kind != transport::tcp || where->port == 0 || !where->name.empty())
+    return "\"" + target + "\" is not HOST:PORT (a TCP address with a port)";
+  return {};
 }
+
+bool valid_http_url(const std::string& url) { return ready_target_problem("http", url).empty(); }
 
 std::shared_ptr<probe_state> start_probe(std::string kind, std::string target, int wake_fd) {
   auto state = std::make_shared<probe_state>();
   auto wake = duplicate_fd(wake_fd);
   if (wake) state->wake = std::move(*wake);
   std::thread([state, kind = std::move(kind), target = std::move(target)] {
-    url_parts url;
-    std::string host, port;
-    const bool parsed =
-        kind == "http" ? parse_url(target, url) : split_host_port(target, host, port);
+    std::optional<check::url> url;
+    std::optional<address> where;
+    if (kind == "http") {
+      if (auto u = check::parse_url(target)) url = std::move(*u);
+    } else if (auto a = parse_address(target)) {
+      where = std::move(*a);
+    }
+    const bool parsed = url.has_value() || where.has_value();
     // Polling is what these modes are: the app gives no event to wait for. Every 100 ms.
     while (parsed && !state->abandoned) {
-      const bool ok = kind == "http" ? http_ok(url) : connect_to(host, port, 1s).valid();
+      const bool ok = url ? http_ok(*url)
+                          : connect_to(where->host.empty() ? "127.0.0.1" : where->host,
+                                       std::to_string(where->port), 1s)
+                                .valid();
       if (ok) {
         state->done = true;
         const std::uint64_t one = 1;

@@ -18,11 +18,14 @@ struct probe_state {
   unique_fd wake;  // eventfd, written once when done
 };
 
-// kind "tcp": target "HOST:PORT"; kind "http": target "http://HOST:PORT/PATH".
+// kind "tcp": target "HOST:PORT" (IPv6 in brackets); kind "http": target "http://HOST:PORT/PATH".
 // Returns the shared state; `done` turns true on the first success.
 std::shared_ptr<probe_state> start_probe(std::string kind, std::string target, int wake_fd);
 
 // Whether `url` is http://HOST[:PORT][/PATH] (for option validation).
 bool valid_http_url(const std::string& url);
+// "" when `target` is valid for `kind` ("http": a URL, check/url.hpp; "tcp": HOST:PORT,
+// handoff/address.hpp), else what is wrong with it.
+std::string ready_target_problem(const std::string& kind, const std::string& target);
 
 }  // namespace handoff::supervisor

@@ -6,12 +6,15 @@
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 
 #include "handoff/activation.hpp"
+#include "handoff/decimal.hpp"
 #include "handoff/listeners.hpp"
 #include "handoff/socket_info.hpp"
 #include "supervisor/core.hpp"
@@ -33,7 +36,9 @@ std::string format_duration(std::chrono::milliseconds d) {
 }
 
 supervisor_core::supervisor_core(run_options options, os_env& os)
-    : o_(std::move(options)), os_(os), log_(o_.name, o_.logs), started_(os_.now()) {}
+    : o_(std::move(options)), os_(os), log_(o_.name, o_.logs), started_(os_.now()) {
+  log_.set_timestamps(o_.log_timestamps.value_or(!stderr_is_journal()));
+}
 
 supervisor_core::~supervisor_core() {
   if (pid_file_written_) {
@@ -53,7 +58,68 @@ namespace {
 constexpr int forwarded_signals[] = {SIGUSR1, SIGUSR2, SIGWINCH, SIGQUIT};
 }  // namespace
 
+namespace {
+
+// LISTEN_FDS names fds 3.. that must be open when we start: checked before this process opens
+// anything, or a closed fd 3 would be taken by our own signalfd and passed on as a "socket".
+void check_inherited_fds_open() {
+  const char* pid_text = std::getenv("LISTEN_PID");
+  const char* fds_text = std::getenv("LISTEN_FDS");
+  if (pid_text == nullptr || fds_text == nullptr) return;
+  const auto pid = parse_decimal<pid_t>(pid_text, 1);
+  if (!pid || *pid != ::getpid()) return;  // not for us: activation.hpp's rules decide
+  const auto count = parse_decimal<int>(fds_text, 0, 4096);
+  if (!count) return;
+  for (int fd = 3; fd < 3 + *count; ++fd)
+    if (::fcntl(fd, F_GETFD) < 0)
+      throw std::runtime_error(
+          fmt::format("LISTEN_FDS={}: fd {} is not open (the manager that "
+                      "started us passed fewer fds than it announced)",
+                      *count, fd));
+}
+
+// A signal ignored by whoever started us stays ignored across exec, and a blocked one stays
+// blocked: with SIGCHLD ignored the kernel reaps our children itself and we lose their exits.
+// Start from the defaults, as systemd does for its services.
+void reset_signals() {
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  sigemptyset(&dfl.sa_mask);
+  for (int sig = 1; sig < NSIG; ++sig)
+    if (sig != SIGKILL && sig != SIGSTOP) (void)::sigaction(sig, &dfl, nullptr);
+  sigset_t none;
+  sigemptyset(&none);
+  (void)::sigprocmask(SIG_SETMASK, &none, nullptr);
+}
+
+// The same socket twice (LISTEN_FDNAMES=a:a), or one name for two sockets, is a mistake of the
+// command line: the app could not tell them apart.
+void check_unique(const std::vector<address>& wanted) {
+  for (std::size_t i = 0; i < wanted.size(); ++i)
+    for (std::size_t j = 0; j < i; ++j) {
+      const address& a = wanted[i];
+      const address& b = wanted[j];
+      if (!a.name.empty() && a.name == b.name)
+        throw std::runtime_error(
+            fmt::format("--listen {} and --listen {}: the name \"{}\" is "
+                        "given twice",
+                        b.to_string(), a.to_string(), a.name));
+      address a_bare = a, b_bare = b;
+      a_bare.name.clear();
+      b_bare.name.clear();
+      const bool any_port = !a.is_unix() && a.port == 0;  // port 0: each gets its own
+      if (a_bare == b_bare && !any_port)
+        throw std::runtime_error(fmt::format("--listen {} and --listen {}: the same address twice",
+                                             b.to_string(), a.to_string()));
+    }
+}
+
+}  // namespace
+
 void supervisor_core::setup() {
+  check_inherited_fds_open();
+  reset_signals();
+  log_.start_nonblocking();
   // Signals go to the signalfd only. Blocked here, before anything else: spawn() gives each
   // child a clean mask and default dispositions.
   sigset_t mask;
@@ -72,7 +138,20 @@ void supervisor_core::setup() {
   // to us and reaped here rather than left to an init that may not reap (PR_SET_CHILD_SUBREAPER).
   if (::getpid() != 1) (void)::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
 
-  ::unsetenv("WATCHDOG_USEC");  // systemd's watchdog of this process is not the app's
+  // systemd's watchdog of this process is ours to answer, not the app's (sd_watchdog_enabled(3):
+  // WATCHDOG_PID, when set, must name us).
+  if (const char* usec = std::getenv("WATCHDOG_USEC")) {
+    const char* for_pid = std::getenv("WATCHDOG_PID");
+    const auto pid = for_pid != nullptr ? parse_decimal<pid_t>(for_pid, 1) : ::getpid();
+    const auto interval = parse_decimal<std::uint64_t>(usec, 1);
+    if (!interval)
+      log_.log("watchdog", fmt::format("WATCHDOG_USEC={:?} is not a number: no pings", usec));
+    else if (pid == ::getpid())
+      set_own_watchdog(std::chrono::microseconds(static_cast<std::int64_t>(std::min<std::uint64_t>(
+          *interval,
+          std::chrono::duration_cast<std::chrono::microseconds>(watchdog_max).count()))));
+  }
+  ::unsetenv("WATCHDOG_USEC");
   ::unsetenv("WATCHDOG_PID");
 
   if (o_.listen.empty()) {
@@ -88,11 +167,17 @@ void supervisor_core::setup() {
   } else {
     // Each --listen takes an inherited socket of that name or address when systemd passed one
     // (socket_set), else opens it; inherited sockets no --listen asked for are closed.
-    auto inherited = socket_set::from_environment(unset_environment::yes);
-    if (!inherited) throw std::runtime_error(inherited.error().message());
+    std::vector<address> wanted;
     for (const auto& text : o_.listen) {
       auto where = parse_address(text);
       if (!where) throw std::runtime_error(where.error().message());
+      wanted.push_back(std::move(*where));
+    }
+    check_unique(wanted);
+    auto inherited = socket_set::from_environment(unset_environment::yes);
+    if (!inherited) throw std::runtime_error(inherited.error().message());
+    for (const auto& w : wanted) {
+      const address* where = &w;
       auto fd = inherited->listen(*where);
       if (!fd) throw std::runtime_error(fd.error().message());
       auto own = duplicate_fd(*fd);
@@ -103,6 +188,16 @@ void supervisor_core::setup() {
       h.where = info ? info->describe() : where->to_string();
       h.fd = std::move(*own);
       sockets_.push_back(std::move(h));
+    }
+  }
+  for (auto& s : sockets_) {
+    struct stat st {};
+    if (::fstat(s.fd.get(), &st) == 0) s.inode = st.st_ino;
+    // systemd's NonBlocking=: the flag is on the open file description, so every generation
+    // sees it (see docs/supervisor.md for why a blocking shared listener is a trap).
+    if (o_.nonblocking) {
+      if (auto r = set_nonblocking(s.fd.get()); !r)
+        throw std::runtime_error("--nonblocking: " + r.error().message());
     }
   }
   for (const auto& s : sockets_)

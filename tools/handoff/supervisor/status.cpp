@@ -19,7 +19,11 @@ std::string supervisor_core::status_text(bool as_json) const {
         "restarts\n",
         o_.name, ::getpid(), ms_since(started_, now) / 1000, reloads_, reloads_failed_, restarts_);
     for (const auto& s : sockets_)
-      out += fmt::format("socket {}{}\n", s.name.empty() ? "" : s.name + "=", s.where);
+      out += fmt::format(
+          "socket {}{}{}\n", s.name.empty() ? "" : s.name + "=", s.where,
+          s.unserved_by == 0
+              ? ""
+              : fmt::format(" NOT SERVED: no process of generation {} holds it", s.unserved_by));
     for (const auto& g : generations_) {
       out += fmt::format("generation {} {}, up {} ms\n", g.id, to_string(g.state),
                          ms_since(g.started, now));
@@ -49,7 +53,8 @@ std::string supervisor_core::status_text(bool as_json) const {
   root["stopping"] = stopping_;
   json::array sockets;
   for (const auto& s : sockets_)
-    sockets.push_back(json::object{{"name", s.name}, {"address", s.where}});
+    sockets.push_back(
+        json::object{{"name", s.name}, {"address", s.where}, {"served", s.unserved_by == 0}});
   root["sockets"] = std::move(sockets);
   json::array generations;
   for (const auto& g : generations_) {

@@ -29,8 +29,7 @@ void supervisor_core::on_signal() {
       case SIGCHLD:
         break;  // reaped below, all at once
       case SIGHUP:
-        if (const auto refused = request_reload(std::nullopt); !refused.empty())
-          log_.log("reload_refused", "SIGHUP: reload refused: " + refused);
+        on_reload_signal();
         break;
       case SIGTERM:
       case SIGINT:
@@ -43,6 +42,17 @@ void supervisor_core::on_signal() {
         log_.log("signal", fmt::format("forwarded {} to the serving generation", signal_name(sig)));
     }
   }
+}
+
+void supervisor_core::on_reload_signal() {
+  const auto refused = request_reload(std::nullopt);
+  if (refused.empty()) return;
+  log_.log("reload_refused", "SIGHUP: reload refused: " + refused);
+  // Our manager (systemd, Type=notify-reload) sent the SIGHUP and now waits for RELOADING=1
+  // and then READY=1: a refused reload is a reload that is over at once.
+  if (stopping_) return;
+  os_.notify_manager(manager_event::reloading);
+  os_.notify_manager(manager_event::ready, "reload refused: " + refused);
 }
 
 void supervisor_core::answer(std::uint64_t id, const std::string& text) {
@@ -103,6 +113,7 @@ int supervisor_core::loop() {
     fds.push_back({signal_fd_.get(), POLLIN, 0});
     fds.push_back({notify_->fd(), POLLIN, 0});
     fds.push_back({wake_fd_.get(), POLLIN, 0});
+    fds.push_back({log_.poll_fd(), POLLOUT, 0});
     for (auto& g : generations_)
       for (auto& s : g.slots)
         if (s.pidfd) {
@@ -129,9 +140,10 @@ int supervisor_core::loop() {
       std::uint64_t count = 0;
       (void)!::read(wake_fd_.get(), &count, sizeof count);
     }
+    if (fds[3].revents != 0) log_.flush();
     // Pidfds of adopted main processes; the owners may be gone by now, so look them up again.
     for (std::size_t i = 0; i < pidfd_owner.size(); ++i) {
-      if (fds[3 + i].revents == 0) continue;
+      if (fds[4 + i].revents == 0) continue;
       for (auto& g : generations_) {
         if (g.id != pidfd_owner[i].first) continue;
         for (auto& s : g.slots)

@@ -7,10 +7,15 @@
 
 namespace handoff::supervisor {
 
-using namespace std::chrono_literals;
-
 clock::time_point supervisor_core::on_timers() {
   deadlines due(os_.now());
+  // Pinged from here, the loop's own turn: a loop that is stuck stops the pings, and our
+  // manager then restarts us.
+  if (own_watchdog_.count() > 0 && due.reached(next_ping_)) {
+    os_.notify_manager(manager_event::watchdog);
+    next_ping_ = due.now() + own_watchdog_ / 2;
+    (void)due.reached(next_ping_);
+  }
   remove_gone_generations();
   if (next_start_ && !stopping_ && due.reached(*next_start_)) {
     next_start_.reset();
@@ -40,13 +45,13 @@ clock::time_point supervisor_core::on_timers() {
         }
       }
       if (g.state != generation_state::serving) continue;
-      if (s.running() && s.ready && s.watchdog.count() > 0 &&
+      if (s.running() && s.ready && s.watchdog.count() > 0 && !s.watchdog_fired &&
           due.reached(s.last_watchdog + s.watchdog)) {
         log_.log("watchdog", fmt::format("generation {}: pid {} silent for {} (watchdog); "
                                          "killing it",
                                          g.id, s.pid, format_duration(s.watchdog)));
         kill_slot(s, SIGKILL);
-        s.last_watchdog = clock::time_point::max() - 24h;
+        s.watchdog_fired = true;
       }
       if (!s.running() && !stopping_ && due.reached(s.restart_at)) {
         s.restart_at = {};
