@@ -444,7 +444,8 @@ TEST_F(HandoffCheck, UsageErrorsSayWhatIsWrongPlainly) {
   for (const std::vector<std::string>& args :
        {std::vector<std::string>{"reload", "--timeout", "abc"},
         {"status", "--timeout", "abc"},
-        {"check", "http://127.0.0.1:1/", "--duration", "abc"}}) {
+        {"check", "http://127.0.0.1:1/", "--duration", "abc"},
+        {"run", "--ready", "delay:abc", "--", "true"}}) {
     auto r = run_handoff(args);
     EXPECT_EQ(r.exit_code, 2) << args[0];
     EXPECT_NE(r.errors.find("duration \"abc\": no number"), std::string::npos) << r.errors;

@@ -32,7 +32,8 @@ namespace sv = handoff::supervisor;
 
 std::chrono::milliseconds duration_of(const std::string& text, const char* option) {
   auto d = parse_duration(text);
-  if (!d) fail(2, std::string(option) + ": " + d.error().message());
+  // The context is the whole sentence; message() would add strerror(EINVAL).
+  if (!d) fail(2, std::string(option) + ": " + d.error().context());
   return *d;
 }
 
