@@ -6,12 +6,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <boost/json/serialize.hpp>
+#include <boost/json/string.hpp>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <ctime>
-
-#include "json_text.hpp"
 
 namespace handoff::supervisor {
 
@@ -30,7 +30,9 @@ std::string utc_now() {
 
 }  // namespace
 
-void json_string(std::string& out, std::string_view text) { cli::append_json_string(out, text); }
+void json_string(std::string& out, std::string_view text) {
+  out += boost::json::serialize(boost::json::string(text));
+}
 
 bool stderr_is_journal() {
   // systemd.exec(5): JOURNAL_STREAM=DEVICE:INODE of the stream stdout/stderr were connected to.
