@@ -18,12 +18,12 @@
 #include <CLI/CLI.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <charconv>
 #include <cstdio>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "handoff/decimal.hpp"
 #include "handoff/duration.hpp"
 #include "handoff/http/server.hpp"
 #include "handoff/upgrader.hpp"
@@ -50,11 +50,7 @@ std::optional<long> query_number(std::string_view target, std::string_view key, 
     const std::string_view pair = query.substr(0, amp);
     if (pair.substr(0, key.size()) == key && pair.size() > key.size() && pair[key.size()] == '=') {
       const std::string_view value = pair.substr(key.size() + 1);
-      long n = 0;
-      auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
-      if (ec != std::errc() || end != value.data() + value.size() || n < 0 || n > max)
-        return std::nullopt;
-      return n;
+      return handoff::parse_decimal<long>(value, 0, max);
     }
     if (amp == std::string_view::npos) break;
     query.remove_prefix(amp + 1);

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "handoff/decimal.hpp"
 #include "handoff/notify_receiver.hpp"
 #include "handoff/spawn.hpp"
 #include "sys.hpp"
@@ -37,14 +38,7 @@ bool has_exited(int pidfd) {
 }
 
 std::optional<pid_t> parse_pid(std::string_view text) {
-  if (text.empty() || text.size() > 10) return std::nullopt;
-  long value = 0;
-  for (char c : text) {
-    if (c < '0' || c > '9') return std::nullopt;
-    value = value * 10 + (c - '0');
-  }
-  if (value <= 0 || value > 4'194'304) return std::nullopt;  // pid_max's ceiling
-  return static_cast<pid_t>(value);
+  return parse_decimal<pid_t>(text, 1, 4'194'304);  // pid_max's ceiling
 }
 
 std::optional<std::string> take_env(const char* name) {
