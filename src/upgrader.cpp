@@ -199,6 +199,15 @@ result<int> upgrader::listen(std::string_view name, std::string_view address,
   return fd;
 }
 
+bool upgrader::claim(int fd) {
+  const auto& all = sockets_.sockets();
+  if (std::none_of(all.begin(), all.end(),
+                   [&](const inherited_socket& s) { return s.fd.get() == fd; }))
+    return false;
+  claimed_.push_back(fd);
+  return true;
+}
+
 result<void> upgrader::ready(std::string_view status) {
   // Sockets the previous version had and this one does not want: close them now, or they would
   // linger here and be handed on forever.

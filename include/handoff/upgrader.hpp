@@ -72,6 +72,10 @@ class upgrader {
   result<int> listen(std::string_view name, std::string_view address,
                      const listen_options& options = {});
 
+  // Keeps an inherited socket as it is (its fd, as in sockets()), name and all: for an app that
+  // serves whatever it was given. False when the set holds no such fd.
+  bool claim(int fd);
+
   // This process serves now. Inherited sockets whose fd listen() did not return are closed
   // (whatever their name: a socket matched by address keeps its inherited name). Tells
   // the previous generation (which hands over to the manager), or else the manager itself
