@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <filesystem>
@@ -102,7 +103,9 @@ class SelfUpgrade : public testing::Test {
 
   pid_t start(std::vector<std::string> extra = {}, std::vector<passed_fd> fds = {}) {
     spawn_options o;
-    o.argv = {binary_, "--threads", "2", "--upgrade-timeout", "2s", "--drain-timeout", "20s"};
+    o.argv = {binary_, "--threads", "2", "--drain-timeout", "20s"};
+    if (std::find(extra.begin(), extra.end(), "--upgrade-timeout") == extra.end())
+      o.argv.insert(o.argv.end(), {"--upgrade-timeout", "2s"});
     o.argv.insert(o.argv.end(), extra.begin(), extra.end());
     o.fds = fds.empty() ? std::vector<passed_fd>{{listener_.get(), "http"}} : std::move(fds);
     o.notify_socket = manager_->address();
@@ -258,7 +261,8 @@ TEST_F(SelfUpgrade, SocketsMatchedByAddressAreCarriedThroughUpgrades) {
   const std::uint16_t unnamed_port = local_address(unnamed.get()).value().port;
   const std::string pid_path = dir_ / "app.pid";
   pid_t current = start({"--listen", "http=127.0.0.1:" + std::to_string(port_), "--listen",
-                         "127.0.0.1:" + std::to_string(unnamed_port), "--pid-file", pid_path},
+                         "127.0.0.1:" + std::to_string(unnamed_port), "--pid-file", pid_path,
+                         "--upgrade-timeout", "30s"},
                         {{listener_.get(), "web"}, {unnamed.get(), ""}});
   // From here on only the generations hold the sockets: a socket one of them closed would stop
   // being served, instead of waiting in our copy's queue.
