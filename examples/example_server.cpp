@@ -1,10 +1,13 @@
 // example_server: the HTTP server a user would copy, on handoff::http.
 //
-// Sockets come from the systemd protocol when a manager passes them (systemd, `handoff run`,
-// an upgrading parent), else from --listen. READY=1 once serving; SIGTERM or SIGINT drains
-// (see handoff/http/server.hpp) and reports what the drain did. SIGHUP upgrades in place:
-// the binary on disk is started with the sockets, and once it is ready this process drains
-// (see handoff/upgrader.hpp); if the new one fails, this one keeps serving.
+// Sockets: without --listen, every listening stream socket a manager passes by the systemd
+// protocol (systemd, `handoff run`, an upgrading parent), or 127.0.0.1:8080 when none is passed;
+// with --listen, each address's inherited socket (by name or address), else a new one. The log
+// says which sockets were inherited, which were opened, and which inherited ones are closed.
+// READY=1 once serving; SIGTERM or SIGINT drains (see handoff/http/server.hpp) and reports what the
+// drain did. SIGHUP upgrades in place: the binary on disk is started with the sockets, and once it
+// is ready this process drains (see handoff/upgrader.hpp); if the new one fails, this one keeps
+// serving.
 //
 //   GET  /                 "hello from pid N version V"   (and X-Served-By: N)
 //   GET  /health           200 "ready", 503 "draining"
@@ -16,14 +19,16 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <charconv>
 #include <cstdio>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "handoff/decimal.hpp"
 #include "handoff/duration.hpp"
 #include "handoff/http/server.hpp"
 #include "handoff/upgrader.hpp"
@@ -50,11 +55,7 @@ std::optional<long> query_number(std::string_view target, std::string_view key, 
     const std::string_view pair = query.substr(0, amp);
     if (pair.substr(0, key.size()) == key && pair.size() > key.size() && pair[key.size()] == '=') {
       const std::string_view value = pair.substr(key.size() + 1);
-      long n = 0;
-      auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
-      if (ec != std::errc() || end != value.data() + value.size() || n < 0 || n > max)
-        return std::nullopt;
-      return n;
+      return handoff::parse_decimal<long>(value, 0, max);
     }
     if (amp == std::string_view::npos) break;
     query.remove_prefix(amp + 1);
@@ -142,7 +143,9 @@ int main(int argc, char** argv) {
   std::string version = "1", drain_timeout = "30s", health_delay = "0", start_delay = "0";
   unsigned threads = 0, max_draining = 2;
   std::string upgrade_timeout = "60s", pid_file;
-  cli.add_option("-l,--listen", listen, "[NAME=]ADDRESS to listen on when none is inherited");
+  cli.add_option("-l,--listen", listen,
+                 "[NAME=]ADDRESS to serve: the inherited socket of that name or address, else a "
+                 "new one (default: every inherited socket, or http=127.0.0.1:8080 when none)");
   cli.add_option("--version", version, "version text in the answers");
   cli.add_option("--threads", threads, "threads (0: one per core)");
   cli.add_option("--drain-timeout", drain_timeout, "drain deadline after SIGTERM, e.g. 30s");
@@ -168,26 +171,64 @@ int main(int argc, char** argv) {
     upgrade_options.max_draining = max_draining;
     if (!pid_file.empty()) upgrade_options.pid_file = pid_file;
     auto up = handoff::upgrader::create(upgrade_options).value();
-    const bool inherited = !up.sockets().sockets().empty();
+    const auto& given = up.sockets().sockets();
 
     app handler{version};
     http::server server(options, std::ref(handler));
     handler.server = &server;
+    // What this process serves, and where each socket came from, said as it is: a socket that
+    // is served but was not inherited, or inherited but not served, must not go unnoticed.
     std::string where;
-    for (std::size_t i = 0; i < listen.size(); ++i) {
-      // Every socket has a name, so that the next generation finds it again, even on port 0.
-      auto address = handoff::parse_address(listen[i]).value();
-      if (address.name.empty()) address.name = i == 0 ? "http" : "http" + std::to_string(i + 1);
-      const int fd = up.listen(address.name, address.to_string()).value();
+    auto serve = [&](int fd, const std::string& name, const char* origin) {
       server.add_listener(handoff::duplicate_fd(fd).value());  // the upgrader keeps its own
-      where += (where.empty() ? "" : " ") + handoff::local_address(fd).value().to_string();
+      const std::string at = handoff::local_address(fd).value().to_string();
+      where += (where.empty() ? "" : " ") + at;
+      fmt::print(stderr, "example_server: pid {} serving {} on {} ({})\n", ::getpid(), name, at,
+                 origin);
+    };
+    if (cli.count("--listen") == 0 && !given.empty()) {
+      // Started with sockets and no --listen: serve every one that can be served, whatever
+      // its name, rather than open a default address beside them.
+      for (const auto& s : given) {
+        if (s.info.type == handoff::socket_type::stream && s.info.listening) {
+          up.claim(s.fd.get());
+          serve(s.fd.get(), s.name, "inherited");
+        } else {
+          fmt::print(stderr,
+                     "example_server: pid {} not serving inherited {} ({}): not a listening stream "
+                     "socket\n",
+                     ::getpid(), s.name, s.info.describe());
+        }
+      }
+      if (where.empty())
+        throw std::runtime_error("none of the " + std::to_string(given.size()) +
+                                 " inherited sockets is a listening stream socket");
+    } else {
+      std::vector<int> inherited_fds;
+      for (const auto& s : given) inherited_fds.push_back(s.fd.get());
+      std::vector<int> served;
+      for (std::size_t i = 0; i < listen.size(); ++i) {
+        // Every socket has a name, so that the next generation finds it again, even on port 0.
+        auto address = handoff::parse_address(listen[i]).value();
+        if (address.name.empty()) address.name = i == 0 ? "http" : "http" + std::to_string(i + 1);
+        const int fd = up.listen(address.name, address.to_string()).value();
+        served.push_back(fd);
+        const bool was_given =
+            std::find(inherited_fds.begin(), inherited_fds.end(), fd) != inherited_fds.end();
+        serve(fd, address.name, was_given ? "inherited" : "opened");
+      }
+      for (const auto& s : given)
+        if (std::find(served.begin(), served.end(), s.fd.get()) == served.end())
+          fmt::print(stderr,
+                     "example_server: pid {} closing inherited {} ({}): no --listen asks for it\n",
+                     ::getpid(), s.name, s.info.describe());
     }
     if (startup.count() > 0) std::this_thread::sleep_for(startup);
     server.start();
     if (auto r = up.ready("serving on " + where); !r)
       fmt::print(stderr, "example_server: {}\n", r.error().message());
-    fmt::print(stderr, "example_server: pid {} version {} build {} serving on {} ({})\n",
-               ::getpid(), version, EXAMPLE_BUILD, where, inherited ? "inherited" : "opened");
+    fmt::print(stderr, "example_server: pid {} version {} build {} ready\n", ::getpid(), version,
+               EXAMPLE_BUILD);
 
     // SIGHUP: upgrade to the binary on disk; on success, drain. SIGTERM/SIGINT: drain.
     const int sig = up.serve_signals([](const handoff::error& e) {

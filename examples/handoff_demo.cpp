@@ -25,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "handoff/decimal.hpp"
 #include "handoff/listeners.hpp"
 #include "handoff/notify_receiver.hpp"
 #include "handoff/socket_info.hpp"
@@ -55,9 +56,9 @@ options parse_args(int argc, char** argv) {
     else if (arg == "--listen")
       o.listen = value;
     else if (arg == "--generations")
-      o.generations = std::atoi(value.c_str());
+      o.generations = handoff::parse_decimal<int>(value, 1, 100).value_or(0);
     else if (arg == "--clients")
-      o.clients = std::atoi(value.c_str());
+      o.clients = handoff::parse_decimal<int>(value, 1, 64).value_or(0);
     else
       die("unknown option " + arg);
   }

@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "handoff/activation.hpp"
+#include "handoff/decimal.hpp"
 #include "handoff/notify.hpp"
 
 namespace {
@@ -52,10 +53,9 @@ options parse_args(int argc, char** argv) {
     } else if (arg == "--version") {
       o.version = value;
     } else if (arg == "--start-delay-ms") {
-      char* end = nullptr;
-      const long ms = std::strtol(value.c_str(), &end, 10);
-      if (*end != '\0' || ms < 0 || ms > 600000) usage("--start-delay-ms takes 0 to 600000");
-      o.start_delay_ms = static_cast<int>(ms);
+      const auto ms = handoff::parse_decimal<int>(value, 0, 600000);
+      if (!ms) usage("--start-delay-ms takes 0 to 600000");
+      o.start_delay_ms = *ms;
     } else {
       usage(("unknown option " + arg).c_str());
     }

@@ -8,10 +8,14 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <string_view>
 #include <utility>
+
+#include "handoff/decimal.hpp"
 
 namespace handoff {
 namespace {
@@ -49,38 +53,28 @@ error invalid(const char* var, const std::string& value, const std::string& why)
 
 enum class number_status { ok, not_a_number, negative, too_large };
 
-// A plain decimal number: digits only, nothing before or after (libsystemd's safe_atoi also
-// takes "+1", " 1" and "0x1"; a manager never writes those, a bug does). Leading zeros are
-// decimal, as in libsystemd.
-number_status parse_decimal(const std::string& text, std::int64_t max, std::int64_t& out) {
-  std::size_t start = 0;
-  bool minus = false;
-  if (!text.empty() && text.front() == '-') {
-    minus = true;
-    start = 1;
+// A plain decimal number (handoff::parse_decimal: digits only, nothing before or after;
+// libsystemd's safe_atoi also takes "+1", " 1" and "0x1", which a manager never writes and a
+// bug does). The rest only tells a negative or too large number from garbage, for the message.
+number_status parse_number(std::string_view text, std::int64_t max, std::int64_t& out) {
+  if (auto value = handoff::parse_decimal<std::int64_t>(text, 0, max)) {
+    out = *value;
+    return number_status::ok;
   }
-  if (start == text.size()) return number_status::not_a_number;
-  std::int64_t value = 0;
-  bool over = false;
-  for (std::size_t i = start; i < text.size(); ++i) {
-    const char c = text[i];
-    if (c < '0' || c > '9') return number_status::not_a_number;
-    if (!over) {
-      value = value * 10 + (c - '0');
-      if (value > max) over = true;
-    }
-  }
-  if (minus) return number_status::negative;
-  if (over) return number_status::too_large;
-  out = value;
-  return number_status::ok;
+  const auto digits = [](std::string_view s) {
+    return !s.empty() &&
+           std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+  };
+  if (text.starts_with('-') && digits(text.substr(1))) return number_status::negative;
+  if (digits(text)) return number_status::too_large;
+  return number_status::not_a_number;
 }
 
 // LISTEN_PID: unset or another process means "not for us" (false); garbage is an error.
 result<bool> parse_pid(const listen_environment& env, pid_t self) {
   if (!env.pid) return false;
   std::int64_t pid = 0;
-  const auto status = parse_decimal(*env.pid, 0x7fffffff, pid);
+  const auto status = parse_number(*env.pid, 0x7fffffff, pid);
   if (status != number_status::ok || pid == 0)
     return invalid(pid_var, *env.pid,
                    "not a process id (expected the pid of the receiving process)");
@@ -90,7 +84,7 @@ result<bool> parse_pid(const listen_environment& env, pid_t self) {
 result<int> parse_count(const listen_environment& env) {
   if (!env.fds) return 0;  // LISTEN_PID without LISTEN_FDS: nothing passed, as in libsystemd
   std::int64_t count = 0;
-  switch (parse_decimal(*env.fds, listen_fds_max, count)) {
+  switch (parse_number(*env.fds, listen_fds_max, count)) {
     case number_status::ok:
       return static_cast<int>(count);
     case number_status::negative:

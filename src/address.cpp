@@ -7,6 +7,8 @@
 #include <cctype>
 #include <string>
 
+#include "handoff/decimal.hpp"
+
 namespace handoff {
 namespace {
 
@@ -156,10 +158,9 @@ class parser {
     if (port.empty()) return "missing port";
     if (port.size() > 5 || !all_digits(port))
       return "port \"" + printable(port) + "\" is not a number from 0 to 65535";
-    unsigned value = 0;
-    for (char c : port) value = value * 10 + static_cast<unsigned>(c - '0');
-    if (value > 65535) return "port " + std::string(port) + " is out of range (0 to 65535)";
-    out = static_cast<std::uint16_t>(value);
+    const auto value = parse_decimal<std::uint16_t>(port);
+    if (!value) return "port " + std::string(port) + " is out of range (0 to 65535)";
+    out = *value;
     return {};
   }
 

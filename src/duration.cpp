@@ -1,6 +1,9 @@
 #include "handoff/duration.hpp"
 
+#include <algorithm>
 #include <string>
+
+#include "handoff/decimal.hpp"
 
 namespace handoff {
 
@@ -10,14 +13,12 @@ result<std::chrono::milliseconds> parse_duration(std::string_view text) {
                  "duration \"" + std::string(text) + "\": " + why +
                      " (expected a whole number with ms, s, m or h, as in 500ms, 30s, 2m)");
   };
-  std::size_t digits = 0;
-  unsigned long long value = 0;
-  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') {
-    if (value > 1'000'000'000ULL) return fail("too large");
-    value = value * 10 + static_cast<unsigned>(text[digits] - '0');
-    ++digits;
-  }
+  const std::size_t digits = std::min(text.find_first_not_of("0123456789"), text.size());
   if (digits == 0) return fail("no number");
+  const auto number =
+      parse_decimal<unsigned long long>(text.substr(0, digits), 0, 10'000'000'000ULL);
+  if (!number) return fail("too large");
+  const unsigned long long value = *number;
   const std::string_view unit = text.substr(digits);
   unsigned long long ms = 0;
   if (unit == "ms")

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <string>
 
 #include "sys.hpp"
 #include "unix_address.hpp"
@@ -152,6 +153,36 @@ result<void> remove_if_stale(const address& where, const sys::unix_sockaddr& sa)
   return {};
 }
 
+// The socket file bind(2) created, removed again when a later step fails: a failed open leaves
+// nothing behind. Only that file: its device and inode are noted right after bind, and a path
+// that names something else by the time of the failure (replaced by another process) is left
+// alone.
+class created_socket_file {
+ public:
+  explicit created_socket_file(const address& where) : path_(where.host) {
+    struct stat st {};
+    if (where.is_abstract() || ::lstat(path_.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) return;
+    device_ = st.st_dev;
+    inode_ = st.st_ino;
+    armed_ = true;
+  }
+  created_socket_file(const created_socket_file&) = delete;
+  created_socket_file& operator=(const created_socket_file&) = delete;
+  ~created_socket_file() {
+    if (!armed_) return;
+    struct stat st {};
+    if (::lstat(path_.c_str(), &st) == 0 && st.st_dev == device_ && st.st_ino == inode_)
+      (void)::unlink(path_.c_str());
+  }
+  void keep() noexcept { armed_ = false; }
+
+ private:
+  std::string path_;
+  dev_t device_ = 0;
+  ino_t inode_ = 0;
+  bool armed_ = false;
+};
+
 result<unique_fd> open_unix(const address& where, const listen_options& options) {
   auto sa = sys::make_unix_sockaddr(where.host, "address");
   if (!sa) return sa.error();
@@ -164,16 +195,15 @@ result<unique_fd> open_unix(const address& where, const listen_options& options)
     if (::bind(fd.get(), sa->get(), sa->length) != 0)
       return error::from_errno(errno, "bind " + where.to_string());
   }
+  created_socket_file created(where);
   // chmod before listen(): until then a connect() is refused anyway, so no client gets in
   // under the umask's mode.
   if (options.unix_mode && !where.is_abstract() &&
-      ::chmod(where.host.c_str(), *options.unix_mode) != 0) {
-    const int err = errno;
-    ::unlink(where.host.c_str());  // we created it a moment ago
-    return error::from_errno(err, "chmod " + where.to_string());
-  }
+      ::chmod(where.host.c_str(), *options.unix_mode) != 0)
+    return error::from_errno(errno, "chmod " + where.to_string());
   if (::listen(fd.get(), backlog_of(options)) != 0)
     return error::from_errno(errno, "listen " + where.to_string());
+  created.keep();
   return fd;
 }
 

@@ -1,8 +1,10 @@
 #include "handoff/upgrader.hpp"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -10,9 +12,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <iterator>
+#include <string_view>
 
+#include "handoff/decimal.hpp"
 #include "handoff/notify_receiver.hpp"
 #include "handoff/spawn.hpp"
 #include "sys.hpp"
@@ -37,14 +39,7 @@ bool has_exited(int pidfd) {
 }
 
 std::optional<pid_t> parse_pid(std::string_view text) {
-  if (text.empty() || text.size() > 10) return std::nullopt;
-  long value = 0;
-  for (char c : text) {
-    if (c < '0' || c > '9') return std::nullopt;
-    value = value * 10 + (c - '0');
-  }
-  if (value <= 0 || value > 4'194'304) return std::nullopt;  // pid_max's ceiling
-  return static_cast<pid_t>(value);
+  return parse_decimal<pid_t>(text, 1, 4'194'304);  // pid_max's ceiling
 }
 
 std::optional<std::string> take_env(const char* name) {
@@ -68,10 +63,50 @@ result<std::string> own_executable() {
   return path;
 }
 
+// A small file read whole. open(2) with O_CLOEXEC, not a stream: the HTTP threads of the app may
+// be starting a process at this very moment, and must not hand it this fd.
+result<std::string> read_file(const std::string& path) {
+  unique_fd fd(sys::retry_eintr([&] { return ::open(path.c_str(), O_RDONLY | O_CLOEXEC); }));
+  if (!fd) return error::from_errno(errno, "open " + path);
+  std::string all;
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = sys::retry_eintr([&] { return ::read(fd.get(), buf, sizeof buf); });
+    if (n < 0) return error::from_errno(errno, "read " + path);
+    if (n == 0) return all;
+    all.append(buf, static_cast<std::size_t>(n));
+  }
+}
+
+result<void> write_all(int fd, std::string_view data, const std::string& path) {
+  while (!data.empty()) {
+    const ssize_t n = sys::retry_eintr([&] { return ::write(fd, data.data(), data.size()); });
+    if (n < 0) return error::from_errno(errno, "write " + path);
+    data.remove_prefix(static_cast<std::size_t>(n));
+  }
+  return {};
+}
+
+// A name nobody can guess ahead (and so plant a symlink or a file at): 64 random bits.
+result<std::string> random_suffix() {
+  std::uint64_t bits = 0;
+  auto* at = reinterpret_cast<unsigned char*>(&bits);
+  std::size_t got = 0;
+  while (got < sizeof bits) {
+    const ssize_t n = ::getrandom(at + got, sizeof bits - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return error::from_errno(errno, "getrandom");
+    got += static_cast<std::size_t>(n);
+  }
+  char text[17];
+  (void)std::snprintf(text, sizeof text, "%016llx", static_cast<unsigned long long>(bits));
+  return std::string(text);
+}
+
 result<std::vector<std::string>> own_arguments() {
-  std::ifstream in("/proc/self/cmdline", std::ios::binary);
-  if (!in) return error::from_errno(errno, "read /proc/self/cmdline");
-  const std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  auto read = read_file("/proc/self/cmdline");
+  if (!read) return read.error();
+  const std::string& all = *read;
   std::vector<std::string> args;
   std::size_t start = 0;
   while (start < all.size()) {
@@ -157,8 +192,20 @@ result<int> upgrader::listen(std::string_view name, std::string_view address,
   if (!where) return where.error();
   if (!name.empty()) where->name = std::string(name);
   auto fd = sockets_.listen(*where, options);
-  if (fd) claimed_.push_back(where->name);
+  // Claimed by fd, not by name: a socket found by its address keeps the name it came with (an
+  // unnamed one is "unknown", a systemd socket has its FileDescriptorName=), and must not be
+  // taken for unclaimed because that name is not the one asked for.
+  if (fd) claimed_.push_back(*fd);
   return fd;
+}
+
+bool upgrader::claim(int fd) {
+  const auto& all = sockets_.sockets();
+  if (std::none_of(all.begin(), all.end(),
+                   [&](const inherited_socket& s) { return s.fd.get() == fd; }))
+    return false;
+  claimed_.push_back(fd);
+  return true;
 }
 
 result<void> upgrader::ready(std::string_view status) {
@@ -167,7 +214,7 @@ result<void> upgrader::ready(std::string_view status) {
   auto& all = sockets_.sockets();
   all.erase(std::remove_if(all.begin(), all.end(),
                            [&](const inherited_socket& s) {
-                             return std::find(claimed_.begin(), claimed_.end(), s.name) ==
+                             return std::find(claimed_.begin(), claimed_.end(), s.fd.get()) ==
                                     claimed_.end();
                            }),
             all.end());
@@ -286,21 +333,48 @@ result<pid_t> upgrader::upgrade() {
 
 result<void> upgrader::write_pid_file(pid_t pid) const {
   if (!options_.pid_file) return {};
-  // rename(2) replaces the file atomically: a reader sees the old pid or the new one.
+  // rename(2) replaces the file atomically: a reader sees the old pid or the new one. The
+  // temporary beside it has a random name and is created exclusively, never through a symlink:
+  // nothing another user placed there is followed or overwritten.
   const std::string& path = *options_.pid_file;
-  const std::string temporary = path + ".tmp." + std::to_string(::getpid());
-  {
-    std::ofstream out(temporary, std::ios::trunc);
-    out << pid << "\n";
-    if (!out.flush()) return error::from_errno(errno, "write " + temporary);
-  }
-  if (::rename(temporary.c_str(), path.c_str()) != 0) {
-    const int err = errno;
-    ::unlink(temporary.c_str());
-    return error::from_errno(err, "rename " + temporary + " to " + path);
-  }
+  auto suffix = random_suffix();
+  if (!suffix) return suffix.error();
+  const std::string temporary = path + ".tmp." + *suffix;
+  unique_fd fd(sys::retry_eintr([&] {
+    return ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+  }));
+  if (!fd) return error::from_errno(errno, "create " + temporary);
+  struct remove_unless_renamed {
+    const std::string& path;
+    bool renamed = false;
+    ~remove_unless_renamed() {
+      if (!renamed) (void)::unlink(path.c_str());
+    }
+  } cleanup{temporary};
+  if (auto w = write_all(fd.get(), std::to_string(pid) + "\n", temporary); !w) return w.error();
+  if (::close(fd.release()) != 0) return error::from_errno(errno, "close " + temporary);
+  if (::rename(temporary.c_str(), path.c_str()) != 0)
+    return error::from_errno(errno, "rename " + temporary + " to " + path);
+  cleanup.renamed = true;
   return {};
 }
+
+void upgrader::remove_pid_file() const noexcept {
+  // Only a pid file that still names this process: after a hand-over it names the successor,
+  // which removes it in turn when it exits.
+  if (!options_.pid_file || replaced_ || !pid_file_owner_.armed) return;
+  try {
+    auto content = read_file(*options_.pid_file);
+    if (!content) return;
+    const std::string_view text(*content);
+    if (parse_pid(text.substr(0, text.find('\n'))) == ::getpid())
+      (void)::unlink(options_.pid_file->c_str());
+  } catch (...) {
+    // Out of memory while exiting: the file stays, as after a crash.
+  }
+}
+
+upgrader::~upgrader() { remove_pid_file(); }
 
 void upgrader::block_signals() {
   sigset_t set;

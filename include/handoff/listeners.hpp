@@ -25,7 +25,9 @@ struct listen_options {
   int backlog = 0;  // 0: net.core.somaxconn
   ipv6_only v6only = ipv6_only::dual_stack;
   std::optional<mode_t> unix_mode;  // chmod of a unix socket file after bind
-  bool reuse_port = false;          // SO_REUSEPORT (TCP/UDP), off by default: see PITFALLS
+  bool reuse_port = false;          // SO_REUSEPORT (TCP/UDP), off by default: closing
+                                    // one of several such listeners resets the connections
+                                    // in its accept queue
 };
 
 result<unique_fd> open_listener(const address& where, const listen_options& options = {});

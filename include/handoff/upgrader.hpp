@@ -31,6 +31,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "handoff/activation.hpp"
@@ -48,7 +49,9 @@ struct upgrader_options {
   // How many older generations may still be draining when an upgrade starts; one more is
   // refused, so that upgrades in a loop cannot pile up processes.
   unsigned max_draining = 2;
-  // Written atomically (rename) with the pid of the current ready process, never a dead one.
+  // Written atomically (a temporary with a random name, created O_EXCL|O_NOFOLLOW, renamed over
+  // it) with the pid of the current ready process; removed when the upgrader of the process it
+  // names is destroyed (a clean exit), so it never names a dead process for long.
   std::optional<std::string> pid_file;
 };
 
@@ -60,7 +63,8 @@ class upgrader {
 
   upgrader(upgrader&&) noexcept = default;
   upgrader& operator=(upgrader&&) noexcept = default;
-  ~upgrader() = default;
+  // Removes the pid file if it still names this process.
+  ~upgrader();
 
   // The inherited socket called `name`, else a new listener on `address`; the app never knows
   // which. The upgrader keeps the fd (it is handed to the next generation); the caller may
@@ -68,7 +72,12 @@ class upgrader {
   result<int> listen(std::string_view name, std::string_view address,
                      const listen_options& options = {});
 
-  // This process serves now. Inherited sockets that listen() did not claim are closed. Tells
+  // Keeps an inherited socket as it is (its fd, as in sockets()), name and all: for an app that
+  // serves whatever it was given. False when the set holds no such fd.
+  bool claim(int fd);
+
+  // This process serves now. Inherited sockets whose fd listen() did not return are closed
+  // (whatever their name: a socket matched by address keeps its inherited name). Tells
   // the previous generation (which hands over to the manager), or else the manager itself
   // (READY=1), and writes the pid file.
   result<void> ready(std::string_view status = {});
@@ -106,12 +115,27 @@ class upgrader {
  private:
   upgrader() = default;
   result<void> write_pid_file(pid_t pid) const;
+  void remove_pid_file() const noexcept;
+
+  // True in the one object that may remove the pid file: a moved-from upgrader never does.
+  struct owner_flag {
+    bool armed = true;
+    owner_flag() = default;
+    owner_flag(owner_flag&& o) noexcept : armed(std::exchange(o.armed, false)) {}
+    owner_flag& operator=(owner_flag&& o) noexcept {
+      armed = std::exchange(o.armed, false);
+      return *this;
+    }
+    owner_flag(const owner_flag&) = delete;
+    owner_flag& operator=(const owner_flag&) = delete;
+    ~owner_flag() = default;
+  };
 
   upgrader_options options_;
   std::string binary_;
   std::vector<std::string> arguments_;
   socket_set sockets_;
-  std::vector<std::string> claimed_;
+  std::vector<int> claimed_;  // fds returned by listen(), kept by ready()
   notifier manager_, parent_notify_, no_manager_;
   pid_t parent_pid_ = 0;
   unique_fd parent_;                        // pidfd
@@ -121,6 +145,7 @@ class upgrader {
   bool ready_ = false;
   bool replaced_ = false;
   bool upgrading_ = false;
+  owner_flag pid_file_owner_;
 };
 
 }  // namespace handoff

@@ -17,6 +17,7 @@
 #include <condition_variable>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -47,9 +48,15 @@ struct server::impl {
         : strand(asio::make_strand(io)), acceptor(strand), throttle(strand) {}
     asio::strand<asio::io_context::executor_type> strand;
     stream_acceptor acceptor;
-    asio::steady_timer throttle;  // waited on while max_connections are open
-    bool stopped = false;
+    asio::steady_timer throttle;  // waited on while max_connections are open, or backing off
+    bool stopped = false;         // set by drain(): the only way a loop ends
+    std::string where;            // the listener's address, for messages
   };
+  // Reports a trouble of kind `kind` once per server: an error that repeats every few hundred
+  // milliseconds must not flood the log.
+  void report_once(const std::string& kind, const std::string& message);
+  std::mutex reported_mutex;
+  std::vector<std::string> reported;  // kinds already reported; guarded by reported_mutex
   std::vector<std::unique_ptr<accept_loop>> accept_loops;
 
   std::mutex mutex;  // guards live and protects the wait for the last connection

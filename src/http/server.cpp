@@ -1,5 +1,6 @@
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -7,9 +8,13 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
+#include <cstdio>
 #include <future>
+#include <string>
+#include <system_error>
 
 #include "connection.hpp"
+#include "handoff/socket_info.hpp"
 
 namespace handoff::http {
 
@@ -61,46 +66,80 @@ asio::awaitable<void> server::impl::accept(accept_loop& loop) {
       srv.changed.notify_all();
     }
   } running{*this};
+  auto backoff = options.accept_backoff_min;
   while (!loop.stopped) {
-    // A slot is reserved before accepting, so that several accept loops together never take
-    // more than max_connections. At the limit, new connections stay in the kernel's queue
-    // (they wait, they are not refused); connection_closed() wakes this timer.
-    if (slots.fetch_add(1) >= options.max_connections) {
-      slots.fetch_sub(1);
-      loop.throttle.expires_after(std::chrono::seconds(1));
-      error_code ignored;
-      co_await loop.throttle.async_wait(redirect_error(use_awaitable, ignored));
-      continue;
-    }
-    error_code ec;
-    stream_socket socket = co_await loop.acceptor.async_accept(asio::make_strand(io),
-                                                               redirect_error(use_awaitable, ec));
-    // A connection accepted just as accepting stopped is still served below: it is ours now,
-    // and dropping it would reset a client that did nothing wrong.
-    if (ec == asio::error::operation_aborted || (ec && loop.stopped)) {
-      slots.fetch_sub(1);
-      break;
-    }
-    if (ec) {
-      slots.fetch_sub(1);
-      if (ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space ||
-          ec == asio::error::no_memory) {
-        // Out of fds or memory: back off instead of spinning; the connection stays queued.
-        loop.throttle.expires_after(std::chrono::milliseconds(100));
+    // Every failure backs off, growing and bounded: an error that repeats at once (EMFILE,
+    // ENFILE, EINVAL once another holder shut the socket down, ENOTSOCK) would otherwise spin
+    // a core. Only drain() ends the loop; a failure, however persistent, is reported and waited
+    // out, since fds free up and a holder may listen() again.
+    std::string failure;
+    try {
+      // A slot is reserved before accepting, so that several accept loops together never take
+      // more than max_connections. At the limit, new connections stay in the kernel's queue
+      // (they wait, they are not refused); connection_closed() wakes this timer.
+      if (slots.fetch_add(1) >= options.max_connections) {
+        slots.fetch_sub(1);
+        loop.throttle.expires_after(std::chrono::seconds(1));
         error_code ignored;
         co_await loop.throttle.async_wait(redirect_error(use_awaitable, ignored));
+        continue;
       }
-      continue;  // ECONNABORTED and the like: that client is gone, the next one waits
+      error_code ec;
+      stream_socket socket = co_await loop.acceptor.async_accept(asio::make_strand(io),
+                                                                 redirect_error(use_awaitable, ec));
+      // A connection accepted just as accepting stopped is still served below: it is ours now,
+      // and dropping it would reset a client that did nothing wrong.
+      if (ec && loop.stopped) {
+        slots.fetch_sub(1);
+        break;
+      }
+      if (ec) {
+        slots.fetch_sub(1);
+        // ECONNABORTED and the like: that client is gone, the next one waits; no back-off.
+        if (ec == asio::error::connection_aborted || ec == asio::error::connection_reset ||
+            ec == asio::error::interrupted || ec == asio::error::would_block ||
+            ec == asio::error::try_again)
+          continue;
+        report_once("accept " + loop.where + ": " + ec.message(),
+                    "accept " + loop.where + ": " + ec.message() + " (retrying with back-off)");
+        failure = ec.message();
+      } else {
+        backoff = options.accept_backoff_min;
+        auto conn = std::make_shared<connection>(*this, std::move(socket));
+        {
+          std::lock_guard lock(mutex);
+          live.emplace(conn.get(), conn);
+        }
+        open_connections.fetch_add(1);
+        auto executor = conn->executor();
+        asio::co_spawn(executor, conn->run(),
+                       asio::bind_cancellation_slot(conn->cancel.slot(), asio::detached));
+        continue;
+      }
+    } catch (const std::exception& e) {
+      // Out of memory or threads for this one connection: the loop must outlive it.
+      report_once(std::string("accept exception ") + e.what(),
+                  "accept " + loop.where + ": " + e.what() + " (retrying with back-off)");
+      failure = e.what();
     }
-    auto conn = std::make_shared<connection>(*this, std::move(socket));
-    {
-      std::lock_guard lock(mutex);
-      live.emplace(conn.get(), conn);
-    }
-    open_connections.fetch_add(1);
-    auto executor = conn->executor();
-    asio::co_spawn(executor, conn->run(),
-                   asio::bind_cancellation_slot(conn->cancel.slot(), asio::detached));
+    if (loop.stopped) break;
+    loop.throttle.expires_after(backoff);
+    error_code ignored;
+    co_await loop.throttle.async_wait(redirect_error(use_awaitable, ignored));
+    backoff = std::min(backoff * 2, options.accept_backoff_max);
+  }
+}
+
+void server::impl::report_once(const std::string& kind, const std::string& message) {
+  {
+    std::lock_guard lock(reported_mutex);
+    if (std::find(reported.begin(), reported.end(), kind) != reported.end()) return;
+    reported.push_back(kind);
+  }
+  if (options.log) {
+    options.log(message);
+  } else {
+    std::fprintf(stderr, "handoff::http: %s\n", message.c_str());
   }
 }
 
@@ -141,13 +180,17 @@ void server::start() {
   for (auto& fd : s.listener_fds) {
     sockaddr_storage local{};
     socklen_t length = sizeof local;
-    ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&local), &length);
+    if (::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&local), &length) != 0)
+      throw std::system_error(errno, std::system_category(),
+                              "listener fd " + std::to_string(fd.get()) + ": getsockname");
     const asio::generic::stream_protocol protocol(local.ss_family,
                                                   local.ss_family == AF_UNIX ? 0 : IPPROTO_TCP);
+    auto where = local_address(fd.get());
     for (unsigned i = 0; i < s.options.threads; ++i) {
       auto copy = fd.duplicate();
       if (!copy) throw std::runtime_error(copy.error().message());
       auto loop = std::make_unique<impl::accept_loop>(s.io);
+      loop->where = where ? where->to_string() : "fd " + std::to_string(fd.get());
       loop->acceptor.assign(protocol, copy->release());
       s.accept_loops.push_back(std::move(loop));
     }
@@ -155,7 +198,21 @@ void server::start() {
   s.listener_fds.clear();  // the loops hold their own copies
   s.work.emplace(s.io.get_executor());
   s.accept_loops_running = s.accept_loops.size();
-  for (auto& loop : s.accept_loops) asio::co_spawn(loop->strand, s.accept(*loop), asio::detached);
+  for (auto& loop : s.accept_loops) {
+    // accept() catches what it can; whatever still escapes (it should be nothing) is said, not
+    // dropped as asio::detached would.
+    asio::co_spawn(
+        loop->strand, s.accept(*loop), [&s, where = loop->where](const std::exception_ptr& e) {
+          if (!e) return;
+          try {
+            std::rethrow_exception(e);
+          } catch (const std::exception& x) {
+            s.report_once("accept loop ended", "accept loop on " + where + " ended: " + x.what());
+          } catch (...) {
+            s.report_once("accept loop ended", "accept loop on " + where + " ended");
+          }
+        });
+  }
   s.state = server_state::ready;
   for (unsigned i = 0; i < s.options.threads; ++i) s.threads.emplace_back([&s] { s.io.run(); });
 }

@@ -88,6 +88,8 @@ class raw_connection {
       fd_.reset();
     }
   }
+  // A connection made elsewhere (another family, a unix socket).
+  explicit raw_connection(unique_fd connected) : fd_(std::move(connected)) {}
   bool valid() const { return fd_.valid(); }
   int error() const { return error_; }
   int fd() const { return fd_.get(); }

@@ -1,16 +1,25 @@
 // examples/example_server as a user runs it: a real process that takes its socket by
 // LISTEN_FDS, reports READY=1, serves its routes, and drains on SIGTERM.
+#include <arpa/inet.h>
+#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <optional>
+#include <utility>
 
 #include "handoff/listeners.hpp"
 #include "handoff/notify_receiver.hpp"
 #include "handoff/socket_info.hpp"
 #include "handoff/spawn.hpp"
 #include "raw_client.hpp"
+#include "test_support.hpp"
 
 namespace handoff {
 namespace {
@@ -144,6 +153,140 @@ TEST_F(ExampleServer, DrainDeadlineAbortsAndExitsNonZero) {
   EXPECT_TRUE(status.exited);
   EXPECT_EQ(status.code, 3) << "exit 3 tells the caller that requests were cut";
   EXPECT_NE(c.read_reply(5s).result, outcome::ok);
+}
+
+// Runs example_server with the given sockets and arguments until READY=1; returns its pid
+// and the READY's STATUS=, and collects its stderr up to that point in `log`.
+struct started {
+  pid_t pid = -1;
+  std::string status, log;
+  unique_fd log_fd;  // kept open: the server writes on to its stderr until it exits
+  started() = default;
+  started(started&& o) noexcept
+      : pid(std::exchange(o.pid, -1)),
+        status(std::move(o.status)),
+        log(std::move(o.log)),
+        log_fd(std::move(o.log_fd)) {}
+  started& operator=(started&&) = delete;
+  ~started() {  // a test that failed half-way leaves no server behind
+    if (pid > 0 && ::kill(pid, SIGKILL) == 0) (void)wait_exit(pid, 10s);
+  }
+};
+started start_with(notify_receiver& notify, std::vector<passed_fd> fds,
+                   std::vector<std::string> args) {
+  spawn_options o;
+  o.argv = {HANDOFF_EXAMPLE_SERVER, "--threads", "1"};
+  o.argv.insert(o.argv.end(), args.begin(), args.end());
+  o.fds = std::move(fds);
+  o.notify_socket = notify.address();
+  int p[2];
+  EXPECT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  unique_fd read_end(p[0]), write_end(p[1]);
+  o.stderr_fd = write_end.get();
+  started s;
+  s.pid = spawn(o).value();
+  write_end.reset();
+  for (;;) {
+    auto m = notify.receive(30s);
+    if (!m) {
+      ADD_FAILURE() << m.error().message();
+      return s;
+    }
+    if (m->pid == s.pid && m->has("READY")) {
+      s.status = std::string(m->get("STATUS").value_or(""));
+      break;
+    }
+  }
+  // The "ready" line comes after READY=1 is sent; read up to it.
+  char buf[4096];
+  while (s.log.find(" ready\n") == std::string::npos) {
+    pollfd pf{read_end.get(), POLLIN, 0};
+    if (::poll(&pf, 1, 10'000) <= 0) break;
+    const ssize_t n = ::read(read_end.get(), buf, sizeof buf);
+    if (n <= 0) break;
+    s.log.append(buf, static_cast<std::size_t>(n));
+  }
+  s.log_fd = std::move(read_end);
+  return s;
+}
+
+void stop_cleanly(started& s) {
+  const pid_t pid = std::exchange(s.pid, -1);
+  ASSERT_EQ(::kill(pid, SIGTERM), 0);
+  auto status = wait_exit(pid, 30s);
+  ASSERT_TRUE(status) << status.error().message();
+  EXPECT_TRUE(status->success()) << status->describe();
+}
+
+TEST(ExampleServerSockets, WithoutListenServesEveryInheritedSocketWhateverItsName) {
+  // As `handoff run -l 'v6=[::1]:0' -l 'u=unix:PATH' -- example_server`: neither socket is
+  // called "http", and neither is the default 127.0.0.1:8080. Both must be served, and the log
+  // must say they were inherited; nothing may be opened beside them.
+  test::temp_dir dir;
+  auto v6 = open_listener(parse_address("[::1]:0").value());
+  if (!v6) GTEST_SKIP() << "no IPv6 loopback: " << v6.error().message();
+  const std::string path = dir / "app.sock";
+  auto unix_socket = open_listener(parse_address("unix:" + path).value()).value();
+  const std::string v6_at = local_address(v6->get()).value().to_string();
+  auto notify = notify_receiver::open_unique().value();
+  started s = start_with(notify, {{v6->get(), "v6"}, {unix_socket.get(), "u"}}, {});
+  ASSERT_GT(s.pid, 0);
+  // Only the server holds the sockets now: an unserved one would hang its client, not queue.
+  v6->reset();
+  unix_socket.reset();
+  EXPECT_EQ(s.status, "serving on " + v6_at + " unix:" + path);
+  EXPECT_THAT(s.log, HasSubstr("serving v6 on " + v6_at + " (inherited)"));
+  EXPECT_THAT(s.log, HasSubstr("serving u on unix:" + path + " (inherited)"));
+  EXPECT_THAT(s.log, testing::Not(HasSubstr("opened")));
+  EXPECT_THAT(s.log, testing::Not(HasSubstr("8080")));
+  for (const std::string& at : {v6_at, "unix:" + path}) {
+    SCOPED_TRACE(at);
+    auto where = parse_address(at).value();
+    auto probe = open_listener(where);  // a unix path in use / a port in use: refused
+    EXPECT_FALSE(probe) << "the socket at " << at << " is no longer held";
+  }
+  unique_fd c6(::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  {
+    sockaddr_in6 to{};
+    to.sin6_family = AF_INET6;
+    to.sin6_port = htons(parse_address(v6_at).value().port);
+    to.sin6_addr = in6addr_loopback;
+    ASSERT_EQ(::connect(c6.get(), reinterpret_cast<sockaddr*>(&to), sizeof to), 0);
+  }
+  raw_connection over_v6(std::move(c6));
+  auto r6 = over_v6.get("/", 10s);
+  ASSERT_EQ(r6.result, outcome::ok) << to_string(r6.result);
+  EXPECT_EQ(r6.header("x-served-by"), std::to_string(s.pid));
+  unique_fd cu(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  {
+    sockaddr_un to{};
+    to.sun_family = AF_UNIX;
+    path.copy(to.sun_path, sizeof to.sun_path - 1);
+    ASSERT_EQ(::connect(cu.get(), reinterpret_cast<sockaddr*>(&to), sizeof to), 0);
+  }
+  raw_connection over_unix(std::move(cu));
+  auto ru = over_unix.get("/", 10s);
+  ASSERT_EQ(ru.result, outcome::ok) << to_string(ru.result);
+  EXPECT_EQ(ru.header("x-served-by"), std::to_string(s.pid));
+  stop_cleanly(s);
+}
+
+TEST(ExampleServerSockets, ListenSaysWhichSocketsWereInheritedOpenedOrClosed) {
+  auto kept = open_listener(parse_address("127.0.0.1:0").value()).value();
+  auto extra = open_listener(parse_address("127.0.0.1:0").value()).value();
+  const std::string kept_at = local_address(kept.get()).value().to_string();
+  const std::string extra_at = local_address(extra.get()).value().to_string();
+  auto notify = notify_receiver::open_unique().value();
+  started s = start_with(notify, {{kept.get(), "web"}, {extra.get(), "spare"}},
+                         {"--listen", "web=" + kept_at, "--listen", "new=127.0.0.1:0"});
+  ASSERT_GT(s.pid, 0);
+  EXPECT_THAT(s.log, HasSubstr("serving web on " + kept_at + " (inherited)"));
+  EXPECT_THAT(s.log,
+              testing::ContainsRegex("serving new on tcp://127\\.0\\.0\\.1:[0-9]+ \\(opened\\)"));
+  EXPECT_THAT(s.log, HasSubstr("closing inherited spare (tcp " +
+                               extra_at.substr(std::string("tcp://").size()) +
+                               " listening): no --listen asks for it"));
+  stop_cleanly(s);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <signal.h>
 #include <sys/prctl.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <filesystem>
@@ -100,11 +101,13 @@ class SelfUpgrade : public testing::Test {
     fs::rename(next, binary_);
   }
 
-  pid_t start(std::vector<std::string> extra = {}) {
+  pid_t start(std::vector<std::string> extra = {}, std::vector<passed_fd> fds = {}) {
     spawn_options o;
-    o.argv = {binary_, "--threads", "2", "--upgrade-timeout", "2s", "--drain-timeout", "20s"};
+    o.argv = {binary_, "--threads", "2", "--drain-timeout", "20s"};
+    if (std::find(extra.begin(), extra.end(), "--upgrade-timeout") == extra.end())
+      o.argv.insert(o.argv.end(), {"--upgrade-timeout", "2s"});
     o.argv.insert(o.argv.end(), extra.begin(), extra.end());
-    o.fds = {{listener_.get(), "http"}};
+    o.fds = fds.empty() ? std::vector<passed_fd>{{listener_.get(), "http"}} : std::move(fds);
     o.notify_socket = manager_->address();
     int p[2];
     EXPECT_EQ(::pipe2(p, O_CLOEXEC), 0);
@@ -164,20 +167,21 @@ class SelfUpgrade : public testing::Test {
     alive_.erase(pid);
   }
 
-  void start_load() {
-    for (int i = 0; i < 2; ++i) {
-      clients_.emplace_back([this] {
+  void start_load(std::vector<std::uint16_t> ports = {}) {
+    if (ports.empty()) ports.push_back(port_);
+    for (const std::uint16_t port : ports) {
+      clients_.emplace_back([this, port] {
         raw_connection c;
         while (!stop_load_) {
-          if (!c.valid()) c = raw_connection(port_);
+          if (!c.valid()) c = raw_connection(port);
           auto r = c.get("/", 10s);
           load_.record("keepalive", r);
           if (r.result != outcome::ok || r.close) c.close();
         }
       });
-      clients_.emplace_back([this] {
+      clients_.emplace_back([this, port] {
         while (!stop_load_) {
-          raw_connection c(port_);
+          raw_connection c(port);
           load_.record("close", c.get("/", 10s, true));
         }
       });
@@ -246,6 +250,44 @@ TEST_F(SelfUpgrade, TwentyUpgradesInARowUnderLoadWithANewBinaryEachTime) {
   }
   ::kill(current, SIGTERM);
   expect_clean_exit(current);
+}
+
+TEST_F(SelfUpgrade, SocketsMatchedByAddressAreCarriedThroughUpgrades) {
+  // The app asks for http=127.0.0.1:P and 127.0.0.1:Q; the manager passed the first under
+  // another name (as a systemd socket with its own FileDescriptorName= does) and the second
+  // unnamed. Both are found by address and must be handed on, upgrade after upgrade: neither
+  // is closed at ready() for not carrying the name the app asked for.
+  unique_fd unnamed = open_listener(parse_address("127.0.0.1:0").value()).value();
+  const std::uint16_t unnamed_port = local_address(unnamed.get()).value().port;
+  const std::string pid_path = dir_ / "app.pid";
+  pid_t current = start({"--listen", "http=127.0.0.1:" + std::to_string(port_), "--listen",
+                         "127.0.0.1:" + std::to_string(unnamed_port), "--pid-file", pid_path,
+                         "--upgrade-timeout", "30s"},
+                        {{listener_.get(), "web"}, {unnamed.get(), ""}});
+  // From here on only the generations hold the sockets: a socket one of them closed would stop
+  // being served, instead of waiting in our copy's queue.
+  listener_.reset();
+  unnamed.reset();
+  start_load({port_, unnamed_port});
+  for (int i = 1; i <= 2; ++i) {
+    wait_requests(200);
+    install(i % 2 == 1 ? v2 : v1);
+    std::string why;
+    const pid_t next = upgrade(current, &why);
+    ASSERT_GT(next, 0) << "upgrade " << i << " failed: " << why;
+    expect_clean_exit(current);
+    current = next;
+    std::ifstream in(pid_path);
+    std::string named;
+    in >> named;
+    EXPECT_EQ(named, std::to_string(current)) << "the pid file names the serving generation";
+  }
+  wait_requests(200);
+  stop_load();
+  EXPECT_EQ(load_.describe_failures(), "");
+  ::kill(current, SIGTERM);
+  expect_clean_exit(current);
+  EXPECT_FALSE(fs::exists(pid_path)) << "the last generation removes its pid file at exit";
 }
 
 TEST_F(SelfUpgrade, FailedUpgradesLeaveTheOldProcessServing) {

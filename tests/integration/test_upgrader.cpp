@@ -4,7 +4,10 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -156,6 +159,64 @@ TEST_F(Upgrader, AFailedSuccessorLeavesThisProcessInCharge) {
     EXPECT_NE(m.get("STATUS").value_or("").find("upgrade failed"), std::string::npos);
     ::setenv("NOTIFY_SOCKET", manager_->address().c_str(), 1);  // for the next case's create()
   }
+}
+
+TEST_F(Upgrader, PidFileIsRemovedAtExitOnlyWhileItNamesThisProcess) {
+  const std::string path = dir_ / "app.pid";
+  {
+    auto up = make(HANDOFF_SD_READY_CHILD);
+    ASSERT_TRUE(up.listen("web", "127.0.0.1:0"));
+    ASSERT_TRUE(up.ready());
+    (void)next_message();
+    EXPECT_EQ(pid_file(), std::to_string(::getpid()));
+  }
+  EXPECT_FALSE(std::filesystem::exists(path)) << "a clean exit leaves no pid file behind";
+  {
+    ::setenv("NOTIFY_SOCKET", manager_->address().c_str(), 1);
+    auto up = make(HANDOFF_SD_READY_CHILD);
+    ASSERT_TRUE(up.listen("web", "127.0.0.1:0"));
+    ASSERT_TRUE(up.ready());
+    (void)next_message();
+    std::ofstream(path) << "1\n";  // someone else's now
+  }
+  EXPECT_EQ(pid_file(), "1") << "a pid file that names another process is not ours to remove";
+}
+
+TEST_F(Upgrader, PidFileTemporaryIsNeitherPredictableNorFollowed) {
+  // Symlinks planted where a predictable temporary would go (the pid, as before) must not be
+  // followed: the file they point to keeps its content.
+  const std::string path = dir_ / "app.pid";
+  const std::string victim = dir_ / "victim";
+  std::ofstream(victim) << "precious\n";
+  for (const std::string& name :
+       {path + ".tmp." + std::to_string(::getpid()), path + ".tmp", path + ".new"})
+    ASSERT_EQ(::symlink(victim.c_str(), name.c_str()), 0);
+  auto up = make(HANDOFF_SD_READY_CHILD);
+  ASSERT_TRUE(up.listen("web", "127.0.0.1:0"));
+  ASSERT_TRUE(up.ready());
+  std::ifstream in(victim);
+  std::string content;
+  in >> content;
+  EXPECT_EQ(content, "precious");
+  struct stat st {};
+  ASSERT_EQ(::lstat(path.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISREG(st.st_mode)) << "the pid file is a file of its own, not a planted link";
+  EXPECT_EQ(pid_file(), std::to_string(::getpid()));
+}
+
+TEST_F(Upgrader, AFailedPidFileWriteLeavesNoTemporary) {
+  // The pid file's path is a directory: rename(2) fails, and the error names the file.
+  const std::string path = dir_ / "app.pid";
+  ASSERT_EQ(::mkdir(path.c_str(), 0755), 0);
+  auto up = make(HANDOFF_SD_READY_CHILD);
+  ASSERT_TRUE(up.listen("web", "127.0.0.1:0"));
+  auto r = up.ready();
+  ASSERT_FALSE(r);
+  EXPECT_NE(r.error().message().find(path), std::string::npos) << r.error().message();
+  std::vector<std::string> left;
+  for (const auto& entry : std::filesystem::directory_iterator(dir_.path()))
+    left.push_back(entry.path().filename().string());
+  EXPECT_EQ(left, std::vector<std::string>{"app.pid"});
 }
 
 TEST_F(Upgrader, UpgradeBeforeReadyIsRefused) {

@@ -1,14 +1,22 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <netinet/in.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstddef>
 #include <cstdio>
 #include <fstream>
+#include <initializer_list>
+#include <vector>
 
 #include "handoff/listeners.hpp"
 #include "handoff/socket_info.hpp"
@@ -262,6 +270,67 @@ TEST(OpenListener, UnixPathNeverRemovesAFileThatIsNotASocket) {
   std::string content;
   in >> content;
   EXPECT_EQ(content, "precious");
+}
+
+// Makes the given system calls fail with `err` in this process from now on (seccomp(2)): a real
+// refusal by the kernel at a step that nothing else makes fail on demand. Call in a child.
+bool refuse_syscalls(std::initializer_list<int> numbers, int err) {
+  std::vector<sock_filter> filter;
+  filter.push_back(BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)));
+  for (int nr : numbers) {
+    filter.push_back(BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, static_cast<unsigned>(nr), 0, 1));
+    filter.push_back(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (err & SECCOMP_RET_DATA)));
+  }
+  filter.push_back(BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+  sock_fprog program{static_cast<unsigned short>(filter.size()), filter.data()};
+  return ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
+         ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) == 0;
+}
+
+// In a child whose `numbers` fail with EACCES: opens unix:path and says how it went.
+enum open_outcome { refused_and_removed = 10, refused_but_left = 11, opened = 12, no_seccomp = 13 };
+int open_unix_with_refused(const std::string& path, const listen_options& options,
+                           std::initializer_list<int> numbers) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    if (!refuse_syscalls(numbers, EACCES)) ::_exit(no_seccomp);
+    auto fd = open_listener(parse_address("unix:" + path).value(), options);
+    if (fd) ::_exit(opened);
+    ::_exit(::access(path.c_str(), F_OK) == 0 ? refused_but_left : refused_and_removed);
+  }
+  int status = 0;
+  if (pid < 0 || ::waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return -1;
+  return WEXITSTATUS(status);
+}
+
+TEST(OpenListener, UnixSocketFileIsRemovedWhenListenFails) {
+  test::temp_dir dir;
+  const std::string path = dir / "app.sock";
+  const int outcome = open_unix_with_refused(path, {}, {__NR_listen});
+  if (outcome == no_seccomp) GTEST_SKIP() << "seccomp filters are not available here";
+  EXPECT_EQ(outcome, refused_and_removed);
+  EXPECT_NE(::access(path.c_str(), F_OK), 0);
+}
+
+TEST(OpenListener, UnixSocketFileIsRemovedWhenChmodFails) {
+  test::temp_dir dir;
+  const std::string path = dir / "app.sock";
+  listen_options options;
+  options.unix_mode = 0600;
+  const int outcome = open_unix_with_refused(path, options, {__NR_chmod, __NR_fchmodat});
+  if (outcome == no_seccomp) GTEST_SKIP() << "seccomp filters are not available here";
+  EXPECT_EQ(outcome, refused_and_removed);
+}
+
+TEST(OpenListener, AFailedOpenLeavesAStaleSocketFileItDidNotCreate) {
+  // The stale file of a dead process is replaced only once bind succeeds; a failure before that
+  // leaves the path as it was, and one after removes only the new file.
+  test::temp_dir dir;
+  const std::string path = dir / "stale.sock";
+  { auto dead = must_listen("unix:" + path); }
+  const int outcome = open_unix_with_refused(path, {}, {__NR_bind});
+  if (outcome == no_seccomp) GTEST_SKIP() << "seccomp filters are not available here";
+  EXPECT_EQ(outcome, refused_but_left);
 }
 
 TEST(OpenListener, UnixPathInMissingDirectory) {

@@ -56,6 +56,13 @@ struct server_options {
   std::size_t max_connections = 10'000;  // beyond: new ones wait in the kernel's accept queue
   milliseconds health_delay{0};          // drain step 1: 503 on health while still accepting
   milliseconds drain_idle_grace{1'000};  // drain step 4: how long an idle connection is kept
+  // Where the server reports trouble it handles itself, once per kind (accept failing with
+  // EMFILE, ENFILE, EINVAL after another holder shut the socket down, ...): the accept loop
+  // backs off (accept_backoff_min, doubling up to accept_backoff_max) and retries until the
+  // server drains. Default (empty): one line on stderr.
+  std::function<void(std::string_view)> log;
+  milliseconds accept_backoff_min{10};
+  milliseconds accept_backoff_max{1'000};
 };
 
 // What a drain did.
@@ -108,7 +115,8 @@ class server {
 
   // A listening TCP or unix stream socket; the server owns this fd (dup one you keep).
   void add_listener(unique_fd fd);
-  // Runs the threads and accepts; the state becomes ready.
+  // Runs the threads and accepts; the state becomes ready. Throws std::system_error, before
+  // any thread runs, when a listener is not a socket (naming the fd and the errno text).
   void start();
   server_state state() const noexcept;
   bool ready() const noexcept { return state() == server_state::ready; }
