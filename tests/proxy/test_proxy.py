@@ -330,7 +330,8 @@ class ProxyTest(unittest.TestCase):
         self.sup = Supervisor(self.tmp, ["--proxy", "http", "--ready", "http:///",
                                          "--ready-timeout", "30s"], ["python3", PY_APP, modes])
         self.sup.wait_line(r"generation 1: started", 20)
-        out = http_request(self.sup.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        out = http_request(self.sup.port,
+                           b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         self.assertTrue(out.startswith(b"HTTP/1.1 503"), out)
         self.assertIn(b"Retry-After:", out)
 
