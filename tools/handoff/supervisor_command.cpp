@@ -85,7 +85,7 @@ struct run_args {
               restart = "on-failure", log_format = "text", watchdog = "0", settle = "0",
               log_timestamps = "auto";
   std::string proxy, upstream, header_timeout = "10s", idle_timeout = "60s",
-                     response_timeout = "60s";
+                               response_timeout = "60s";
   bool no_forwarded = false;
   std::uint32_t max_header = 16 * 1024;
   std::optional<std::uint64_t> max_body;
@@ -154,12 +154,14 @@ void run_command(run_args& a) {
   }
   if (o.ready == sv::ready_mode::tcp && p.kind != sv::proxy_kind::none) {
     if (p.upstream != sv::upstream_kind::port)
-      fail(2, "--ready tcp with --upstream fds or fds:tcp proves nothing: the supervisor holds "
-              "the generation's socket, so the kernel completes the connect by itself; use "
-              "--ready notify, --ready http://PATH, or --upstream port");
+      fail(2,
+           "--ready tcp with --upstream fds or fds:tcp proves nothing: the supervisor holds "
+           "the generation's socket, so the kernel completes the connect by itself; use "
+           "--ready notify, --ready http://PATH, or --upstream port");
     if (!o.ready_target.empty())
-      fail(2, "--ready tcp:" + o.ready_target + " with --proxy: give --ready tcp, which "
-              "probes the generation's own port");
+      fail(2, "--ready tcp:" + o.ready_target +
+                  " with --proxy: give --ready tcp, which "
+                  "probes the generation's own port");
   }
   o.ready_timeout = duration_of(a.ready_timeout, "--ready-timeout");
   o.stop_timeout = duration_of(a.stop_timeout, "--stop-timeout");

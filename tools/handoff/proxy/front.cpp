@@ -61,8 +61,7 @@ struct front::impl {
           if (options.mode == proxy_mode::tcp)
             co_await relay_tcp(std::move(client), router, listener, tcp_counters_);
           else
-            co_await relay_http(std::move(client), router, listener, options.relay,
-                                http_counters);
+            co_await relay_http(std::move(client), router, listener, options.relay, http_counters);
         },
         // A relay that throws (out of memory) loses its one connection, never the front.
         [this](const std::exception_ptr&) { --open_clients; });

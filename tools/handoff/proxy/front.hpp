@@ -33,11 +33,11 @@ struct front_options {
 
 struct front_stats {
   std::vector<generation_stats> generations;
-  std::uint64_t requests = 0;          // http: request headers accepted; tcp: connections relayed
-  std::uint64_t bad_gateway = 0;       // 502
-  std::uint64_t unavailable = 0;       // 503 (tcp: connections closed for want of a generation)
-  std::uint64_t rejected = 0;          // 400, 408, 413, 431
-  std::uint64_t tunnels = 0;           // Upgrade / CONNECT
+  std::uint64_t requests = 0;            // http: request headers accepted; tcp: connections relayed
+  std::uint64_t bad_gateway = 0;         // 502
+  std::uint64_t unavailable = 0;         // 503 (tcp: connections closed for want of a generation)
+  std::uint64_t rejected = 0;            // 400, 408, 413, 431
+  std::uint64_t tunnels = 0;             // Upgrade / CONNECT
   std::uint64_t client_connections = 0;  // open now
   std::uint64_t accepted = 0;            // client connections accepted so far
   std::uint64_t connect_failures = 0;    // upstream connects that failed (then tried again)

@@ -37,8 +37,7 @@ upstream_router::generation_state* upstream_router::find(int id) {
   return it == generations_.end() ? nullptr : &it->second;
 }
 
-asio::awaitable<std::optional<upstream_connection>> upstream_router::acquire(
-    std::size_t listener) {
+asio::awaitable<std::optional<upstream_connection>> upstream_router::acquire(std::size_t listener) {
   for (int attempt = 0; attempt < connect_attempts && !closing_; ++attempt) {
     generation_state* g = find(serving_);
     if (g == nullptr || listener >= g->upstreams.size()) co_return std::nullopt;

@@ -105,8 +105,9 @@ result<void> proxy_link::prepare(int generation) {
       a.sun_family = AF_UNIX;
       if (u.path.size() >= sizeof a.sun_path)
         return error::make(errc::invalid_address,
-                           "proxy upstream " + u.path + ": longer than a unix socket path may be "
-                           "(give a shorter --control directory or --name)");
+                           "proxy upstream " + u.path +
+                               ": longer than a unix socket path may be "
+                               "(give a shorter --control directory or --name)");
       std::memcpy(a.sun_path, u.path.c_str(), u.path.size() + 1);
       u.fd.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
       if (!u.fd) return error::from_errno(errno, "proxy upstream " + u.path + ": socket");

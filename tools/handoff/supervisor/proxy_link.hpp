@@ -21,7 +21,6 @@
 #include "proxy/front.hpp"
 #include "supervisor/options.hpp"
 
-
 namespace handoff::supervisor {
 
 struct public_socket {

@@ -122,7 +122,8 @@ void check_unique(const std::vector<address>& wanted) {
 void supervisor_core::check_ready_target() const {
   if (o_.proxy.kind != proxy_kind::none) return;
   if (o_.ready != ready_mode::tcp && o_.ready != ready_mode::http) return;
-  const std::string mode = o_.ready == ready_mode::tcp ? "--ready tcp" : "--ready " + o_.ready_target;
+  const std::string mode =
+      o_.ready == ready_mode::tcp ? "--ready tcp" : "--ready " + o_.ready_target;
   const std::string why =
       ": the supervisor holds that socket, so the kernel (or the generation that serves) "
       "answers the probe, whatever the new generation does; use --ready notify, a port the app "
@@ -131,7 +132,8 @@ void supervisor_core::check_ready_target() const {
   std::string port_text;
   if (o_.ready == ready_mode::tcp) {
     if (o_.ready_target.empty()) {
-      if (!sockets_.empty()) throw std::runtime_error(mode + " probes the first public socket" + why);
+      if (!sockets_.empty())
+        throw std::runtime_error(mode + " probes the first public socket" + why);
       throw std::runtime_error("--ready tcp: no socket to probe (give tcp:HOST:PORT)");
     }
     port_text = o_.ready_target.substr(o_.ready_target.rfind(':') + 1);
@@ -262,20 +264,21 @@ void supervisor_core::setup() {
     std::vector<public_socket> pub;
     for (const auto& s : sockets_) pub.push_back({s.fd.get(), s.name});
     const auto slash = o_.control.rfind('/');
-    const std::string dir = slash == std::string::npos   ? std::string(".")
-                            : slash == 0                 ? std::string("/")
-                                                         : o_.control.substr(0, slash);
+    const std::string dir = slash == std::string::npos ? std::string(".")
+                            : slash == 0               ? std::string("/")
+                                                       : o_.control.substr(0, slash);
     // Started after the signal mask is set: the front's thread inherits it, so every signal
     // still reaches the signalfd.
     proxy_ = std::make_unique<proxy_link>(o_, pub, dir);
     may_stop_ = [this](const generation& g) { return proxy_->drained(g.id); };
-    log_.log("proxy", fmt::format("proxy {}: accepting on the public sockets; each generation "
-                                  "listens on {}",
-                                  o_.proxy.kind == proxy_kind::tcp ? "tcp" : "http",
-                                  o_.proxy.upstream == upstream_kind::fds_unix ? "a unix socket in " + dir
-                                  : o_.proxy.upstream == upstream_kind::fds_tcp
-                                      ? std::string("127.0.0.1:0 (LISTEN_FDS)")
-                                      : std::string("a free port in $PORT")));
+    log_.log("proxy",
+             fmt::format("proxy {}: accepting on the public sockets; each generation "
+                         "listens on {}",
+                         o_.proxy.kind == proxy_kind::tcp ? "tcp" : "http",
+                         o_.proxy.upstream == upstream_kind::fds_unix ? "a unix socket in " + dir
+                         : o_.proxy.upstream == upstream_kind::fds_tcp
+                             ? std::string("127.0.0.1:0 (LISTEN_FDS)")
+                             : std::string("a free port in $PORT")));
   }
   log_.log("supervisor",
            fmt::format("supervisor pid {} running {}; control {}", ::getpid(), o_.command.at(0),
