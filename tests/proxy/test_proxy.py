@@ -169,7 +169,9 @@ class ProxyTest(unittest.TestCase):
         self.assertEqual(status["proxy"]["unavailable"], 0)
         accepted = status["proxy"]["accepted"] - before
         if mode == "keepalive":
-            # No connection opened by the client after its first ones.
+            # No connection opened by the client after its first ones: check's own count, and
+            # the connections the front accepted.
+            self.assertEqual(result["reconnects"], 0, r.stdout)
             self.assertEqual(accepted, baseline, f"{accepted} connections for {baseline}")
         else:
             self.assertGreater(accepted, len(restarts))
