@@ -111,6 +111,8 @@ def check(url, seconds, mode, json_path, reload_cmd=None, extra=()):
         # Back to back: check starts the next reload once the last one returned.
         cmd += ["--reload-cmd", reload_cmd, "--reload-every", "100ms"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+    if not os.path.exists(json_path):
+        raise AssertionError(f"check exited {r.returncode} without {json_path}: {r.stderr}")
     with open(json_path) as f:
         return json.load(f), r
 
