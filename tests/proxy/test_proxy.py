@@ -149,7 +149,7 @@ class ProxyTest(unittest.TestCase):
         self.sup.wait_line(r"generation 1 took over", 60)
         return self.sup
 
-    def reload_under_load(self, args, command, mode, min_reloads):
+    def reload_under_load(self, args, command, mode, min_reloads, seconds=SECONDS):
         sup = self.start(args, command)
         url = f"http://127.0.0.1:{sup.port}/"
         # How many connections check opens with no reload at all: the count to match.
@@ -159,7 +159,7 @@ class ProxyTest(unittest.TestCase):
         baseline = sup.status()["proxy"]["accepted"] - before
         before += baseline
         reload_cmd = f"{HANDOFF} reload --control {sup.control}"
-        result, r = check(url, SECONDS, mode, os.path.join(self.tmp, "load.json"), reload_cmd)
+        result, r = check(url, seconds, mode, os.path.join(self.tmp, "load.json"), reload_cmd)
         status = sup.status()
         restarts = result["restarts"]
         ok = [x for x in restarts if x["success"]]
@@ -210,11 +210,11 @@ class ProxyTest(unittest.TestCase):
 
     @unittest.skipUnless(GO_APP, "HANDOFF_GO_APP not built (golang-go missing)")
     def test_go_keepalive(self):
-        self.reload_under_load(["--proxy", "http"], [GO_APP], "keepalive", 20)
+        self.reload_under_load(["--proxy", "http"], [GO_APP], "keepalive", 20, 2 * SECONDS)
 
     @unittest.skipUnless(GO_APP, "HANDOFF_GO_APP not built (golang-go missing)")
     def test_go_close(self):
-        self.reload_under_load(["--proxy", "http"], [GO_APP], "close", 20)
+        self.reload_under_load(["--proxy", "http"], [GO_APP], "close", 20, 2 * SECONDS)
 
     # ---- --proxy tcp ----------------------------------------------------------------------
 
