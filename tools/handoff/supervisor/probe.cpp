@@ -158,10 +158,9 @@ std::shared_ptr<probe_state> start_probe(std::string kind, std::string target, i
     const bool parsed = url.has_value() || where.has_value();
     // Polling is what these modes are: the app gives no event to wait for. Every 100 ms.
     while (parsed && !state->abandoned) {
-      const bool ok = !unix_path.empty()
-                          ? (url ? http_ok_unix(unix_path, url->target)
-                                 : connect_unix(unix_path).valid())
-                      : url ? http_ok(*url)
+      const bool ok = !unix_path.empty() ? (url ? http_ok_unix(unix_path, url->target)
+                                                : connect_unix(unix_path).valid())
+                      : url              ? http_ok(*url)
                             : connect_to(where->host.empty() ? "127.0.0.1" : where->host,
                                          std::to_string(where->port), 1s)
                                   .valid();

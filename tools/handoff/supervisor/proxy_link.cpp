@@ -54,7 +54,7 @@ std::string port_variable(const std::string& name) {
 
 proxy_link::proxy_link(const run_options& o, const std::vector<public_socket>& sockets,
                        std::string runtime_dir)
-    : settings_(o.proxy), runtime_dir_(std::move(runtime_dir)) {
+    : settings_(o.proxy), nonblocking_(o.nonblocking), runtime_dir_(std::move(runtime_dir)) {
   if (sockets.empty())
     throw std::runtime_error("--proxy: no public socket to accept on (give --listen)");
   prefix_ = runtime_dir_ + "/" + o.name + "." + std::to_string(::getpid());
@@ -128,6 +128,8 @@ result<void> proxy_link::prepare(int generation) {
       if (fds) u.fd = std::move(*fd);
       u.where = loopback_endpoint(u.port);
     }
+    if (u.fd && nonblocking_)
+      if (auto r = set_nonblocking(u.fd.get()); !r) return r.error();
     ups.push_back(std::move(u));
   }
   generations_[generation] = std::move(ups);

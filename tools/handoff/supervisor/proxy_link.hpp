@@ -67,6 +67,7 @@ class proxy_link {
   const std::vector<upstream>* find(int generation) const;
 
   proxy_settings settings_;
+  bool nonblocking_ = false;  // --nonblocking: the private sockets as the public ones would be
   std::vector<std::string> names_;
   std::string runtime_dir_, prefix_;
   std::unique_ptr<proxy::front> front_;
