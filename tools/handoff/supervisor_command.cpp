@@ -84,6 +84,11 @@ struct run_args {
   std::string ready = "notify", ready_timeout = "60s", stop_signal = "TERM", stop_timeout = "30s",
               restart = "on-failure", log_format = "text", watchdog = "0", settle = "0",
               log_timestamps = "auto";
+  std::string proxy, upstream, header_timeout = "10s", idle_timeout = "60s",
+                               response_timeout = "60s";
+  bool no_forwarded = false;
+  std::uint32_t max_header = 16 * 1024;
+  std::optional<std::uint64_t> max_body;
 };
 
 struct client_args {
@@ -94,7 +99,40 @@ struct client_args {
 void run_command(run_args& a) {
   sv::run_options& o = a.o;
   if (o.command.empty()) fail(2, "run: no command given (handoff run [OPTIONS] -- COMMAND ...)");
-  if (a.ready == "notify") {
+  auto& p = o.proxy;
+  if (a.proxy.empty() || a.proxy == "none")
+    p.kind = sv::proxy_kind::none;
+  else if (a.proxy == "http")
+    p.kind = sv::proxy_kind::http;
+  else if (a.proxy == "tcp")
+    p.kind = sv::proxy_kind::tcp;
+  else
+    fail(2, "--proxy: \"" + a.proxy + "\" is not http or tcp");
+  if (a.upstream.empty() || a.upstream == "fds")
+    p.upstream = sv::upstream_kind::fds_unix;
+  else if (a.upstream == "fds:tcp")
+    p.upstream = sv::upstream_kind::fds_tcp;
+  else if (a.upstream == "port")
+    p.upstream = sv::upstream_kind::port;
+  else
+    fail(2, "--upstream: \"" + a.upstream + "\" is not fds, fds:tcp or port");
+  if (!a.upstream.empty() && p.kind == sv::proxy_kind::none)
+    fail(2, "--upstream needs --proxy http or --proxy tcp");
+  p.forwarded = !a.no_forwarded;
+  p.header_limit = a.max_header;
+  p.body_limit = a.max_body;
+  p.header_timeout = duration_of(a.header_timeout, "--header-timeout");
+  p.idle_timeout = duration_of(a.idle_timeout, "--idle-timeout");
+  p.response_timeout = duration_of(a.response_timeout, "--response-timeout");
+  if (p.kind != sv::proxy_kind::none && a.ready.rfind("http://", 0) == 0) {
+    // With --proxy the generation's own address is probed: only the URL's path counts.
+    const auto path_at = a.ready.find('/', 7);
+    const std::string path = path_at == std::string::npos ? "/" : a.ready.substr(path_at);
+    if (!sv::valid_http_url("http://localhost" + path))
+      fail(2, "--ready: \"" + a.ready + "\" is not a valid URL");
+    o.ready = sv::ready_mode::http;
+    o.ready_target = "http://localhost" + path;
+  } else if (a.ready == "notify") {
     o.ready = sv::ready_mode::notify;
   } else if (a.ready == "tcp" || a.ready.rfind("tcp:", 0) == 0) {
     o.ready = sv::ready_mode::tcp;
@@ -113,6 +151,17 @@ void run_command(run_args& a) {
   } else {
     fail(2, "--ready: \"" + a.ready +
                 "\" is not notify, http://HOST:PORT/PATH, tcp[:HOST:PORT] or delay:DURATION");
+  }
+  if (o.ready == sv::ready_mode::tcp && p.kind != sv::proxy_kind::none) {
+    if (p.upstream != sv::upstream_kind::port)
+      fail(2,
+           "--ready tcp with --upstream fds or fds:tcp proves nothing: the supervisor holds "
+           "the generation's socket, so the kernel completes the connect by itself; use "
+           "--ready notify, --ready http://PATH, or --upstream port");
+    if (!o.ready_target.empty())
+      fail(2, "--ready tcp:" + o.ready_target +
+                  " with --proxy: give --ready tcp, which "
+                  "probes the generation's own port");
   }
   o.ready_timeout = duration_of(a.ready_timeout, "--ready-timeout");
   o.stop_timeout = duration_of(a.stop_timeout, "--stop-timeout");
@@ -217,6 +266,29 @@ void add_supervisor_commands(CLI::App& app) {
       ->capture_default_str();
   run->add_flag("--nonblocking", run_a->o.nonblocking,
                 "O_NONBLOCK on the sockets handed to the app (systemd's NonBlocking=)");
+  run->add_option("--proxy", run_a->proxy,
+                  "http | tcp: the supervisor accepts on the sockets and relays each request "
+                  "(connection) to the generation that serves; the app gets private sockets");
+  run->add_option("--upstream", run_a->upstream,
+                  "with --proxy: fds (a unix socket per generation, by LISTEN_FDS; default) | "
+                  "fds:tcp (127.0.0.1:0, by LISTEN_FDS) | port (a free port in $PORT)");
+  run->add_flag("--no-forwarded-headers", run_a->no_forwarded,
+                "--proxy http: add no Forwarded / X-Forwarded-For / X-Forwarded-Proto");
+  run->add_option("--max-header-size", run_a->max_header,
+                  "--proxy http: a larger request header is answered 431")
+      ->check(CLI::Range(1024U, 1024U * 1024U))
+      ->capture_default_str();
+  run->add_option("--max-body-size", run_a->max_body,
+                  "--proxy http: a larger request body is answered 413 (default: any)");
+  run->add_option("--header-timeout", run_a->header_timeout,
+                  "--proxy http: a request header must arrive within (408)")
+      ->capture_default_str();
+  run->add_option("--idle-timeout", run_a->idle_timeout,
+                  "--proxy http: an idle client connection is closed after")
+      ->capture_default_str();
+  run->add_option("--response-timeout", run_a->response_timeout,
+                  "--proxy http: each wait for the app's response (504)")
+      ->capture_default_str();
   run->add_option("command", run_a->o.command, "the app and its arguments (after --)")->required();
   run->callback([run_a] { run_command(*run_a); });
 

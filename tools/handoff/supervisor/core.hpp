@@ -8,6 +8,7 @@
 //   timers.cpp     every timed check, each reporting its next deadline (timers.hpp)
 //   control.cpp    control sessions and their transport (requests dispatched in supervisor.cpp)
 //   status.cpp     `handoff status` as text and JSON
+//   proxy_link.cpp --proxy: each generation's private upstreams, and the front's steps
 //   supervisor.cpp the loop itself
 //
 // Everything runs on one thread. The operating system is reached only through os_env (os.hpp)
@@ -20,6 +21,7 @@
 #include <cstdint>
 #include <functional>
 #include <list>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -31,6 +33,7 @@
 #include "supervisor/log.hpp"
 #include "supervisor/options.hpp"
 #include "supervisor/os.hpp"
+#include "supervisor/proxy_link.hpp"
 #include "supervisor/timers.hpp"
 
 namespace handoff::supervisor {
@@ -107,6 +110,7 @@ class supervisor_core {
   void check_progress();
   void remove_gone_generations();
   // Events of the real process (reap.cpp, notify_dispatch.cpp, supervisor.cpp).
+  void check_ready_target() const;
   void on_signal();
   void reap();
   void on_pidfd(generation& g, slot& s);
@@ -125,6 +129,7 @@ class supervisor_core {
   unique_fd signal_fd_, wake_fd_;
   std::list<generation> generations_;
   std::function<bool(const generation&)> may_stop_;
+  std::unique_ptr<proxy_link> proxy_;  // --proxy only
   std::uint64_t transitions_ = 0;
   std::chrono::microseconds own_watchdog_{0};
   clock::time_point next_ping_{};

@@ -69,7 +69,11 @@ generation* supervisor_core::serving() {
 result<void> supervisor_core::spawn_slot(generation& g, slot& s) {
   spawn_options so;
   so.argv = o_.command;
-  for (const auto& h : sockets_) so.fds.push_back({h.fd.get(), h.name});
+  // In proxy mode the app gets its generation's private upstreams, never the public sockets.
+  if (proxy_)
+    proxy_->add_to_spawn(g.id, so);
+  else
+    for (const auto& h : sockets_) so.fds.push_back({h.fd.get(), h.name});
   for (const auto& f : fdstore_) so.fds.push_back({f.fd.get(), f.name});
   if (notify_) so.notify_socket = notify_->address();
   so.group = process_group::new_group;
@@ -100,7 +104,19 @@ result<void> supervisor_core::spawn_slot(generation& g, slot& s) {
   s.status_text.clear();
   if (o_.ready == ready_mode::tcp || o_.ready == ready_mode::http) {
     std::string target = o_.ready_target;
-    if (o_.ready == ready_mode::tcp && target.empty()) {
+    std::string unix_path;
+    if (proxy_) {
+      // The generation's own address: only its processes can answer there.
+      const std::string own = proxy_->probe_address(g.id);
+      if (own.rfind("unix:", 0) == 0) unix_path = own.substr(5);
+      if (o_.ready == ready_mode::tcp) {
+        target = own;
+      } else {
+        const auto path_at = target.find('/', 7);
+        target = "http://" + (unix_path.empty() ? own : std::string("localhost")) +
+                 (path_at == std::string::npos ? std::string("/") : target.substr(path_at));
+      }
+    } else if (o_.ready == ready_mode::tcp && target.empty()) {
       for (const auto& h : sockets_) {
         auto where = local_address(h.fd.get());
         if (where && where->kind == transport::tcp) {
@@ -112,7 +128,8 @@ result<void> supervisor_core::spawn_slot(generation& g, slot& s) {
         }
       }
     }
-    s.probe = start_probe(o_.ready == ready_mode::http ? "http" : "tcp", target, wake_fd_.get());
+    s.probe = start_probe(o_.ready == ready_mode::http ? "http" : "tcp", target, wake_fd_.get(),
+                          unix_path);
   }
   log_.log("started", fmt::format("generation {}: started pid {}", g.id, s.pid),
            {{"generation", g.id}, {"pid", static_cast<long long>(s.pid)}});
@@ -128,6 +145,13 @@ void supervisor_core::start_generation(bool is_restart, std::optional<std::uint6
   g.slots.resize(static_cast<std::size_t>(o_.processes));
   if (waiter) g.waiters.push_back(*waiter);
   if (!is_restart && g.id > 1) os_.notify_manager(manager_event::reloading);
+  if (proxy_) {
+    if (auto r = proxy_->prepare(g.id); !r) {
+      if (g.id == 1) throw std::runtime_error(r.error().message());
+      fail_generation(g, r.error().message());
+      return;
+    }
+  }
   for (auto& s : g.slots) {
     if (auto r = spawn_slot(g, s); !r) {
       // The very first start failing to exec is a setup error (a typo in the command), not a
@@ -174,6 +198,8 @@ void supervisor_core::take_over(generation& g) {
   }
   for (const auto id : g.waiters) answer(id, "ok " + text + "\n");
   g.waiters.clear();
+  // Requests go to the new generation before the old one is retired: none finds no one.
+  if (proxy_) proxy_->serve(g.id);
   if (old != nullptr) retire(*old);
   os_.notify_manager(manager_event::ready, "generation " + std::to_string(g.id) + " serving");
   check_sockets_served(g);
@@ -204,6 +230,7 @@ void supervisor_core::retire(generation& g) {
   ++transitions_;
   g.state = generation_state::retiring;
   g.retire_deadline = os_.now() + o_.stop_timeout;
+  if (proxy_) proxy_->retire(g.id);
   // Without a front proxy nothing of ours is in flight: the stop signal goes out at once.
   if (!may_stop_ || may_stop_(g)) stop_generation(g, o_.stop_signal);
 }
@@ -318,11 +345,17 @@ void supervisor_core::begin_stop(const std::string& why) {
   next_start_.reset();
   log_.log("stop", why + ": stopping every generation");
   os_.notify_manager(manager_event::stopping);
+  // The front stops accepting; the requests in flight at the serving generation finish there
+  // (it is retired, so stopped once they did, or at --stop-timeout) rather than being cut.
+  if (proxy_) proxy_->stop();
   for (auto& g : generations_) {
     for (const auto id : g.waiters)
       answer(id, fmt::format("error generation {} abandoned: the supervisor is stopping\n", g.id));
     g.waiters.clear();
-    if (g.state != generation_state::draining && g.state != generation_state::failed)
+    if (proxy_ && g.state == generation_state::serving)
+      retire(g);
+    else if (g.state != generation_state::draining && g.state != generation_state::failed &&
+             g.state != generation_state::retiring)
       stop_generation(g, o_.stop_signal);
   }
 }
@@ -432,6 +465,7 @@ void supervisor_core::remove_gone_generations() {
       ++it;
       continue;
     }
+    if (proxy_) proxy_->forget(it->id);
     log_.log("gone",
              fmt::format("generation {}: {} ({} ms after its start)", it->id,
                          it->state == generation_state::failed ? "failed, all its processes gone"

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -11,6 +12,23 @@ namespace handoff::supervisor {
 enum class ready_mode { notify, http, tcp, delay };
 enum class restart_policy { on_failure, always, never };
 enum class log_format { text, json };
+// --proxy: none (the app gets the public sockets), http or tcp (the supervisor relays).
+enum class proxy_kind { none, http, tcp };
+// --upstream: where a generation listens in proxy mode. fds_unix: a unix socket made for it in
+// the runtime directory, fds_tcp: 127.0.0.1:0, both passed by LISTEN_FDS; port: a free
+// loopback port in $PORT that the app binds itself.
+enum class upstream_kind { fds_unix, fds_tcp, port };
+
+struct proxy_settings {
+  proxy_kind kind = proxy_kind::none;
+  upstream_kind upstream = upstream_kind::fds_unix;
+  bool forwarded = true;  // Forwarded, X-Forwarded-For, X-Forwarded-Proto
+  std::uint32_t header_limit = 16 * 1024;
+  std::optional<std::uint64_t> body_limit;
+  std::chrono::milliseconds header_timeout{std::chrono::seconds(10)};
+  std::chrono::milliseconds idle_timeout{std::chrono::seconds(60)};
+  std::chrono::milliseconds response_timeout{std::chrono::seconds(60)};
+};
 
 struct run_options {
   std::vector<std::string> command;  // argv of the app
@@ -36,6 +54,7 @@ struct run_options {
   std::size_t fdstore_max = 64;
   bool nonblocking = false;            // O_NONBLOCK on the sockets handed to the app (NonBlocking=)
   std::optional<bool> log_timestamps;  // text logs; nullopt: on unless stderr is the journal
+  proxy_settings proxy;
 };
 
 }  // namespace handoff::supervisor

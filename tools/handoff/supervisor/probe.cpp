@@ -3,6 +3,7 @@
 #include <netdb.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <boost/asio/co_spawn.hpp>
@@ -16,6 +17,7 @@
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
 #include <chrono>
+#include <cstring>
 #include <thread>
 
 #include "check/url.hpp"
@@ -85,6 +87,44 @@ bool http_ok(const check::url& url) {
   return ok;
 }
 
+// A connected unix stream socket, or an invalid fd (a unix connect does not wait).
+unique_fd connect_unix(const std::string& path) {
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  if (path.size() >= sizeof a.sun_path) return {};
+  std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
+  unique_fd s(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!s || ::connect(s.get(), reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0) return {};
+  return s;
+}
+
+// One GET on a generation's unix socket (--proxy); true on a 2xx status line within 2 s.
+bool http_ok_unix(const std::string& path, const std::string& target) {
+  unique_fd fd = connect_unix(path);
+  if (!fd) return false;
+  const std::string request = "GET " + target +
+                              " HTTP/1.1\r\nHost: localhost\r\nUser-Agent: handoff-ready-probe\r\n"
+                              "Connection: close\r\n\r\n";
+  if (::send(fd.get(), request.data(), request.size(), MSG_NOSIGNAL) !=
+      static_cast<ssize_t>(request.size()))
+    return false;
+  std::string head;
+  const auto deadline = std::chrono::steady_clock::now() + 2s;
+  char buf[512];
+  while (head.size() < 12) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                          deadline - std::chrono::steady_clock::now())
+                          .count();
+    if (left <= 0) return false;
+    pollfd p{fd.get(), POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
+    const ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
+    if (n <= 0) return false;
+    head.append(buf, static_cast<std::size_t>(n));
+  }
+  return head.rfind("HTTP/1.", 0) == 0 && head[9] == '2';
+}
+
 }  // namespace
 
 std::string ready_target_problem(const std::string& kind, const std::string& target) {
@@ -101,11 +141,13 @@ std::string ready_target_problem(const std::string& kind, const std::string& tar
 
 bool valid_http_url(const std::string& url) { return ready_target_problem("http", url).empty(); }
 
-std::shared_ptr<probe_state> start_probe(std::string kind, std::string target, int wake_fd) {
+std::shared_ptr<probe_state> start_probe(std::string kind, std::string target, int wake_fd,
+                                         std::string unix_path) {
   auto state = std::make_shared<probe_state>();
   auto wake = duplicate_fd(wake_fd);
   if (wake) state->wake = std::move(*wake);
-  std::thread([state, kind = std::move(kind), target = std::move(target)] {
+  std::thread([state, kind = std::move(kind), target = std::move(target),
+               unix_path = std::move(unix_path)] {
     std::optional<check::url> url;
     std::optional<address> where;
     if (kind == "http") {
@@ -116,10 +158,12 @@ std::shared_ptr<probe_state> start_probe(std::string kind, std::string target, i
     const bool parsed = url.has_value() || where.has_value();
     // Polling is what these modes are: the app gives no event to wait for. Every 100 ms.
     while (parsed && !state->abandoned) {
-      const bool ok = url ? http_ok(*url)
-                          : connect_to(where->host.empty() ? "127.0.0.1" : where->host,
-                                       std::to_string(where->port), 1s)
-                                .valid();
+      const bool ok = !unix_path.empty() ? (url ? http_ok_unix(unix_path, url->target)
+                                                : connect_unix(unix_path).valid())
+                      : url              ? http_ok(*url)
+                            : connect_to(where->host.empty() ? "127.0.0.1" : where->host,
+                                         std::to_string(where->port), 1s)
+                                  .valid();
       if (ok) {
         state->done = true;
         const std::uint64_t one = 1;

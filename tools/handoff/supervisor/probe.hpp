@@ -20,7 +20,9 @@ struct probe_state {
 
 // kind "tcp": target "HOST:PORT" (IPv6 in brackets); kind "http": target "http://HOST:PORT/PATH".
 // Returns the shared state; `done` turns true on the first success.
-std::shared_ptr<probe_state> start_probe(std::string kind, std::string target, int wake_fd);
+// `unix_path`: connect there instead of the target's HOST:PORT (the URL's path still counts).
+std::shared_ptr<probe_state> start_probe(std::string kind, std::string target, int wake_fd,
+                                         std::string unix_path = {});
 
 // Whether `url` is http://HOST[:PORT][/PATH] (for option validation).
 bool valid_http_url(const std::string& url);

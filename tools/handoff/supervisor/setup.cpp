@@ -116,6 +116,40 @@ void check_unique(const std::vector<address>& wanted) {
 
 }  // namespace
 
+// Without --proxy the generations share the supervisor's sockets: the kernel completes a
+// connect to them by itself and the old generation may answer, so a probe there says nothing
+// about the new one. Refused rather than trusted.
+void supervisor_core::check_ready_target() const {
+  if (o_.proxy.kind != proxy_kind::none) return;
+  if (o_.ready != ready_mode::tcp && o_.ready != ready_mode::http) return;
+  const std::string mode =
+      o_.ready == ready_mode::tcp ? "--ready tcp" : "--ready " + o_.ready_target;
+  const std::string why =
+      ": the supervisor holds that socket, so the kernel (or the generation that serves) "
+      "answers the probe, whatever the new generation does; use --ready notify, a port the app "
+      "opens itself (an admin port), or --proxy, where each generation has an address of its "
+      "own";
+  std::string port_text;
+  if (o_.ready == ready_mode::tcp) {
+    if (o_.ready_target.empty()) {
+      if (!sockets_.empty())
+        throw std::runtime_error(mode + " probes the first public socket" + why);
+      throw std::runtime_error("--ready tcp: no socket to probe (give tcp:HOST:PORT)");
+    }
+    port_text = o_.ready_target.substr(o_.ready_target.rfind(':') + 1);
+  } else {
+    std::string rest = o_.ready_target.substr(7);
+    rest = rest.substr(0, rest.find('/'));
+    const auto colon = rest.rfind(':');
+    port_text = colon == std::string::npos || rest.back() == ']' ? "80" : rest.substr(colon + 1);
+  }
+  for (const auto& s : sockets_) {
+    auto where = local_address(s.fd.get());
+    if (where && where->kind == transport::tcp && std::to_string(where->port) == port_text)
+      throw std::runtime_error(mode + " aims at " + s.where + why);
+  }
+}
+
 void supervisor_core::setup() {
   check_inherited_fds_open();
   reset_signals();
@@ -205,6 +239,7 @@ void supervisor_core::setup() {
              {{"socket", s.name}, {"address", s.where}});
   if (sockets_.empty())
     log_.log("socket", "no sockets: neither --listen nor LISTEN_FDS; supervising the app anyway");
+  check_ready_target();
 
   auto n = notify_receiver::open_unique();
   if (!n) throw std::runtime_error(n.error().message());
@@ -224,6 +259,26 @@ void supervisor_core::setup() {
     ::close(fd);
     if (!ok) throw std::runtime_error("pid file " + o_.pid_file + ": short write");
     pid_file_written_ = true;
+  }
+  if (o_.proxy.kind != proxy_kind::none) {
+    std::vector<public_socket> pub;
+    for (const auto& s : sockets_) pub.push_back({s.fd.get(), s.name});
+    const auto slash = o_.control.rfind('/');
+    const std::string dir = slash == std::string::npos ? std::string(".")
+                            : slash == 0               ? std::string("/")
+                                                       : o_.control.substr(0, slash);
+    // Started after the signal mask is set: the front's thread inherits it, so every signal
+    // still reaches the signalfd.
+    proxy_ = std::make_unique<proxy_link>(o_, pub, dir);
+    may_stop_ = [this](const generation& g) { return proxy_->drained(g.id); };
+    log_.log("proxy",
+             fmt::format("proxy {}: accepting on the public sockets; each generation "
+                         "listens on {}",
+                         o_.proxy.kind == proxy_kind::tcp ? "tcp" : "http",
+                         o_.proxy.upstream == upstream_kind::fds_unix ? "a unix socket in " + dir
+                         : o_.proxy.upstream == upstream_kind::fds_tcp
+                             ? std::string("127.0.0.1:0 (LISTEN_FDS)")
+                             : std::string("a free port in $PORT")));
   }
   log_.log("supervisor",
            fmt::format("supervisor pid {} running {}; control {}", ::getpid(), o_.command.at(0),

@@ -13,6 +13,15 @@ namespace json = boost::json;
 
 std::string supervisor_core::status_text(bool as_json) const {
   const auto now = os_.now();
+  // The front's counts are taken on its own thread; one snapshot serves the whole answer.
+  std::optional<proxy::front_stats> front;
+  if (proxy_) front = proxy_->stats();
+  auto of = [&front](int id) -> const proxy::generation_stats* {
+    if (front)
+      for (const auto& s : front->generations)
+        if (s.generation == id) return &s;
+    return nullptr;
+  };
   if (!as_json) {
     std::string out = fmt::format(
         "{}: supervisor pid {}, up {} s, {} reloads ({} failed), {} "
@@ -25,8 +34,12 @@ std::string supervisor_core::status_text(bool as_json) const {
               ? ""
               : fmt::format(" NOT SERVED: no process of generation {} holds it", s.unserved_by));
     for (const auto& g : generations_) {
-      out += fmt::format("generation {} {}, up {} ms\n", g.id, to_string(g.state),
+      out += fmt::format("generation {} {}, up {} ms", g.id, to_string(g.state),
                          ms_since(g.started, now));
+      if (const auto* p = of(g.id))
+        out += fmt::format(", {} requests in flight, {} upstream connections ({} idle)",
+                           p->in_flight, p->upstream_connections, p->idle);
+      out += "\n";
       for (const auto& s : g.slots) {
         if (s.running())
           out += fmt::format("  pid {} {}{}, up {} ms, {} restarts{}\n", s.pid,
@@ -39,6 +52,12 @@ std::string supervisor_core::status_text(bool as_json) const {
                              s.restarts);
       }
     }
+    if (front)
+      out += fmt::format(
+          "proxy {}: {} requests, {} answered 502, {} answered 503, {} client connections open "
+          "({} accepted)\n",
+          o_.proxy.kind == proxy_kind::tcp ? "tcp" : "http", front->requests, front->bad_gateway,
+          front->unavailable, front->client_connections, front->accepted);
     if (stopping_) out += "stopping\n";
     out += "last reload: " + (last_reload_.empty() ? std::string("none") : last_reload_) + "\n";
     return out;
@@ -65,12 +84,32 @@ std::string supervisor_core::status_text(bool as_json) const {
                                        {"uptime_ms", s.running() ? ms_since(s.started, now) : 0},
                                        {"restarts", s.restarts},
                                        {"status", s.status_text}});
-    generations.push_back(json::object{{"id", g.id},
-                                       {"state", to_string(g.state)},
-                                       {"uptime_ms", ms_since(g.started, now)},
-                                       {"processes", std::move(processes)}});
+    json::object entry{{"id", g.id},
+                       {"state", to_string(g.state)},
+                       {"uptime_ms", ms_since(g.started, now)},
+                       {"processes", std::move(processes)}};
+    if (const auto* p = of(g.id)) {
+      entry["requests_in_flight"] = p->in_flight;
+      entry["upstream_connections"] = p->upstream_connections;
+      entry["upstream_idle"] = p->idle;
+    } else if (front) {
+      entry["requests_in_flight"] = 0;
+      entry["upstream_connections"] = 0;
+      entry["upstream_idle"] = 0;
+    }
+    generations.push_back(std::move(entry));
   }
   root["generations"] = std::move(generations);
+  if (front)
+    root["proxy"] = json::object{{"mode", o_.proxy.kind == proxy_kind::tcp ? "tcp" : "http"},
+                                 {"requests", front->requests},
+                                 {"bad_gateway", front->bad_gateway},
+                                 {"unavailable", front->unavailable},
+                                 {"rejected", front->rejected},
+                                 {"tunnels", front->tunnels},
+                                 {"client_connections", front->client_connections},
+                                 {"accepted", front->accepted},
+                                 {"connect_failures", front->connect_failures}};
   root["last_reload"] = last_reload_;
   return json::serialize(root) + "\n";
 }

@@ -122,6 +122,8 @@ int supervisor_core::loop() {
         }
     const std::size_t first_control = fds.size();
     control_.poll_fds(fds, session_ids);
+    const std::size_t proxy_at = fds.size();
+    if (proxy_) fds.push_back({proxy_->event_fd(), POLLIN, 0});
     const auto wait = next == clock::time_point::max()
                           ? 3'600'000LL
                           : std::chrono::ceil<ms>(next - os_.now()).count();
@@ -154,6 +156,8 @@ int supervisor_core::loop() {
         break;
       }
     }
+    // A generation drained: the timers, run first thing next round, send its stop signal.
+    if (proxy_ && fds[proxy_at].revents != 0) proxy_->on_event();
     for (std::size_t i = 0; i < session_ids.size(); ++i) {
       if (fds[first_control + 1 + i].revents == 0) continue;
       if (auto line = control_.read(session_ids[i])) on_control_request(session_ids[i], *line);

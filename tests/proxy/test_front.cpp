@@ -1,0 +1,180 @@
+// The front (proxy/front.hpp) in-process, against real loopback sockets and a scripted
+// upstream on a thread: pooled connections the app closed are never reused, a retired
+// generation is reported drained once nothing is in flight, forget() cuts a TCP relay.
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <string>
+#include <thread>
+
+#include "handoff/fd.hpp"
+#include "proxy/front.hpp"
+
+namespace handoff::proxy {
+namespace {
+
+using namespace std::chrono_literals;
+
+unique_fd tcp_listener(int& port) {
+  unique_fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  EXPECT_EQ(::listen(fd.get(), 64), 0);
+  socklen_t len = sizeof a;
+  ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&a), &len);
+  port = ntohs(a.sin_port);
+  return fd;
+}
+
+endpoint loopback(int port) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<std::uint16_t>(port));
+  return {&a, sizeof a};
+}
+
+unique_fd connect_to(int port) {
+  unique_fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<std::uint16_t>(port));
+  EXPECT_EQ(::connect(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  return fd;
+}
+
+// Reads until `end` is in what was read, the peer closes, or 10 s pass.
+std::string read_until(int fd, const std::string& end) {
+  std::string out;
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (out.find(end) == std::string::npos) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    pollfd p{fd, POLLIN, 0};
+    if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) != 1) break;
+    char buf[4096];
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    out.append(buf, static_cast<std::size_t>(n));
+  }
+  return out;
+}
+
+std::unique_ptr<front> start_front(unique_fd public_socket, proxy_mode mode) {
+  std::vector<unique_fd> listeners;
+  listeners.push_back(std::move(public_socket));
+  front_options o;
+  o.mode = mode;
+  auto f = front::start(std::move(listeners), o);
+  EXPECT_TRUE(f) << f.error().message();
+  return std::move(*f);
+}
+
+bool wait_readable(int fd, std::chrono::milliseconds timeout) {
+  pollfd p{fd, POLLIN, 0};
+  return ::poll(&p, 1, static_cast<int>(timeout.count())) == 1;
+}
+
+// An app that answers one request per connection, keep-alive in words, then closes it: what an
+// app's idle timeout (or its exit) does to the connections of our pool.
+TEST(Front, APooledConnectionTheAppClosedIsNotReused) {
+  int app_port = 0, public_port = 0;
+  unique_fd app = tcp_listener(app_port);
+  std::atomic<int> accepted{0};
+  std::thread app_thread([&] {
+    for (int i = 0; i < 2; ++i) {
+      if (!wait_readable(app.get(), 10s)) return;
+      unique_fd c(::accept4(app.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      ++accepted;
+      (void)read_until(c.get(), "\r\n\r\n");
+      const std::string answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+      (void)::send(c.get(), answer.data(), answer.size(), MSG_NOSIGNAL);
+      // Closed once the front has the response: the connection went back to the pool open.
+    }
+  });
+  auto f = start_front(tcp_listener(public_port), proxy_mode::http);
+  f->serve(1, {loopback(app_port)});
+  unique_fd client = connect_to(public_port);
+  const std::string request = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_EQ(::send(client.get(), request.data(), request.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(request.size()));
+    const std::string r = read_until(client.get(), "ok");
+    EXPECT_EQ(r.rfind("HTTP/1.1 200", 0), 0U) << "request " << i << ": " << r;
+  }
+  app_thread.join();
+  EXPECT_EQ(accepted, 2);
+  const auto s = f->stats();
+  EXPECT_EQ(s.bad_gateway, 0U);
+  EXPECT_EQ(s.requests, 2U);
+  EXPECT_EQ(s.accepted, 1U);
+}
+
+TEST(Front, ARetiredGenerationIsDrainedOnceNothingIsInFlight) {
+  int app_port = 0, public_port = 0;
+  unique_fd app = tcp_listener(app_port);
+  auto f = start_front(tcp_listener(public_port), proxy_mode::http);
+  f->serve(1, {loopback(app_port)});
+  // A request in flight at generation 1: the app has read nothing yet.
+  unique_fd client = connect_to(public_port);
+  const std::string request = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(::send(client.get(), request.data(), request.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(request.size()));
+  ASSERT_TRUE(wait_readable(app.get(), 10s));
+  unique_fd upstream(::accept4(app.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  (void)read_until(upstream.get(), "\r\n\r\n");
+  f->serve(2, {loopback(app_port)});
+  f->retire(1);
+  EXPECT_FALSE(wait_readable(f->event_fd(), 300ms)) << "drained with a request in flight";
+  EXPECT_EQ(f->stats().generations.front().in_flight, 1U);
+  const std::string answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+  ASSERT_EQ(::send(upstream.get(), answer.data(), answer.size(), MSG_NOSIGNAL), 40);
+  EXPECT_EQ(read_until(client.get(), "ok").rfind("HTTP/1.1 200", 0), 0U);
+  ASSERT_TRUE(wait_readable(f->event_fd(), 10s));
+  EXPECT_EQ(f->take_drained(), std::vector<int>{1});
+  // Our idle connection to generation 1 was closed, not kept for it.
+  EXPECT_EQ(read_until(upstream.get(), "never"), "");
+}
+
+TEST(Front, ForgetCutsATcpRelay) {
+  int app_port = 0, public_port = 0;
+  unique_fd app = tcp_listener(app_port);
+  auto f = start_front(tcp_listener(public_port), proxy_mode::tcp);
+  f->serve(1, {loopback(app_port)});
+  unique_fd client = connect_to(public_port);
+  ASSERT_TRUE(wait_readable(app.get(), 10s));
+  unique_fd upstream(::accept4(app.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  ASSERT_EQ(::send(client.get(), "ping", 4, MSG_NOSIGNAL), 4);
+  EXPECT_EQ(read_until(upstream.get(), "ping"), "ping");
+  ASSERT_EQ(::send(upstream.get(), "pong", 4, MSG_NOSIGNAL), 4);
+  EXPECT_EQ(read_until(client.get(), "pong"), "pong");
+  f->forget(1);
+  // Both sides see the end, though neither closed.
+  EXPECT_EQ(read_until(client.get(), "never"), "");
+  EXPECT_EQ(read_until(upstream.get(), "never"), "");
+}
+
+TEST(Front, NoGenerationServingIs503) {
+  int public_port = 0;
+  auto f = start_front(tcp_listener(public_port), proxy_mode::http);
+  unique_fd client = connect_to(public_port);
+  const std::string request = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  ASSERT_EQ(::send(client.get(), request.data(), request.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(request.size()));
+  const std::string r = read_until(client.get(), "never");
+  EXPECT_EQ(r.rfind("HTTP/1.1 503", 0), 0U) << r;
+  EXPECT_NE(r.find("Retry-After:"), std::string::npos) << r;
+}
+
+}  // namespace
+}  // namespace handoff::proxy

@@ -1,0 +1,216 @@
+#include "proxy/front.hpp"
+
+#include <fcntl.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <boost/asio/basic_socket_acceptor.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <future>
+#include <mutex>
+#include <thread>
+
+#include "proxy/tcp_relay.hpp"
+
+namespace handoff::proxy {
+
+using acceptor = asio::basic_socket_acceptor<asio::generic::stream_protocol>;
+
+struct front::impl {
+  // Declared first, destroyed last: the relays' coroutine frames die with it, and they refer
+  // to the router and counters below.
+  asio::io_context io{1};
+  front_options options;
+  upstream_router router;
+  relay_counters http_counters;
+  tcp_counters tcp_counters_;
+  std::vector<std::unique_ptr<acceptor>> acceptors;
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
+  std::thread thread;
+  std::uint64_t accepted = 0, open_clients = 0;
+  bool stopped = false;
+  unique_fd event;
+  std::mutex drained_mutex;
+  std::vector<int> drained;
+
+  explicit impl(front_options o)
+      : options(std::move(o)), router(io.get_executor(), [this](int id) { on_drained(id); }) {}
+
+  void on_drained(int id) {
+    {
+      const std::lock_guard lock(drained_mutex);
+      drained.push_back(id);
+    }
+    const std::uint64_t one = 1;
+    (void)!::write(event.get(), &one, sizeof one);
+  }
+
+  void start_connection(stream client, std::size_t listener) {
+    ++accepted;
+    ++open_clients;
+    asio::co_spawn(
+        io,
+        [this, client = std::move(client), listener]() mutable -> asio::awaitable<void> {
+          if (options.mode == proxy_mode::tcp)
+            co_await relay_tcp(std::move(client), router, listener, tcp_counters_);
+          else
+            co_await relay_http(std::move(client), router, listener, options.relay, http_counters);
+        },
+        // A relay that throws (out of memory) loses its one connection, never the front.
+        [this](const std::exception_ptr&) { --open_clients; });
+  }
+
+  asio::awaitable<void> accept_loop(std::size_t index) {
+    acceptor& a = *acceptors[index];
+    const auto protocol = a.local_endpoint().protocol();
+    asio::steady_timer pause(io);
+    boost::system::error_code ec;
+    while (!stopped) {
+      co_await a.async_wait(asio::socket_base::wait_read,
+                            asio::redirect_error(asio::use_awaitable, ec));
+      if (ec || stopped) co_return;  // closed by stop()
+      // accept4: the connection is born close-on-exec (the supervisor's thread forks) and
+      // non-blocking (the TCP relay splices without blocking).
+      for (int taken = 0; taken < 64 && !stopped; ++taken) {
+        const int fd = ::accept4(a.native_handle(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd >= 0) {
+          start_connection(stream(io, protocol, fd), index);
+          continue;
+        }
+        if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+          // Out of fds or memory: the queued clients wait in the backlog until some close.
+          pause.expires_after(std::chrono::milliseconds(50));
+          co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        }
+        break;  // EAGAIN: the queue is empty
+      }
+    }
+  }
+};
+
+front::front(std::unique_ptr<impl> i) : impl_(std::move(i)) {}
+
+result<std::unique_ptr<front>> front::start(std::vector<unique_fd> listeners,
+                                            front_options options) {
+  auto i = std::make_unique<impl>(std::move(options));
+  i->event.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!i->event) return error::from_errno(errno, "proxy: eventfd");
+  for (auto& fd : listeners) {
+    sockaddr_storage local{};
+    socklen_t length = sizeof local;
+    if (::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&local), &length) != 0)
+      return error::from_errno(errno, "proxy: getsockname of a public socket");
+    // Our duplicate shares its file status with the supervisor's copy; in proxy mode no one
+    // else accepts on it, and non-blocking is what accept4 after a readiness wait needs.
+    const int flags = ::fcntl(fd.get(), F_GETFL);
+    if (flags < 0 || ::fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK) != 0)
+      return error::from_errno(errno, "proxy: fcntl of a public socket");
+    auto a = std::make_unique<acceptor>(i->io);
+    boost::system::error_code ec;
+    a->assign(asio::generic::stream_protocol(local.ss_family, 0), fd.get(), ec);
+    if (ec) return error(ec, "proxy: a public socket");
+    (void)fd.release();
+    i->acceptors.push_back(std::move(a));
+  }
+  for (std::size_t n = 0; n < i->acceptors.size(); ++n)
+    asio::co_spawn(i->io, i->accept_loop(n), [](const std::exception_ptr&) {});
+  i->work.emplace(i->io.get_executor());
+  impl* raw = i.get();
+  i->thread = std::thread([raw] { raw->io.run(); });
+  return std::unique_ptr<front>(new front(std::move(i)));
+}
+
+front::~front() {
+  if (!impl_) return;
+  impl* i = impl_.get();
+  asio::post(i->io, [i] {
+    i->stopped = true;
+    for (auto& a : i->acceptors) {
+      boost::system::error_code ignored;
+      a->close(ignored);
+    }
+    i->work.reset();
+    i->io.stop();
+  });
+  i->thread.join();
+}
+
+void front::serve(int generation, std::vector<endpoint> upstreams) {
+  impl* i = impl_.get();
+  asio::post(i->io, [i, generation, u = std::move(upstreams)]() mutable {
+    i->router.serve(generation, std::move(u));
+  });
+}
+
+void front::retire(int generation) {
+  impl* i = impl_.get();
+  asio::post(i->io, [i, generation] { i->router.retire(generation); });
+}
+
+void front::forget(int generation) {
+  impl* i = impl_.get();
+  asio::post(i->io, [i, generation] { i->router.forget(generation); });
+}
+
+void front::stop() {
+  impl* i = impl_.get();
+  asio::post(i->io, [i] {
+    i->stopped = true;
+    // Our duplicates only: the public sockets stay open in the supervisor (never shutdown(2)).
+    for (auto& a : i->acceptors) {
+      boost::system::error_code ignored;
+      a->close(ignored);
+    }
+    i->router.stop();
+  });
+}
+
+front_stats front::stats(std::chrono::milliseconds timeout) const {
+  impl* i = impl_.get();
+  auto promise = std::make_shared<std::promise<front_stats>>();
+  auto answer = promise->get_future();
+  asio::post(i->io, [i, promise] {
+    front_stats s;
+    s.generations = i->router.stats();
+    const auto& c = i->http_counters;
+    if (i->options.mode == proxy_mode::tcp) {
+      s.requests = i->tcp_counters_.connections;
+      s.unavailable = i->tcp_counters_.unavailable;
+    } else {
+      s.requests = c.requests;
+      s.bad_gateway = c.bad_gateway;
+      s.unavailable = c.unavailable;
+      s.rejected = c.bad_request + c.too_large + c.header_too_large + c.request_timeout;
+      s.tunnels = c.tunnels;
+    }
+    s.client_connections = i->open_clients;
+    s.accepted = i->accepted;
+    s.connect_failures = i->router.connect_failures();
+    promise->set_value(std::move(s));
+  });
+  if (answer.wait_for(timeout) != std::future_status::ready) return {};
+  try {
+    return answer.get();
+  } catch (const std::future_error&) {
+    return {};  // the io thread is gone: nothing to report
+  }
+}
+
+int front::event_fd() const noexcept { return impl_->event.get(); }
+
+std::vector<int> front::take_drained() {
+  std::uint64_t count = 0;
+  (void)!::read(impl_->event.get(), &count, sizeof count);
+  const std::lock_guard lock(impl_->drained_mutex);
+  return std::exchange(impl_->drained, {});
+}
+
+}  // namespace handoff::proxy

@@ -1,0 +1,81 @@
+// The front of `handoff run --proxy http|tcp`: it accepts the clients on the public sockets
+// (the supervisor's own sockets; in proxy mode the app never gets them) and relays each
+// request (http) or connection (tcp) to the generation that serves.
+//
+// Threads: the front runs one io_context on a thread of its own. Its public methods may be
+// called from one other thread (the supervisor's): they post to the io thread and return at
+// once; what the front has to say comes back through event_fd() (readable when a retired
+// generation has drained: take_drained()).
+//
+// Invariants: the front never closes or shuts down a public socket, only its own duplicates
+// of them; every fd it opens is close-on-exec; a generation is lent connections only between
+// serve() and retire()/forget() (upstream.hpp); after stop(), no client connection is accepted
+// and every one still open closes after the request in flight (router::closing()).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "handoff/error.hpp"
+#include "handoff/fd.hpp"
+#include "proxy/http_relay.hpp"
+#include "proxy/upstream.hpp"
+
+namespace handoff::proxy {
+
+enum class proxy_mode { http, tcp };
+
+struct front_options {
+  proxy_mode mode = proxy_mode::http;
+  relay_options relay;  // http only
+};
+
+struct front_stats {
+  std::vector<generation_stats> generations;
+  std::uint64_t requests = 0;            // http: request headers accepted; tcp: connections relayed
+  std::uint64_t bad_gateway = 0;         // 502
+  std::uint64_t unavailable = 0;         // 503 (tcp: connections closed for want of a generation)
+  std::uint64_t rejected = 0;            // 400, 408, 413, 431
+  std::uint64_t tunnels = 0;             // Upgrade / CONNECT
+  std::uint64_t client_connections = 0;  // open now
+  std::uint64_t accepted = 0;            // client connections accepted so far
+  std::uint64_t connect_failures = 0;    // upstream connects that failed (then tried again)
+};
+
+class front {
+ public:
+  // `listeners`: the front's own duplicates of the public listening sockets, in the order of
+  // the upstream lists given to serve(). Starts the io thread.
+  static result<std::unique_ptr<front>> start(std::vector<unique_fd> listeners,
+                                              front_options options);
+  ~front();  // closes every client connection, joins the io thread
+  front(const front&) = delete;
+  front& operator=(const front&) = delete;
+
+  // From now on every new request, and the next one on every client connection, goes to
+  // `generation`, at upstreams[i] for clients of public socket i.
+  void serve(int generation, std::vector<endpoint> upstreams);
+  // No more requests to it; once none of ours is in flight there, our idle connections to it
+  // are closed and it is reported drained.
+  void retire(int generation);
+  // It is gone: whatever is still relayed to it (tunnels, TCP relays) is cut.
+  void forget(int generation);
+  // The supervisor stops: no more accepting; open client connections end after their request.
+  void stop();
+  // A snapshot, taken on the io thread (waits for it at most `timeout`; empty when it did
+  // not answer).
+  front_stats stats(std::chrono::milliseconds timeout = std::chrono::seconds(2)) const;
+
+  int event_fd() const noexcept;
+  // Generations drained since the last call (reads the eventfd).
+  std::vector<int> take_drained();
+
+  struct impl;
+
+ private:
+  explicit front(std::unique_ptr<impl> i);
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace handoff::proxy

@@ -1,0 +1,191 @@
+#include "proxy/upstream.hpp"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+namespace handoff::proxy {
+
+namespace {
+
+// Connects that fail are tried again on whatever generation serves then; a few are enough to
+// cover a generation that went away between our choice and the connect.
+constexpr int connect_attempts = 4;
+// Idle connections kept per generation and public socket; more are closed when given back.
+constexpr std::size_t idle_limit = 1024;
+
+// An idle upstream connection has nothing to say: readable means EOF (the app closed it, e.g.
+// on its idle timeout or its exit) or bytes nobody asked for; either way it must not carry a
+// request. POLLRDHUP catches a half-close too.
+bool still_idle(stream& s) {
+  pollfd p{s.native_handle(), POLLIN | POLLRDHUP, 0};
+  int n = 0;
+  do {
+    n = ::poll(&p, 1, 0);
+  } while (n < 0 && errno == EINTR);
+  return n == 0;
+}
+
+}  // namespace
+
+upstream_router::generation_state* upstream_router::find(int id) {
+  const auto it = generations_.find(id);
+  return it == generations_.end() ? nullptr : &it->second;
+}
+
+asio::awaitable<std::optional<upstream_connection>> upstream_router::acquire(std::size_t listener) {
+  for (int attempt = 0; attempt < connect_attempts && !closing_; ++attempt) {
+    generation_state* g = find(serving_);
+    if (g == nullptr || listener >= g->upstreams.size()) co_return std::nullopt;
+    const int id = g->id;
+    auto& pool = g->idle[listener];
+    while (!pool.empty()) {
+      stream s = std::move(pool.back());
+      pool.pop_back();
+      if (still_idle(s)) {
+        ++g->in_flight;
+        ++g->requests;
+        g->lent[s.native_handle()] = {listener, -1};
+        co_return upstream_connection{std::move(s), id, true};
+      }
+      --g->open;  // closed as `s` goes
+    }
+    const endpoint where = g->upstreams[listener];
+    const int family = where.protocol().family();
+    // Born close-on-exec and non-blocking: the supervisor's thread forks while we run.
+    const int fd = ::socket(family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
+      ++connect_failures_;
+      continue;
+    }
+    stream s(executor_, asio::generic::stream_protocol(family, 0), fd);
+    // Counted in flight while connecting, so that a retire in the meantime waits for it.
+    ++g->in_flight;
+    boost::system::error_code ec;
+    co_await s.async_connect(where, asio::redirect_error(asio::use_awaitable, ec));
+    g = find(id);  // forget() may have run meanwhile; the entry stays while in_flight > 0
+    if (ec || g == nullptr || g->forgotten) {
+      ++connect_failures_;
+      if (g != nullptr) {
+        --g->in_flight;
+        check_drained(id);
+      }
+      continue;  // nothing of the request was written: the serving generation gets it
+    }
+    if (family == AF_INET || family == AF_INET6) {
+      const int one = 1;
+      ::setsockopt(s.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    ++g->open;
+    ++g->requests;
+    g->lent[s.native_handle()] = {listener, -1};
+    co_return upstream_connection{std::move(s), id, false};
+  }
+  co_return std::nullopt;
+}
+
+void upstream_router::release(upstream_connection c, bool reusable) {
+  generation_state* g = find(c.generation);
+  if (g == nullptr) return;  // not ours: closed as `c` goes
+  const auto it = g->lent.find(c.socket.native_handle());
+  const std::size_t listener = it != g->lent.end() ? it->second.listener : 0;
+  if (it != g->lent.end()) g->lent.erase(it);
+  if (g->in_flight > 0) --g->in_flight;
+  if (reusable && c.socket.is_open() && !g->retired && !closing_ &&
+      g->idle[listener].size() < idle_limit) {
+    g->idle[listener].push_back(std::move(c.socket));
+  } else {
+    boost::system::error_code ignored;
+    c.socket.close(ignored);
+    if (g->open > 0) --g->open;
+  }
+  check_drained(c.generation);
+}
+
+void upstream_router::close_idle(generation_state& g) {
+  for (auto& pool : g.idle) {
+    g.open -= std::min(g.open, pool.size());
+    pool.clear();
+  }
+}
+
+void upstream_router::check_drained(int id) {
+  generation_state* g = find(id);
+  if (g == nullptr || g->in_flight > 0) return;
+  if (g->retired && !g->drained_reported) {
+    close_idle(*g);
+    g->drained_reported = true;
+    if (on_drained_) on_drained_(id);
+  }
+  if (g->forgotten) generations_.erase(id);
+}
+
+void upstream_router::serve(int generation, std::vector<endpoint> upstreams) {
+  auto& g = generations_[generation];
+  g.id = generation;
+  g.idle.resize(std::max(g.idle.size(), upstreams.size()));
+  g.upstreams = std::move(upstreams);
+  g.retired = g.forgotten = g.drained_reported = false;
+  serving_ = generation;
+}
+
+void upstream_router::retire(int generation) {
+  if (serving_ == generation) serving_ = 0;
+  generation_state* g = find(generation);
+  if (g == nullptr) {
+    // Never served (or already gone): nothing of ours can be in flight there.
+    if (on_drained_) on_drained_(generation);
+    return;
+  }
+  g->retired = true;
+  check_drained(generation);
+}
+
+void upstream_router::forget(int generation) {
+  if (serving_ == generation) serving_ = 0;
+  generation_state* g = find(generation);
+  if (g == nullptr) return;
+  g->retired = g->forgotten = true;
+  close_idle(*g);
+  // Our own connected sockets: shutdown(2) wakes every relay blocked on them. Never applied
+  // to a listening socket.
+  for (const auto& [fd, lent] : g->lent) {
+    ::shutdown(fd, SHUT_RDWR);
+    if (lent.client_fd >= 0) ::shutdown(lent.client_fd, SHUT_RDWR);
+  }
+  check_drained(generation);
+}
+
+void upstream_router::stop() {
+  closing_ = true;
+  for (auto& [id, g] : generations_) close_idle(g);
+}
+
+void upstream_router::attach_client(upstream_connection& c, int client_fd) {
+  if (generation_state* g = find(c.generation)) {
+    const auto it = g->lent.find(c.socket.native_handle());
+    if (it != g->lent.end()) it->second.client_fd = client_fd;
+  }
+}
+
+std::vector<generation_stats> upstream_router::stats() const {
+  std::vector<generation_stats> out;
+  for (const auto& [id, g] : generations_) {
+    generation_stats s;
+    s.generation = id;
+    s.serving = id == serving_;
+    s.retired = g.retired;
+    s.in_flight = g.in_flight;
+    s.upstream_connections = g.open;
+    for (const auto& pool : g.idle) s.idle += pool.size();
+    s.requests = g.requests;
+    out.push_back(s);
+  }
+  return out;
+}
+
+}  // namespace handoff::proxy

@@ -1,0 +1,188 @@
+#include "supervisor/proxy_link.hpp"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cstring>
+#include <stdexcept>
+
+namespace handoff::supervisor {
+
+namespace {
+
+// A listening (or, for --upstream port, only bound and then closed) socket on 127.0.0.1:0.
+result<unique_fd> loopback_socket(bool listening, int& port) {
+  unique_fd fd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return error::from_errno(errno, "proxy upstream: socket");
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0)
+    return error::from_errno(errno, "proxy upstream: bind 127.0.0.1:0");
+  socklen_t length = sizeof a;
+  if (::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&a), &length) != 0)
+    return error::from_errno(errno, "proxy upstream: getsockname");
+  port = ntohs(a.sin_port);
+  if (listening && ::listen(fd.get(), SOMAXCONN) != 0)
+    return error::from_errno(errno, "proxy upstream: listen 127.0.0.1:" + std::to_string(port));
+  return fd;
+}
+
+proxy::endpoint loopback_endpoint(int port) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<std::uint16_t>(port));
+  return {&a, sizeof a};
+}
+
+// HANDOFF_PORT_<NAME>: the socket's name in upper case, anything else than [A-Z0-9] as '_'.
+std::string port_variable(const std::string& name) {
+  std::string out = "HANDOFF_PORT_";
+  for (const char c : name)
+    out += std::isalnum(static_cast<unsigned char>(c)) != 0
+               ? static_cast<char>(std::toupper(static_cast<unsigned char>(c)))
+               : '_';
+  return out;
+}
+
+}  // namespace
+
+proxy_link::proxy_link(const run_options& o, const std::vector<public_socket>& sockets,
+                       std::string runtime_dir)
+    : settings_(o.proxy), nonblocking_(o.nonblocking), runtime_dir_(std::move(runtime_dir)) {
+  if (sockets.empty())
+    throw std::runtime_error("--proxy: no public socket to accept on (give --listen)");
+  prefix_ = runtime_dir_ + "/" + o.name + "." + std::to_string(::getpid());
+  std::vector<unique_fd> copies;
+  for (const auto& s : sockets) {
+    auto copy = duplicate_fd(s.fd);
+    if (!copy) throw std::runtime_error("--proxy: " + copy.error().message());
+    copies.push_back(std::move(*copy));
+    names_.push_back(s.name);
+  }
+  proxy::front_options fo;
+  fo.mode = o.proxy.kind == proxy_kind::tcp ? proxy::proxy_mode::tcp : proxy::proxy_mode::http;
+  fo.relay.forwarded = o.proxy.forwarded;
+  fo.relay.header_limit = o.proxy.header_limit;
+  fo.relay.body_limit = o.proxy.body_limit;
+  fo.relay.header_timeout = o.proxy.header_timeout;
+  fo.relay.idle_timeout = o.proxy.idle_timeout;
+  fo.relay.response_timeout = o.proxy.response_timeout;
+  auto f = proxy::front::start(std::move(copies), std::move(fo));
+  if (!f) throw std::runtime_error(f.error().message());
+  front_ = std::move(*f);
+}
+
+proxy_link::~proxy_link() {
+  front_.reset();  // joins the io thread before the upstream sockets go
+  for (auto& [id, ups] : generations_)
+    for (auto& u : ups)
+      if (!u.path.empty()) ::unlink(u.path.c_str());
+}
+
+std::vector<proxy_link::upstream>* proxy_link::find(int generation) {
+  const auto it = generations_.find(generation);
+  return it == generations_.end() ? nullptr : &it->second;
+}
+
+const std::vector<proxy_link::upstream>* proxy_link::find(int generation) const {
+  const auto it = generations_.find(generation);
+  return it == generations_.end() ? nullptr : &it->second;
+}
+
+result<void> proxy_link::prepare(int generation) {
+  std::vector<upstream> ups;
+  for (std::size_t i = 0; i < names_.size(); ++i) {
+    upstream u;
+    if (settings_.upstream == upstream_kind::fds_unix) {
+      u.path = prefix_ + ".g" + std::to_string(generation) + "." + std::to_string(i) + ".sock";
+      sockaddr_un a{};
+      a.sun_family = AF_UNIX;
+      if (u.path.size() >= sizeof a.sun_path)
+        return error::make(errc::invalid_address,
+                           "proxy upstream " + u.path +
+                               ": longer than a unix socket path may be "
+                               "(give a shorter --control directory or --name)");
+      std::memcpy(a.sun_path, u.path.c_str(), u.path.size() + 1);
+      u.fd.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+      if (!u.fd) return error::from_errno(errno, "proxy upstream " + u.path + ": socket");
+      // Our pid is in the name: a file already there is no one else's live socket.
+      if (::bind(u.fd.get(), reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0)
+        return error::from_errno(errno, "proxy upstream: bind " + u.path);
+      if (::listen(u.fd.get(), SOMAXCONN) != 0) {
+        const int err = errno;
+        ::unlink(u.path.c_str());
+        return error::from_errno(err, "proxy upstream: listen " + u.path);
+      }
+      u.where = proxy::endpoint(&a, sizeof a);
+    } else {
+      const bool fds = settings_.upstream == upstream_kind::fds_tcp;
+      auto fd = loopback_socket(fds, u.port);
+      if (!fd) return fd.error();
+      // --upstream port: the port was free a moment ago; the app binds it itself.
+      if (fds) u.fd = std::move(*fd);
+      u.where = loopback_endpoint(u.port);
+    }
+    if (u.fd && nonblocking_)
+      if (auto r = set_nonblocking(u.fd.get()); !r) return r.error();
+    ups.push_back(std::move(u));
+  }
+  generations_[generation] = std::move(ups);
+  return {};
+}
+
+void proxy_link::add_to_spawn(int generation, spawn_options& so) const {
+  const auto* ups = find(generation);
+  if (ups == nullptr) return;
+  for (std::size_t i = 0; i < ups->size(); ++i) {
+    const auto& u = (*ups)[i];
+    if (u.fd) {
+      so.fds.push_back({u.fd.get(), names_[i]});
+    } else {
+      if (i == 0) so.extra_environment.push_back("PORT=" + std::to_string(u.port));
+      if (!names_[i].empty())
+        so.extra_environment.push_back(port_variable(names_[i]) + "=" + std::to_string(u.port));
+    }
+  }
+}
+
+std::string proxy_link::probe_address(int generation) const {
+  const auto* ups = find(generation);
+  if (ups == nullptr || ups->empty()) return {};
+  const auto& u = ups->front();
+  return u.path.empty() ? "127.0.0.1:" + std::to_string(u.port) : "unix:" + u.path;
+}
+
+void proxy_link::serve(int generation) {
+  const auto* ups = find(generation);
+  if (ups == nullptr) return;
+  std::vector<proxy::endpoint> where;
+  for (const auto& u : *ups) where.push_back(u.where);
+  front_->serve(generation, std::move(where));
+}
+
+void proxy_link::retire(int generation) { front_->retire(generation); }
+
+void proxy_link::forget(int generation) {
+  front_->forget(generation);
+  drained_.erase(generation);
+  if (auto* ups = find(generation)) {
+    for (auto& u : *ups)
+      if (!u.path.empty()) ::unlink(u.path.c_str());
+    generations_.erase(generation);
+  }
+}
+
+void proxy_link::stop() { front_->stop(); }
+
+void proxy_link::on_event() {
+  for (const int id : front_->take_drained())
+    if (generations_.count(id) != 0) drained_.insert(id);
+}
+
+}  // namespace handoff::supervisor

@@ -1,0 +1,78 @@
+// `handoff run --proxy`: the supervisor's side of the front (proxy/front.hpp). For each
+// generation it makes a private upstream per public socket (a unix socket in the runtime
+// directory, 127.0.0.1:0, or a free port the app binds: --upstream), tells the spawn what to
+// pass, and relays the state machine's steps to the front: serve on take-over, retire when
+// replaced (drained() says when the stop signal may go), forget when the generation is gone.
+//
+// Invariants: a generation's private sockets exist from prepare() to forget() and no longer
+// (the unix socket files we made are unlinked then, and only those); the public sockets are
+// never passed to the app in proxy mode; everything here runs on the supervisor's thread.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "handoff/error.hpp"
+#include "handoff/fd.hpp"
+#include "handoff/spawn.hpp"
+#include "proxy/front.hpp"
+#include "supervisor/options.hpp"
+
+namespace handoff::supervisor {
+
+struct public_socket {
+  int fd = -1;  // the supervisor's; the front gets its own duplicate
+  std::string name;
+};
+
+class proxy_link {
+ public:
+  // Starts the front on duplicates of `sockets`. `runtime_dir`: where the unix upstream sockets
+  // go (beside the control socket). Throws std::runtime_error with the reason.
+  proxy_link(const run_options& o, const std::vector<public_socket>& sockets,
+             std::string runtime_dir);
+  ~proxy_link();
+  proxy_link(const proxy_link&) = delete;
+  proxy_link& operator=(const proxy_link&) = delete;
+
+  // Before the generation's processes start: its private upstreams.
+  result<void> prepare(int generation);
+  // What its processes get: the private sockets under the public names, or $PORT.
+  void add_to_spawn(int generation, spawn_options& so) const;
+  // The generation's own address for --ready: "unix:PATH" or "127.0.0.1:PORT" (first socket).
+  std::string probe_address(int generation) const;
+
+  void serve(int generation);
+  void retire(int generation);
+  bool drained(int generation) const { return drained_.count(generation) != 0; }
+  void forget(int generation);
+  void stop();
+
+  int event_fd() const noexcept { return front_->event_fd(); }
+  void on_event();  // the front said something: drained generations
+
+  proxy::front_stats stats() const { return front_->stats(); }
+
+ private:
+  struct upstream {
+    unique_fd fd;      // the private listening socket (fds modes)
+    std::string path;  // the unix socket file we made, unlinked by forget()
+    proxy::endpoint where;
+    int port = 0;
+  };
+  std::vector<upstream>* find(int generation);
+  const std::vector<upstream>* find(int generation) const;
+
+  proxy_settings settings_;
+  bool nonblocking_ = false;  // --nonblocking: the private sockets as the public ones would be
+  std::vector<std::string> names_;
+  std::string runtime_dir_, prefix_;
+  std::unique_ptr<proxy::front> front_;
+  std::map<int, std::vector<upstream>> generations_;
+  std::set<int> drained_;
+};
+
+}  // namespace handoff::supervisor
