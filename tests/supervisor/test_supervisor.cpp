@@ -505,9 +505,10 @@ TEST_F(Supervisor, ReloadDuringReloadIsRefused) {
 
 TEST_F(Supervisor, ReloadBeyondTheDrainingCapIsRefused) {
   start({"--max-draining", "1"}, example_server_app());
-  // A slow request keeps generation 1 draining for a while after the first reload.
+  // A slow request keeps generation 1 draining after the first reload: long enough for two
+  // `handoff reload` round trips on a loaded machine under ASan (3 s was not, once).
   raw_connection slow(port_);
-  ASSERT_TRUE(slow.send_all("GET /slow?ms=3000 HTTP/1.1\r\nHost: t\r\n\r\n"));
+  ASSERT_TRUE(slow.send_all("GET /slow?ms=12000 HTTP/1.1\r\nHost: t\r\n\r\n"));
   raw_connection probe(port_);  // the queue is FIFO: once this is answered, slow was accepted
   ASSERT_EQ(probe.get("/", 10s, true).result, outcome::ok);
   const auto first = reload();
@@ -517,7 +518,7 @@ TEST_F(Supervisor, ReloadBeyondTheDrainingCapIsRefused) {
   EXPECT_NE(second.output.find("1 old generations are still draining (--max-draining 1)"),
             std::string::npos)
       << second.output;
-  const auto r = slow.read_reply(10s);
+  const auto r = slow.read_reply(20s);
   EXPECT_EQ(r.result, outcome::ok) << to_string(r.result);
   EXPECT_EQ(r.status, 200);
   ASSERT_TRUE(wait_generations(1));
