@@ -480,9 +480,10 @@ TEST_F(Supervisor, OldGenerationIgnoringTheStopSignalIsKilledAfterTheStopTimeout
 }
 
 TEST_F(Supervisor, ReloadDuringReloadIsRefused) {
-  // Generation 2 never becomes ready, so its reload is in flight until the 2 s ready timeout.
+  // Generation 2 never becomes ready, so its reload is in flight until the ready timeout: 10 s,
+  // room for a second `handoff reload` under ASan on a busy machine (2 s was not, once).
   write_modes("serve\nnever-ready\n");
-  start({"--ready-timeout", "2s"}, example_server_app());
+  start({"--ready-timeout", "10s"}, example_server_app());
   start_load();
   cli_result first;
   std::thread slow([&] { first = reload(); });
@@ -496,7 +497,7 @@ TEST_F(Supervisor, ReloadDuringReloadIsRefused) {
       << second.output;
   slow.join();
   EXPECT_EQ(first.status.code, 1) << first.output;
-  EXPECT_NE(first.output.find("not ready within 2s"), std::string::npos) << first.output;
+  EXPECT_NE(first.output.find("not ready within 10s"), std::string::npos) << first.output;
   wait_for_requests(100);
   stop_load();
   expect_clean_load();
@@ -506,9 +507,10 @@ TEST_F(Supervisor, ReloadDuringReloadIsRefused) {
 TEST_F(Supervisor, ReloadBeyondTheDrainingCapIsRefused) {
   start({"--max-draining", "1"}, example_server_app());
   // A slow request keeps generation 1 draining after the first reload: long enough for two
-  // `handoff reload` round trips on a loaded machine under ASan (3 s was not, once).
+  // `handoff reload` round trips on a loaded machine under ASan (3 s was not, once), and
+  // within the app's 10 s drain deadline.
   raw_connection slow(port_);
-  ASSERT_TRUE(slow.send_all("GET /slow?ms=12000 HTTP/1.1\r\nHost: t\r\n\r\n"));
+  ASSERT_TRUE(slow.send_all("GET /slow?ms=8000 HTTP/1.1\r\nHost: t\r\n\r\n"));
   raw_connection probe(port_);  // the queue is FIFO: once this is answered, slow was accepted
   ASSERT_EQ(probe.get("/", 10s, true).result, outcome::ok);
   const auto first = reload();
