@@ -40,6 +40,16 @@ struct front::impl {
   std::mutex drained_mutex;
   std::vector<int> drained;
 
+  // Stops accepting: our duplicates of the public sockets only; the supervisor keeps its own
+  // open (never shutdown(2): every holder would see it).
+  void stop_accepting() {
+    stopped = true;
+    for (auto& a : acceptors) {
+      boost::system::error_code ignored;
+      a->close(ignored);
+    }
+  }
+
   explicit impl(front_options o)
       : options(std::move(o)), router(io.get_executor(), [this](int id) { on_drained(id); }) {}
 
@@ -132,11 +142,7 @@ front::~front() {
   if (!impl_) return;
   impl* i = impl_.get();
   asio::post(i->io, [i] {
-    i->stopped = true;
-    for (auto& a : i->acceptors) {
-      boost::system::error_code ignored;
-      a->close(ignored);
-    }
+    i->stop_accepting();
     i->work.reset();
     i->io.stop();
   });
@@ -163,12 +169,7 @@ void front::forget(int generation) {
 void front::stop() {
   impl* i = impl_.get();
   asio::post(i->io, [i] {
-    i->stopped = true;
-    // Our duplicates only: the public sockets stay open in the supervisor (never shutdown(2)).
-    for (auto& a : i->acceptors) {
-      boost::system::error_code ignored;
-      a->close(ignored);
-    }
+    i->stop_accepting();
     i->router.stop();
   });
 }
