@@ -3,7 +3,9 @@
 (LISTEN_FDS, as any systemd-activated service would), writes READY=1 to NOTIFY_SOCKET itself,
 answers GET / with "hello from pid N" (and X-Served-By: N), and on SIGTERM stops accepting,
 finishes the requests in flight and exits 0. Every response says Connection: close, so no
-keep-alive connection is ever cut by the drain."""
+keep-alive connection is ever cut by the drain. socketserver polls, then accepts: run it with
+`handoff run --nonblocking`, or its accept can block after another generation took the
+connection."""
 import http.server
 import os
 import signal
