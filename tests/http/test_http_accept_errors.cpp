@@ -81,23 +81,41 @@ class AcceptErrors : public testing::Test {
 
   std::uint16_t port_ = 0;
   unique_fd holder_;
-  std::unique_ptr<server> server_;
+  // Declared before server_, so destroyed after it: its log callback uses them to the end.
   std::mutex mutex_;
   std::condition_variable changed_;
   std::vector<std::string> log_;
+  std::unique_ptr<server> server_;
 };
 
-// Disabled: in one CI run under GCC's UBSan it stopped at 0.13 s with "member call on address
-// ... which does not point to an object of type 'scheduler_task'" (asio scheduler.ipp:476) while
-// the process had no fd left; not understood yet. The fix it covers (back off, report once)
-// stays covered by the shut-down-socket test below. Re-enable once explained.
-TEST_F(AcceptErrors, DISABLED_OutOfFdsBacksOffReportsOnceAndServesWhenFdsFreeUp) {
+TEST_F(AcceptErrors, OutOfFdsBacksOffReportsOnceAndServesWhenFdsFreeUp) {
+#ifdef HANDOFF_UBSAN
+  // UBSan's vptr check, on a miss in its type cache, tests that the vtable is readable by
+  // writing it into a pipe(2); with no fd left that fails and it reports "invalid vptr" on a
+  // sound object (first seen on asio's scheduler_task). The check is the sanitizer's, not a
+  // defect here; the builds without UBSan run this test.
+  GTEST_SKIP() << "UBSan's vptr check needs free fds";
+#endif
   start();
+  {
+    // Served once before the fds run out, so that everything the server makes lazily exists.
+    raw_connection warm(port_);
+    ASSERT_EQ(warm.get("/", 10s).result, outcome::ok);
+  }
   unique_fd client(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   ASSERT_TRUE(client);
   rlimit old{};
   ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &old), 0);
   std::vector<unique_fd> fillers;
+  // Whatever fails below, the fds and the limit come back before the server is torn down.
+  struct restore {
+    std::vector<unique_fd>& fillers;
+    rlimit limit;
+    ~restore() {
+      fillers.clear();
+      ::setrlimit(RLIMIT_NOFILE, &limit);
+    }
+  } restore_on_exit{fillers, old};
   {
     rlimit low = old;
     low.rlim_cur = static_cast<rlim_t>(test::open_fds().back() + 8);
