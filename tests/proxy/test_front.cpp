@@ -70,11 +70,13 @@ std::string read_until(int fd, const std::string& end) {
   return out;
 }
 
-std::unique_ptr<front> start_front(unique_fd public_socket, proxy_mode mode) {
+std::unique_ptr<front> start_front(unique_fd public_socket, proxy_mode mode,
+                                   std::chrono::milliseconds queue_timeout = 0ms) {
   std::vector<unique_fd> listeners;
   listeners.push_back(std::move(public_socket));
   front_options o;
   o.mode = mode;
+  o.queue_timeout = queue_timeout;
   auto f = front::start(std::move(listeners), o);
   EXPECT_TRUE(f) << f.error().message();
   return std::move(*f);
@@ -164,9 +166,9 @@ TEST(Front, ForgetCutsATcpRelay) {
   EXPECT_EQ(read_until(upstream.get(), "never"), "");
 }
 
-TEST(Front, NoGenerationServingIs503) {
+TEST(Front, NoGenerationServingIs503AfterTheQueueTimeout) {
   int public_port = 0;
-  auto f = start_front(tcp_listener(public_port), proxy_mode::http);
+  auto f = start_front(tcp_listener(public_port), proxy_mode::http, 200ms);
   unique_fd client = connect_to(public_port);
   const std::string request = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
   ASSERT_EQ(::send(client.get(), request.data(), request.size(), MSG_NOSIGNAL),
@@ -174,6 +176,38 @@ TEST(Front, NoGenerationServingIs503) {
   const std::string r = read_until(client.get(), "never");
   EXPECT_EQ(r.rfind("HTTP/1.1 503", 0), 0U) << r;
   EXPECT_NE(r.find("Retry-After:"), std::string::npos) << r;
+}
+
+// With no generation serving (the first one starting, a crashed one restarting), a request
+// waits for one, as a connection waits in the backlog in direct mode, rather than failing.
+TEST(Front, ARequestWaitsForAGenerationToServe) {
+  int app_port = 0, public_port = 0;
+  unique_fd app = tcp_listener(app_port);
+  auto f = start_front(tcp_listener(public_port), proxy_mode::http, 30s);
+  for (int generation = 1; generation <= 2; ++generation) {
+    unique_fd client = connect_to(public_port);
+    const std::string request = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    ASSERT_EQ(::send(client.get(), request.data(), request.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(request.size()));
+    // The front has the request and nowhere to send it yet.
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (f->stats().requests < static_cast<std::uint64_t>(generation) &&
+           std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(5ms);
+    ASSERT_EQ(f->stats().requests, static_cast<std::uint64_t>(generation));
+    f->serve(generation, {loopback(app_port)});
+    ASSERT_TRUE(wait_readable(app.get(), 10s));
+    unique_fd upstream(::accept4(app.get(), nullptr, nullptr, SOCK_CLOEXEC));
+    (void)read_until(upstream.get(), "\r\n\r\n");
+    const std::string answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    ASSERT_EQ(::send(upstream.get(), answer.data(), answer.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(answer.size()));
+    const std::string r = read_until(client.get(), "ok");
+    EXPECT_EQ(r.rfind("HTTP/1.1 200", 0), 0U) << "generation " << generation << ": " << r;
+    // The generation crashes: the next request waits for its successor.
+    f->forget(generation);
+  }
+  EXPECT_EQ(f->stats().unavailable, 0U);
 }
 
 }  // namespace

@@ -332,12 +332,28 @@ class ProxyTest(unittest.TestCase):
         with open(modes, "w") as f:
             f.write("hang\n")
         self.sup = Supervisor(self.tmp, ["--proxy", "http", "--ready", "http:///",
-                                         "--ready-timeout", "30s"], ["python3", PY_APP, modes])
+                                         "--ready-timeout", "30s", "--queue-timeout", "300ms"],
+                              ["python3", PY_APP, modes])
         self.sup.wait_line(r"generation 1: started", 20)
         out = http_request(self.sup.port,
                            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         self.assertTrue(out.startswith(b"HTTP/1.1 503"), out)
         self.assertIn(b"Retry-After:", out)
+
+    def test_a_request_waits_for_a_generation_that_becomes_ready(self):
+        # The first start never gets ready and is killed; the restart serves. A request sent
+        # meanwhile waits (--queue-timeout), as it would in the backlog in direct mode.
+        modes = os.path.join(self.tmp, "modes")
+        with open(modes, "w") as f:
+            f.write("hang\nserve\n")
+        self.sup = Supervisor(self.tmp, ["--proxy", "http", "--ready", "http:///",
+                                         "--ready-timeout", "1s", "--queue-timeout", "60s"],
+                              ["python3", PY_APP, modes])
+        self.sup.wait_line(r"generation 1: started", 20)
+        out = http_request(self.sup.port,
+                           b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 50)
+        self.assertTrue(out.startswith(b"HTTP/1.1 200"), out)
+        self.assertEqual(self.sup.status()["proxy"]["unavailable"], 0)
 
     # ---- options --------------------------------------------------------------------------
 

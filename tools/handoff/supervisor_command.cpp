@@ -85,7 +85,7 @@ struct run_args {
               restart = "on-failure", log_format = "text", watchdog = "0", settle = "0",
               log_timestamps = "auto";
   std::string proxy, upstream, header_timeout = "10s", idle_timeout = "60s",
-                               response_timeout = "60s";
+                               response_timeout = "60s", queue_timeout = "5s";
   bool no_forwarded = false;
   std::uint32_t max_header = 16 * 1024;
   std::optional<std::uint64_t> max_body;
@@ -124,6 +124,7 @@ void run_command(run_args& a) {
   p.header_timeout = duration_of(a.header_timeout, "--header-timeout");
   p.idle_timeout = duration_of(a.idle_timeout, "--idle-timeout");
   p.response_timeout = duration_of(a.response_timeout, "--response-timeout");
+  p.queue_timeout = duration_of(a.queue_timeout, "--queue-timeout");
   if (p.kind != sv::proxy_kind::none && a.ready.rfind("http://", 0) == 0) {
     // With --proxy the generation's own address is probed: only the URL's path counts.
     const auto path_at = a.ready.find('/', 7);
@@ -288,6 +289,9 @@ void add_supervisor_commands(CLI::App& app) {
       ->capture_default_str();
   run->add_option("--response-timeout", run_a->response_timeout,
                   "--proxy http: each wait for the app's response (504)")
+      ->capture_default_str();
+  run->add_option("--queue-timeout", run_a->queue_timeout,
+                  "--proxy: with no generation ready, a request waits this long (then 503)")
       ->capture_default_str();
   run->add_option("command", run_a->o.command, "the app and its arguments (after --)")->required();
   run->callback([run_a] { run_command(*run_a); });

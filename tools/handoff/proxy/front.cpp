@@ -51,7 +51,9 @@ struct front::impl {
   }
 
   explicit impl(front_options o)
-      : options(std::move(o)), router(io.get_executor(), [this](int id) { on_drained(id); }) {}
+      : options(std::move(o)),
+        router(
+            io.get_executor(), [this](int id) { on_drained(id); }, options.queue_timeout) {}
 
   void on_drained(int id) {
     {

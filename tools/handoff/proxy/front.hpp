@@ -13,6 +13,7 @@
 // and every one still open closes after the request in flight (router::closing()).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -29,6 +30,8 @@ enum class proxy_mode { http, tcp };
 struct front_options {
   proxy_mode mode = proxy_mode::http;
   relay_options relay;  // http only
+  // How long a request (tcp: a connection) waits for a generation to serve when none does.
+  std::chrono::milliseconds queue_timeout{std::chrono::seconds(5)};
 };
 
 struct front_stats {

@@ -38,9 +38,21 @@ upstream_router::generation_state* upstream_router::find(int id) {
 }
 
 asio::awaitable<std::optional<upstream_connection>> upstream_router::acquire(std::size_t listener) {
-  for (int attempt = 0; attempt < connect_attempts && !closing_; ++attempt) {
+  const auto queue_deadline = std::chrono::steady_clock::now() + queue_timeout_;
+  for (int attempt = 0; attempt < connect_attempts && !closing_;) {
     generation_state* g = find(serving_);
-    if (g == nullptr || listener >= g->upstreams.size()) co_return std::nullopt;
+    if (g == nullptr) {
+      // Wait for serve() (or stop()), bounded: the caller answers 503 after that.
+      if (std::chrono::steady_clock::now() >= queue_deadline) co_return std::nullopt;
+      asio::steady_timer wait(executor_, queue_deadline);
+      const auto at = waiting_.insert(waiting_.end(), &wait);
+      boost::system::error_code ignored;
+      co_await wait.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+      waiting_.erase(at);
+      continue;
+    }
+    ++attempt;
+    if (listener >= g->upstreams.size()) co_return std::nullopt;
     const int id = g->id;
     auto& pool = g->idle[listener];
     while (!pool.empty()) {
@@ -131,6 +143,11 @@ void upstream_router::serve(int generation, std::vector<endpoint> upstreams) {
   g.upstreams = std::move(upstreams);
   g.retired = g.forgotten = g.drained_reported = false;
   serving_ = generation;
+  wake_waiting();
+}
+
+void upstream_router::wake_waiting() {
+  for (asio::steady_timer* t : waiting_) t->cancel();
 }
 
 void upstream_router::retire(int generation) {
@@ -163,6 +180,7 @@ void upstream_router::forget(int generation) {
 void upstream_router::stop() {
   closing_ = true;
   for (auto& [id, g] : generations_) close_idle(g);
+  wake_waiting();
 }
 
 void upstream_router::attach_client(upstream_connection& c, int client_fd) {

@@ -8,13 +8,19 @@
 // - A generation's in-flight count covers connects in progress and lent connections; once it
 //   is retired and that count is zero, its idle connections are closed and on_drained(id) is
 //   called, once.
+// - With no generation serving, a request waits for one (serve()) at most queue_timeout, as
+//   a connection waits in the listen backlog in direct mode: a crashed app being restarted, or
+//   a first generation not ready yet, delays requests rather than failing them.
 // - forget() cuts what is still lent to a generation (shutdown(2) of our own connected sockets,
 //   and of the client side of a TCP relay), so every relay of it ends; its entry goes once
 //   the last connection came back.
 #pragma once
 
+#include <boost/asio/steady_timer.hpp>
+#include <chrono>
 #include <cstdint>
 #include <functional>
+#include <list>
 #include <map>
 #include <unordered_map>
 #include <vector>
@@ -37,8 +43,11 @@ struct generation_stats {
 
 class upstream_router final : public router {
  public:
-  upstream_router(asio::any_io_executor executor, std::function<void(int)> on_drained)
-      : executor_(std::move(executor)), on_drained_(std::move(on_drained)) {}
+  upstream_router(asio::any_io_executor executor, std::function<void(int)> on_drained,
+                  std::chrono::milliseconds queue_timeout = std::chrono::milliseconds(0))
+      : executor_(std::move(executor)),
+        on_drained_(std::move(on_drained)),
+        queue_timeout_(queue_timeout) {}
 
   asio::awaitable<std::optional<upstream_connection>> acquire(std::size_t listener) override;
   void release(upstream_connection connection, bool reusable) override;
@@ -72,9 +81,13 @@ class upstream_router final : public router {
   generation_state* find(int id);
   void close_idle(generation_state& g);
   void check_drained(int id);
+  // Wakes every request waiting for a serving generation (serve(), stop()).
+  void wake_waiting();
 
   asio::any_io_executor executor_;
   std::function<void(int)> on_drained_;
+  std::chrono::milliseconds queue_timeout_;
+  std::list<asio::steady_timer*> waiting_;  // one timer per request waiting for a generation
   std::map<int, generation_state> generations_;
   int serving_ = 0;
   bool closing_ = false;

@@ -28,6 +28,9 @@ struct proxy_settings {
   std::chrono::milliseconds header_timeout{std::chrono::seconds(10)};
   std::chrono::milliseconds idle_timeout{std::chrono::seconds(60)};
   std::chrono::milliseconds response_timeout{std::chrono::seconds(60)};
+  // With no generation ready (the first one starting, a crashed one restarting), how long a
+  // request or TCP connection waits for one before the 503 (tcp: the close).
+  std::chrono::milliseconds queue_timeout{std::chrono::seconds(5)};
 };
 
 struct run_options {

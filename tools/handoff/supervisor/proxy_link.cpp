@@ -73,6 +73,7 @@ proxy_link::proxy_link(const run_options& o, const std::vector<public_socket>& s
   fo.relay.header_timeout = o.proxy.header_timeout;
   fo.relay.idle_timeout = o.proxy.idle_timeout;
   fo.relay.response_timeout = o.proxy.response_timeout;
+  fo.queue_timeout = o.proxy.queue_timeout;
   auto f = proxy::front::start(std::move(copies), std::move(fo));
   if (!f) throw std::runtime_error(f.error().message());
   front_ = std::move(*f);
