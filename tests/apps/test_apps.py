@@ -9,18 +9,20 @@ Usage: test_apps.py HANDOFF [unittest arguments]
                                         node_without_recipe.js): prints the failures, asserts
                                         nothing (the evidence in docs/apps.md)
        test_apps.py HANDOFF --with      the same figures for the recipes
+                                        (either one followed by go, python, node: those only)
 Environment: HANDOFF_GO_DRAIN_APP (the built examples/apps/go; its tests are skipped without it),
 HANDOFF_GO_APP (tests/proxy/go_app, for --without). Node tests are skipped without `node`.
 
-Waits are on lines of the supervisor's log and on process exits; reloads are paced by
-`handoff check --reload-every`, each one waits for the new generation to take over.
+Waits are on lines of the supervisor's log and on process exits, never a sleep.
 """
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 import warnings
 
@@ -32,8 +34,9 @@ from test_proxy import Supervisor  # noqa: E402  (handoff run in its own session
 
 RELOADS = 10
 CONNECTIONS = 10
-# Load per test: time for RELOADS reloads back to back on a busy machine (node starts slowest).
-SECONDS = {"go": 10, "python": 10, "node": 25}
+# Load per test: time for RELOADS reloads one after the other on a busy machine, sanitized
+# supervisor included (node and python start in up to about 1 s each).
+SECONDS = {"go": 8, "python": 25, "node": 30}
 GO_DRAIN_APP = os.environ.get("HANDOFF_GO_DRAIN_APP", "")
 NODE = shutil.which("node") or ""
 
@@ -51,30 +54,41 @@ WITHOUT = {
 
 
 def reload_under_load(tmp, args, command, mode, seconds):
-    """RELOADS reloads under load; returns check's JSON, its output, and the supervisor's log."""
+    """RELOADS reloads under load; returns check's JSON, its output, the supervisor's log and
+    its exit status. Each reload is a SIGHUP to the supervisor; the next one waits until the
+    new generation took over and the old one stopped, and all must be over before the load."""
     sup = Supervisor(tmp, args, command)
     try:
         sup.wait_line(r"generation 1 took over", 60)
-        # One reload per run of the command, RELOADS in all; later runs do nothing.
-        counter = os.path.join(tmp, "reloads")
-        reload_cmd = (f'n=$(cat {counter} 2>/dev/null || echo 0); [ "$n" -ge {RELOADS} ] && exit 0; '
-                      f'echo $((n + 1)) > {counter}; exec {HANDOFF} reload --control {sup.control}')
         out = os.path.join(tmp, "check.json")
-        r = subprocess.run(
+        load = subprocess.Popen(
             [HANDOFF, "check", f"http://127.0.0.1:{sup.port}/", "--duration", f"{seconds}s",
-             "-c", str(CONNECTIONS), "--mode", mode, "--json", out, "-q",
-             "--reload-cmd", reload_cmd, "--reload-every", "300ms"],
-            capture_output=True, text=True, timeout=seconds + 60)
+             "-c", str(CONNECTIONS), "--mode", mode, "--json", out, "-q"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        began = time.monotonic()
+        try:
+            for n in range(1, RELOADS + 1):
+                with sup.cond:
+                    mark = len(sup.lines)
+                os.kill(sup.proc.pid, signal.SIGHUP)
+                sup.wait_line(rf"generation {n + 1} took over", seconds, start=mark)
+                sup.wait_line(rf"generation {n}: stopped", seconds, start=mark)
+                if load.poll() is not None:
+                    raise AssertionError(f"the load ({seconds} s) ended before reload {n} of "
+                                         f"{RELOADS} was over:\n{sup.log()}")
+            reloads_s = time.monotonic() - began
+            stdout, stderr = load.communicate(timeout=seconds + 60)
+        finally:
+            if load.poll() is None:
+                load.kill()
+                load.communicate()
         if not os.path.exists(out):
-            raise AssertionError(f"check exited {r.returncode} without its report: {r.stderr}")
+            raise AssertionError(f"check exited {load.returncode} without its report: {stderr}")
         with open(out) as f:
             result = json.load(f)
-        ran = int(open(counter).read()) if os.path.exists(counter) else 0
-        if ran < RELOADS:
-            raise AssertionError(f"only {ran} of {RELOADS} reloads ran in {seconds} s:\n{sup.log()}")
-        sup.wait_line(rf"generation {RELOADS + 1} took over", 10)
+        result["reloads_s"] = reloads_s
         status = sup.stop()
-        return result, r.stdout + r.stderr, sup.log(), status
+        return result, stdout + stderr, sup.log(), status
     finally:
         sup.kill()
 
@@ -90,8 +104,6 @@ class AppsTest(unittest.TestCase):
         args, command = APPS[lang]
         result, out, log, status = reload_under_load(self.tmpdir.name, args, command, mode,
                                                           SECONDS[lang])
-        restarts = result["restarts"]
-        self.assertTrue(all(x["success"] for x in restarts), restarts)
         self.assertGreater(result["requests"], 0)
         self.assertEqual(result["failed"], 0, f"{result['outcomes']}\n{out}")
         self.assertEqual(status, 0, log)
@@ -119,9 +131,11 @@ class AppsTest(unittest.TestCase):
         self.run_app("node", "close")
 
 
-def measure(apps):
+def measure(apps, only):
     """Failed requests and reconnects of each app and mode: the figures of docs/apps.md."""
     for lang, (args, command) in apps.items():
+        if only and lang not in only:
+            continue
         if not command[0]:
             print(f"{lang}: skipped (not built or not installed)")
             continue
@@ -130,13 +144,13 @@ def measure(apps):
                 result, _, _, _ = reload_under_load(tmp, args, command, mode, SECONDS[lang])
             failures = {k: v for k, v in result["outcomes"].items() if k != "ok" and v}
             print(f"{lang:7} {mode:9} requests {result['requests']:7} failed {result['failed']:4} "
-                  f"reconnects {result['reconnects']} {failures}", flush=True)
+                  f"reconnects {result['reconnects']} reloads in {result['reloads_s']:.1f} s {failures}", flush=True)
 
 
 if __name__ == "__main__":
-    if "--without" in sys.argv[2:]:
-        measure(WITHOUT)
-    elif "--with" in sys.argv[2:]:
-        measure(APPS)
+    if sys.argv[2:3] == ["--without"]:
+        measure(WITHOUT, sys.argv[3:])
+    elif sys.argv[2:3] == ["--with"]:
+        measure(APPS, sys.argv[3:])
     else:
         unittest.main(argv=[sys.argv[0], *sys.argv[2:]], verbosity=2)

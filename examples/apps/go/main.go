@@ -107,7 +107,6 @@ func main() {
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	<-stop
-	daemon.SdNotify(false, daemon.SdNotifyStopping)
 	stopping.Store(true)
 	// Our copy of the socket only: the supervisor and the new generation keep accepting on it.
 	ln.Close()

@@ -105,7 +105,6 @@ def main():
     notify("READY=1")
 
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
-    notify("STOPPING=1")
     draining.set()
     server.shutdown()  # the accept loop has ended; the connections' threads run on
     server.socket.close()  # our copy only
