@@ -225,11 +225,13 @@ asio::awaitable<bool> connection::serve_one() {
     res.keep_alive(keep_alive && res.keep_alive());
     keep_alive = res.keep_alive();
     res.prepare_payload();
+    // A serializer of our own, on this coroutine's (recycled) frame: async_write of a message
+    // would allocate one per response. Header and body leave in one gather write.
+    bhttp::response_serializer<bhttp::string_body> sr(res);
     if (req.method() == bhttp::verb::head) {
-      bhttp::response_serializer<bhttp::string_body> sr(res);
       co_await bhttp::async_write_header(socket_, sr, redirect_error(use_awaitable, ec));
     } else {
-      co_await bhttp::async_write(socket_, res, redirect_error(use_awaitable, ec));
+      co_await bhttp::async_write(socket_, sr, redirect_error(use_awaitable, ec));
     }
   }
   if (srv_.draining()) srv_.completed_while_draining.fetch_add(1);

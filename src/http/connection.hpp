@@ -1,6 +1,11 @@
 // Internal: one HTTP/1.1 connection of handoff::http::server, and the server's shared state.
 //
-// A connection is a coroutine on its own strand. Its one timer is a watchdog: every phase
+// Each server thread runs an io_context of its own, with its own accept loops; a connection
+// stays on the io_context that accepted it, so everything of one connection (its coroutine,
+// its watchdog, on_drain and abort posted by drain()) runs on one thread, and needs no strand.
+// Its sockets and timers name the concrete io_context::executor_type, not the type-erased one.
+//
+// A connection is a coroutine. Its one timer is a watchdog: every phase
 // (idle, header, body, write) sets deadline_, and the watchdog closes the socket once the
 // deadline passes, which ends whatever read or write was pending. The watchdog sleeps until the
 // deadline or for the shortest timeout, whichever is nearer, and re-checks; only a deadline
@@ -12,7 +17,6 @@
 #include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <condition_variable>
 #include <mutex>
@@ -27,16 +31,20 @@
 namespace handoff::http {
 
 using clock_type = std::chrono::steady_clock;
-using stream_socket = asio::generic::stream_protocol::socket;
-using stream_acceptor = asio::basic_socket_acceptor<asio::generic::stream_protocol>;
+using io_executor = asio::io_context::executor_type;
+using stream_socket = asio::basic_stream_socket<asio::generic::stream_protocol, io_executor>;
+using stream_acceptor = asio::basic_socket_acceptor<asio::generic::stream_protocol, io_executor>;
+using steady_timer =
+    asio::basic_waitable_timer<clock_type, asio::wait_traits<clock_type>, io_executor>;
 
 struct server::impl {
   impl(server_options o, handler h);
 
   server_options options;
   handler on_request;
-  asio::io_context io;
-  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
+  // One per thread, each run by its thread alone (concurrency hint 1).
+  std::vector<std::unique_ptr<asio::io_context>> ios;
+  std::vector<asio::executor_work_guard<io_executor>> work;
   std::vector<std::thread> threads;
   std::atomic<server_state> state{server_state::starting};
   std::atomic<clock_type::rep> drain_deadline{
@@ -45,12 +53,12 @@ struct server::impl {
   std::vector<unique_fd> listener_fds;
   struct accept_loop {
     explicit accept_loop(asio::io_context& io)
-        : strand(asio::make_strand(io)), acceptor(strand), throttle(strand) {}
-    asio::strand<asio::io_context::executor_type> strand;
+        : executor(io.get_executor()), acceptor(executor), throttle(executor) {}
+    io_executor executor;  // the thread's io_context, where its connections live too
     stream_acceptor acceptor;
-    asio::steady_timer throttle;  // waited on while max_connections are open, or backing off
-    bool stopped = false;         // set by drain(): the only way a loop ends
-    std::string where;            // the listener's address, for messages
+    steady_timer throttle;  // waited on while max_connections are open, or backing off
+    bool stopped = false;   // set by drain(): the only way a loop ends
+    std::string where;      // the listener's address, for messages
   };
   // Reports a trouble of kind `kind` once per server: an error that repeats every few hundred
   // milliseconds must not flood the log.
@@ -84,7 +92,7 @@ class connection : public std::enable_shared_from_this<connection> {
   connection(server::impl& srv, stream_socket socket);
 
   asio::awaitable<void> run();
-  // Called on the strand: the server began to drain / reached its deadline.
+  // Called on the connection's io_context: the server began to drain / reached its deadline.
   void on_drain();
   void abort();
   bool busy() const noexcept { return busy_; }
@@ -93,7 +101,7 @@ class connection : public std::enable_shared_from_this<connection> {
   asio::awaitable<void> send_header(beast::http::response_header<> header);
   asio::awaitable<void> send_chunk(std::string_view data);
   server::impl& srv() const noexcept { return srv_; }
-  asio::any_io_executor executor() { return socket_.get_executor(); }
+  io_executor executor() { return socket_.get_executor(); }
 
  private:
   asio::awaitable<void> watchdog();
@@ -105,7 +113,7 @@ class connection : public std::enable_shared_from_this<connection> {
 
   server::impl& srv_;
   stream_socket socket_;
-  asio::steady_timer timer_;
+  steady_timer timer_;
   clock_type::time_point deadline_ = clock_type::time_point::max();
   clock_type::time_point armed_ = clock_type::time_point::max();  // what the watchdog waits for
   clock_type::duration tick_;                                     // the watchdog's longest sleep

@@ -46,10 +46,12 @@ server_options normalized(server_options o) {
 
 }  // namespace
 
-// The concurrency hint tells Asio how many threads run the context: with one, its scheduler
-// skips the locking that several threads need.
-server::impl::impl(server_options o, handler h)
-    : options(normalized(o)), on_request(std::move(h)), io(static_cast<int>(options.threads)) {}
+// The concurrency hint tells Asio how many threads run a context: each is run by one thread,
+// and with one its scheduler skips the wake-ups that several threads need.
+server::impl::impl(server_options o, handler h) : options(normalized(o)), on_request(std::move(h)) {
+  for (unsigned i = 0; i < options.threads; ++i)
+    ios.push_back(std::make_unique<asio::io_context>(1));
+}
 
 asio::awaitable<void> server::impl::accept(accept_loop& loop) {
   // drain() waits for every loop to end: an accept that the kernel completed just as accepting
@@ -85,8 +87,7 @@ asio::awaitable<void> server::impl::accept(accept_loop& loop) {
         continue;
       }
       error_code ec;
-      stream_socket socket = co_await loop.acceptor.async_accept(asio::make_strand(io),
-                                                                 redirect_error(use_awaitable, ec));
+      stream_socket socket = co_await loop.acceptor.async_accept(redirect_error(use_awaitable, ec));
       // A connection accepted just as accepting stopped is still served below: it is ours now,
       // and dropping it would reset a client that did nothing wrong.
       if (ec && loop.stopped) {
@@ -151,7 +152,7 @@ void server::impl::connection_closed(connection* c) {
   open_connections.fetch_sub(1);
   if (slots.fetch_sub(1) >= options.max_connections) {
     for (auto& loop : accept_loops)
-      asio::post(loop->strand, [l = loop.get()] { l->throttle.cancel(); });
+      asio::post(loop->executor, [l = loop.get()] { l->throttle.cancel(); });
   }
   changed.notify_all();
 }
@@ -166,7 +167,7 @@ server::~server() {
     (void)drain(milliseconds(0));
   } catch (...) {
     // Out of memory or threads while tearing down: nothing left to do but stop.
-    impl_->io.stop();
+    for (auto& io : impl_->ios) io->stop();
     for (auto& t : impl_->threads) t.join();
   }
 }
@@ -175,8 +176,9 @@ void server::add_listener(unique_fd fd) { impl_->listener_fds.push_back(std::mov
 
 void server::start() {
   auto& s = *impl_;
-  // One accept loop per thread and listener, each on its own dup of the fd, so that accepting
-  // scales with the threads (new-connection-per-request clients).
+  // One accept loop per thread and listener, each on its own dup of the fd and on its thread's
+  // io_context, so that accepting scales with the threads (new-connection-per-request clients)
+  // and each connection is served by the thread that accepted it.
   for (auto& fd : s.listener_fds) {
     sockaddr_storage local{};
     socklen_t length = sizeof local;
@@ -189,20 +191,20 @@ void server::start() {
     for (unsigned i = 0; i < s.options.threads; ++i) {
       auto copy = fd.duplicate();
       if (!copy) throw std::runtime_error(copy.error().message());
-      auto loop = std::make_unique<impl::accept_loop>(s.io);
+      auto loop = std::make_unique<impl::accept_loop>(*s.ios[i]);
       loop->where = where ? where->to_string() : "fd " + std::to_string(fd.get());
       loop->acceptor.assign(protocol, copy->release());
       s.accept_loops.push_back(std::move(loop));
     }
   }
   s.listener_fds.clear();  // the loops hold their own copies
-  s.work.emplace(s.io.get_executor());
+  for (auto& io : s.ios) s.work.push_back(asio::make_work_guard(io->get_executor()));
   s.accept_loops_running = s.accept_loops.size();
   for (auto& loop : s.accept_loops) {
     // accept() catches what it can; whatever still escapes (it should be nothing) is said, not
     // dropped as asio::detached would.
     asio::co_spawn(
-        loop->strand, s.accept(*loop), [&s, where = loop->where](const std::exception_ptr& e) {
+        loop->executor, s.accept(*loop), [&s, where = loop->where](const std::exception_ptr& e) {
           if (!e) return;
           try {
             std::rethrow_exception(e);
@@ -214,7 +216,7 @@ void server::start() {
         });
   }
   s.state = server_state::ready;
-  for (unsigned i = 0; i < s.options.threads; ++i) s.threads.emplace_back([&s] { s.io.run(); });
+  for (auto& io : s.ios) s.threads.emplace_back([io = io.get()] { io->run(); });
 }
 
 server_state server::state() const noexcept { return impl_->state.load(); }
@@ -235,7 +237,7 @@ drain_report server::drain(milliseconds timeout) {
   // never shutdown(2) it, which would stop them too.
   std::vector<std::future<void>> stopped;
   for (auto& loop : s.accept_loops) {
-    stopped.push_back(asio::post(loop->strand, asio::use_future([l = loop.get()] {
+    stopped.push_back(asio::post(loop->executor, asio::use_future([l = loop.get()] {
                                    l->stopped = true;
                                    error_code ignored;
                                    l->acceptor.close(ignored);
@@ -277,8 +279,8 @@ drain_report server::drain(milliseconds timeout) {
   }
   report.requests_completed = s.completed_while_draining.load();
   s.state = server_state::stopped;
-  s.work.reset();
-  s.io.stop();
+  s.work.clear();
+  for (auto& io : s.ios) io->stop();
   for (auto& t : s.threads) t.join();
   s.threads.clear();
   return report;

@@ -244,6 +244,33 @@ TEST_F(HandoffCheck, OkCountEqualsTheResponsesTheServerWrote) {
   }
 }
 
+TEST_F(HandoffCheck, ThreadsShareTheConnectionsAndTheirOutcomesAreMerged) {
+  // 7 connections over 3 threads (3, 2, 2): every connection opened once, every response the
+  // server wrote counted once, the timeline adding up to the merged totals.
+  server_process server;
+  ASSERT_NO_FATAL_FAILURE(server.start_test_server({}));
+  auto r = run_check({server.url(), "--duration", "1s", "-c", "7", "--threads", "3"});
+  ASSERT_EQ(r.exit_code, 0) << r.output << r.errors;
+  const long served = server.stop();
+  EXPECT_EQ(field(r, "failed"), 0) << r.output;
+  EXPECT_EQ(field(r, "ok"), served);
+  EXPECT_GT(served, 100);
+  EXPECT_EQ(field(r, "connections_opened"), 7) << r.output;
+  EXPECT_EQ(field(r, "reconnects"), 0) << r.output;
+  std::int64_t in_timeline = 0;
+  for (const auto& v : r.json.as_object().at("timeline").as_object().at("requests").as_array())
+    in_timeline += v.to_number<std::int64_t>();
+  EXPECT_EQ(in_timeline, field(r, "requests"));
+  // The rate is the total, shared out: 3 threads at 300 req/s together, not each.
+  server_process limited;
+  ASSERT_NO_FATAL_FAILURE(limited.start_test_server({}));
+  auto l =
+      run_check({limited.url(), "--duration", "1s", "-c", "6", "--threads", "3", "--rate", "300"});
+  ASSERT_EQ(l.exit_code, 0) << l.output << l.errors;
+  EXPECT_LE(field(l, "requests"), 300 * 105 / 100 + 6) << l.output;
+  EXPECT_GE(field(l, "requests"), 300 / 2) << l.output;
+}
+
 TEST_F(HandoffCheck, CountsRefusedConnectionsOfANaiveRestart) {
   // A fixed port: the new generation must bind it again after the old one is gone.
   std::uint16_t port;

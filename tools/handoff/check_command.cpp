@@ -33,6 +33,7 @@ struct check_args {
   std::string url;
   std::string duration = "10s";
   unsigned connections = 32;
+  unsigned threads = 1;
   double rate = 0;
   std::string mode = "keepalive";
   std::string method = "GET";
@@ -121,6 +122,7 @@ void run_check(const check_args& a) {
   o.duration = duration_arg(a.duration, "--duration");
   if (o.duration.count() <= 0) fail(2, "--duration must be more than 0");
   o.connections = a.connections;
+  o.threads = a.threads;
   o.rate = a.rate;
   if (a.mode == "keepalive" || a.mode == "keep-alive") {
     o.mode = check::connection_mode::keepalive;
@@ -202,6 +204,11 @@ void add_check_command(CLI::App& app) {
   cmd->add_option("-c,--connections", args->connections, "concurrent connections")
       ->capture_default_str()
       ->check(CLI::Range(1u, 100000u));
+  cmd->add_option("--threads", args->threads,
+                  "client threads, each with its own connections (at most --connections); for "
+                  "servers that one core of client cannot load")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 256u));
   cmd->add_option("--rate", args->rate, "requests/s in total (default: as fast as possible)")
       ->check(non_negative_check());
   cmd->add_option("--mode", args->mode,

@@ -15,9 +15,9 @@
 //     is closed.
 //  5. At the deadline, what remains is aborted (handlers see cancellation) and counted.
 //
-// Threads: `threads` run one io_context; each connection lives on its own strand, so a handler
-// never runs concurrently with itself for one connection, but handlers of different connections
-// do run in parallel.
+// Threads: each of the `threads` runs an io_context of its own and accepts on it; a connection
+// is served by the thread that accepted it, so a handler never runs concurrently with itself for
+// one connection, and handlers of connections on different threads run in parallel.
 #pragma once
 
 #include <atomic>

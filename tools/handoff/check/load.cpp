@@ -5,6 +5,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -15,7 +17,9 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <cerrno>
+#include <exception>
 #include <memory>
+#include <thread>
 
 #include "handoff/spawn.hpp"
 
@@ -62,6 +66,12 @@ std::int64_t micros(clock_type::duration d) {
 
 class engine;
 
+// What the progress line shows, summed over the engines.
+struct shared_counts {
+  std::atomic<std::uint64_t> total{0};
+  std::atomic<std::uint64_t> failed{0};
+};
+
 // One client connection slot: at most one request in flight.
 class connection {
  public:
@@ -102,8 +112,9 @@ class connection {
 
 class engine {
  public:
-  engine(const load_options& options, std::vector<tcp::endpoint> endpoints)
-      : options_(options),
+  engine(const load_options& options, std::vector<tcp::endpoint> endpoints, shared_counts& counts)
+      : counts_(counts),
+        options_(options),
         endpoints_(std::move(endpoints)),
         request_(build_request(options)),
         tick_(io_) {
@@ -112,8 +123,9 @@ class engine {
     out_.requests.reserve(1 << 16);
   }
 
-  run_result run() {
-    start_ = clock_type::now();
+  // `start`: the common origin of every engine's times.
+  run_result run(clock_type::time_point start) {
+    start_ = start;
     stop_at_ = start_ + options_.duration;
     next_slot_ = start_;
     progress_at_ = last_progress_ = start_;
@@ -148,8 +160,8 @@ class engine {
     out_.requests.push_back(
         {micros(now - start_),
          static_cast<std::uint32_t>(std::min<std::int64_t>(latency, UINT32_MAX)), status, o});
-    ++total_;
-    if (failed(o)) ++failed_;
+    counts_.total.fetch_add(1, std::memory_order_relaxed);
+    if (failed(o)) counts_.failed.fetch_add(1, std::memory_order_relaxed);
   }
   void note_io_error(const boost::system::error_code& ec) {
     if (out_.first_io_error.empty()) out_.first_io_error = ec.message();
@@ -247,13 +259,15 @@ class engine {
 
   void print_progress(clock_type::time_point now) {
     const double t = std::chrono::duration<double>(now - start_).count();
-    const auto rate = static_cast<double>(total_ - progress_total_) /
+    const std::uint64_t total = counts_.total.load(std::memory_order_relaxed);
+    const std::uint64_t failures = counts_.failed.load(std::memory_order_relaxed);
+    const auto rate = static_cast<double>(total - progress_total_) /
                       std::max(1e-3, std::chrono::duration<double>(now - progress_at_).count());
-    progress_total_ = total_;
+    progress_total_ = total;
     progress_at_ = now;
     fmt::print(stderr,
                "\r\033[K{:6.1f}s / {:.0f}s  {} requests  {} failed  {:.0f} req/s  {} restarts{}", t,
-               std::chrono::duration<double>(options_.duration).count(), total_, failed_, rate,
+               std::chrono::duration<double>(options_.duration).count(), total, failures, rate,
                out_.restarts.size(), reload_running_ ? " (restarting)" : "");
     (void)std::fflush(stderr);
   }
@@ -314,6 +328,7 @@ class engine {
   }
 
   asio::io_context io_{1};
+  shared_counts& counts_;
   load_options options_;
   std::vector<tcp::endpoint> endpoints_;
   std::string request_;
@@ -325,7 +340,7 @@ class engine {
   std::chrono::nanoseconds period_{0};
   run_result out_;
   std::size_t last_served_ = 0;
-  std::uint64_t total_ = 0, failed_ = 0, progress_total_ = 0;
+  std::uint64_t progress_total_ = 0;
   std::size_t next_reload_ = 0;
   bool reload_running_ = false;
   pid_t reload_pid_ = -1;
@@ -500,8 +515,69 @@ result<void> probe(const load_options& options) {
 result<run_result> run_load(const load_options& options) {
   auto endpoint = reachable_endpoint(options);
   if (!endpoint) return endpoint.error();
-  engine e(options, {*endpoint});
-  return e.run();
+  shared_counts counts;
+  const unsigned threads = std::clamp(options.threads, 1u, std::max(1u, options.connections));
+  if (threads == 1) {
+    engine e(options, {*endpoint}, counts);
+    return e.run(clock_type::now());
+  }
+  std::vector<std::unique_ptr<engine>> engines;
+  for (unsigned i = 0; i < threads; ++i) {
+    load_options part = options;
+    part.threads = 1;
+    part.connections = options.connections / threads + (i < options.connections % threads ? 1 : 0);
+    part.rate = options.rate * part.connections / options.connections;
+    if (i > 0) {
+      part.reload_command.clear();
+      part.reload_times.clear();
+      part.progress = false;
+    }
+    engines.push_back(
+        std::make_unique<engine>(part, std::vector<tcp::endpoint>{*endpoint}, counts));
+  }
+  std::vector<run_result> parts(threads);
+  std::vector<std::exception_ptr> errors(threads);
+  std::vector<std::thread> running;
+  const auto start = clock_type::now();
+  for (unsigned i = 0; i < threads; ++i) {
+    running.emplace_back([&, i] {
+      try {
+        parts[i] = engines[i]->run(start);
+      } catch (...) {
+        errors[i] = std::current_exception();
+      }
+    });
+  }
+  for (auto& t : running) t.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+
+  // One result, as one engine would have recorded it: the lists in time order, the restarts of
+  // the first engine, the responders in the order the first engine saw them, then the others.
+  run_result out = std::move(parts[0]);
+  for (unsigned i = 1; i < threads; ++i) {
+    auto& p = parts[i];
+    out.requests.insert(out.requests.end(), p.requests.begin(), p.requests.end());
+    out.opened_us.insert(out.opened_us.end(), p.opened_us.begin(), p.opened_us.end());
+    out.reconnect_us.insert(out.reconnect_us.end(), p.reconnect_us.begin(), p.reconnect_us.end());
+    for (auto& entry : p.served_by) {
+      auto at = std::find_if(out.served_by.begin(), out.served_by.end(),
+                             [&](const auto& seen) { return seen.first == entry.first; });
+      if (at == out.served_by.end()) {
+        out.served_by.push_back(std::move(entry));
+      } else {
+        at->second += entry.second;
+      }
+    }
+    out.elapsed_us = std::max(out.elapsed_us, p.elapsed_us);
+    if (out.first_io_error.empty()) out.first_io_error = p.first_io_error;
+  }
+  std::stable_sort(
+      out.requests.begin(), out.requests.end(),
+      [](const request_record& a, const request_record& b) { return a.end_us < b.end_us; });
+  std::sort(out.opened_us.begin(), out.opened_us.end());
+  std::sort(out.reconnect_us.begin(), out.reconnect_us.end());
+  return out;
 }
 
 }  // namespace handoff::check

@@ -1,5 +1,8 @@
-// The load generator of `handoff check`: N connections on one io_context (one thread), each
-// sending one request at a time, for a fixed duration, while restart commands run on a schedule.
+// The load generator of `handoff check`: N connections, each sending one request at a time, for
+// a fixed duration, while restart commands run on a schedule. The connections are spread over
+// `threads` engines, each an io_context on a thread of its own (a server at nginx's speed needs
+// more than one core of client); their outcomes are merged into one run_result, as if one engine
+// had run them all. The first engine alone runs the restart commands and the progress line.
 //
 // Invariants:
 // - Every request that is started gets exactly one request_record (see outcome.hpp); a failed
@@ -53,6 +56,7 @@ struct load_options {
   std::vector<std::chrono::milliseconds> reload_times;  // offsets from the start
   std::chrono::milliseconds reload_grace{5'000};        // see the invariants above
   bool progress = false;                                // one updating line on stderr
+  unsigned threads = 1;  // engines; the connections and the rate are shared out among them
 };
 
 struct request_record {
