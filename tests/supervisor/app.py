@@ -57,12 +57,15 @@ def main():
     os.close(3)  # fromfd duplicated it
     server = Server(listener.getsockname(), Handler, bind_and_activate=False)
     server.socket = listener
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # SIGTERM blocked before any thread starts, and taken by sigwait() in this thread. A
+    # handler that sets an Event would not do: the kernel may deliver SIGTERM to a serving
+    # thread, and the main thread, asleep in Event.wait(), then never runs Python's handler
+    # (seen in CI: SIGKILL after the stop timeout, one request cut).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     notify("READY=1\nSTATUS=serving\n")
-    stop.wait()
+    signal.sigwait({signal.SIGTERM})
     notify("STOPPING=1\n")
     server.shutdown()  # stops accepting; queued connections stay in the shared socket's queue
     thread.join()
