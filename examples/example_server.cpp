@@ -106,7 +106,7 @@ struct app {
     if (path == "/stream") {
       const auto seconds = query_number(target, "seconds", 3600);
       if (!seconds) co_return text(bhttp::status::bad_request, v, "usage: /stream?seconds=N\n");
-      bhttp::response_header<> header;
+      http::response_header header;
       header.result(bhttp::status::ok);
       header.version(v);
       header.set(bhttp::field::content_type, "text/plain");

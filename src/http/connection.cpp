@@ -162,7 +162,7 @@ asio::awaitable<bool> connection::serve_one() {
 
   busy_ = true;
   set_deadline(clock_type::now() + opts.header_timeout);
-  bhttp::request_parser<bhttp::string_body> parser;
+  bhttp::request_parser<bhttp::string_body, field_allocator<char>> parser;
   parser.header_limit(static_cast<std::uint32_t>(opts.max_header_bytes));
   parser.body_limit(opts.max_body_bytes);
   co_await bhttp::async_read_header(socket_, buffer_, parser, redirect_error(use_awaitable, ec));
@@ -227,7 +227,7 @@ asio::awaitable<bool> connection::serve_one() {
     res.prepare_payload();
     // A serializer of our own, on this coroutine's (recycled) frame: async_write of a message
     // would allocate one per response. Header and body leave in one gather write.
-    bhttp::response_serializer<bhttp::string_body> sr(res);
+    bhttp::response_serializer<bhttp::string_body, fields> sr(res);
     if (req.method() == bhttp::verb::head) {
       co_await bhttp::async_write_header(socket_, sr, redirect_error(use_awaitable, ec));
     } else {
@@ -240,10 +240,10 @@ asio::awaitable<bool> connection::serve_one() {
   co_return !ec && keep_alive;
 }
 
-asio::awaitable<void> connection::send_header(bhttp::response_header<> header) {
-  bhttp::response<bhttp::empty_body> res(std::move(header));
+asio::awaitable<void> connection::send_header(response_header header) {
+  bhttp::response<bhttp::empty_body, fields> res(std::move(header));
   res.chunked(true);
-  bhttp::response_serializer<bhttp::empty_body> sr(res);
+  bhttp::response_serializer<bhttp::empty_body, fields> sr(res);
   set_deadline(clock_type::now() + srv_.options.write_timeout);
   co_await bhttp::async_write_header(socket_, sr, use_awaitable);
   set_deadline(clock_type::time_point::max());
@@ -262,7 +262,7 @@ std::chrono::steady_clock::time_point request_context::deadline() const noexcept
   return conn_.srv().deadline();
 }
 asio::any_io_executor request_context::executor() const { return conn_.executor(); }
-asio::awaitable<void> request_context::send_header(bhttp::response_header<> header) {
+asio::awaitable<void> request_context::send_header(response_header header) {
   streaming_ = true;
   co_await conn_.send_header(std::move(header));
 }

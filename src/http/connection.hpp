@@ -98,7 +98,7 @@ class connection : public std::enable_shared_from_this<connection> {
   bool busy() const noexcept { return busy_; }
 
   // For request_context.
-  asio::awaitable<void> send_header(beast::http::response_header<> header);
+  asio::awaitable<void> send_header(response_header header);
   asio::awaitable<void> send_chunk(std::string_view data);
   server::impl& srv() const noexcept { return srv_; }
   io_executor executor() { return socket_.get_executor(); }

@@ -32,14 +32,21 @@
 #include <string_view>
 
 #include "handoff/fd.hpp"
+#include "handoff/http/field_allocator.hpp"
 
 namespace handoff::http {
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
 
-using request = beast::http::request<beast::http::string_body>;
-using response = beast::http::response<beast::http::string_body>;
+// Beast's messages, with header fields on field_allocator: a keep-alive connection in steady
+// state allocates nothing per request. Use these names (not Beast's defaults, whose fields use
+// std::allocator and do not convert): a handler returns `response`, a stream starts with a
+// `response_header`.
+using fields = beast::http::basic_fields<field_allocator<char>>;
+using request = beast::http::request<beast::http::string_body, fields>;
+using response = beast::http::response<beast::http::string_body, fields>;
+using response_header = beast::http::response_header<fields>;
 using std::chrono::milliseconds;
 
 enum class server_state { starting, ready, draining, stopped };
@@ -91,7 +98,7 @@ class request_context {
   // Streaming: send the header (the body is then chunked), then chunks. The handler's returned
   // response is ignored once the header was sent. Each write honours write_timeout; a write
   // that fails (client gone, timeout, abort) throws boost::system::system_error.
-  asio::awaitable<void> send_header(beast::http::response_header<> header);
+  asio::awaitable<void> send_header(response_header header);
   asio::awaitable<void> send_chunk(std::string_view data);
   bool streaming() const noexcept { return streaming_; }
 

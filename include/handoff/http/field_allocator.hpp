@@ -1,0 +1,50 @@
+// handoff::http::field_allocator: the allocator of the header fields of handoff::http's
+// request and response types, so that a keep-alive connection in steady state makes no heap
+// allocation per request.
+//
+// Beast's basic_fields allocates one block per field and one for the request's method and
+// target. This allocator is stateless (every instance is equal, as std::allocator's): a block
+// comes from a small per-thread cache of blocks freed earlier, by size class (multiples of 64
+// bytes up to 1 KiB), and goes back to the cache of the thread that frees it. A block is plain
+// operator-new memory of its class's size, so freeing it on another thread than the one that
+// allocated it is fine. Larger blocks, a cache miss, and a full cache go to operator new and
+// delete. Each thread keeps at most `max_cached_per_class` blocks per class; they are released
+// when the thread exits.
+#pragma once
+
+#include <cstddef>
+#include <new>
+#include <type_traits>
+
+namespace handoff::http {
+
+namespace field_pool {
+void* allocate(std::size_t bytes);
+void deallocate(void* p, std::size_t bytes) noexcept;
+}  // namespace field_pool
+
+template <class T>
+class field_allocator {
+ public:
+  static_assert(alignof(T) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__, "blocks have new's alignment");
+  using value_type = T;
+  using is_always_equal = std::true_type;
+  using propagate_on_container_move_assignment = std::true_type;
+
+  field_allocator() noexcept = default;
+  template <class U>
+  field_allocator(const field_allocator<U>&) noexcept {}  // NOLINT: converting, as std's
+
+  T* allocate(std::size_t n) {
+    if (n > std::size_t(-1) / sizeof(T)) throw std::bad_array_new_length();
+    return static_cast<T*>(field_pool::allocate(n * sizeof(T)));
+  }
+  void deallocate(T* p, std::size_t n) noexcept { field_pool::deallocate(p, n * sizeof(T)); }
+
+  template <class U>
+  bool operator==(const field_allocator<U>&) const noexcept {
+    return true;
+  }
+};
+
+}  // namespace handoff::http

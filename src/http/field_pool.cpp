@@ -1,0 +1,115 @@
+// The per-thread block cache behind field_allocator (see its header).
+#include <array>
+#include <new>
+
+#include "handoff/http/field_allocator.hpp"
+
+// Under AddressSanitizer a cached block is poisoned, so that a use after free of a field is
+// still reported although the block was not freed.
+#if defined(__SANITIZE_ADDRESS__)
+#define HANDOFF_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define HANDOFF_ASAN 1
+#endif
+#endif
+#ifdef HANDOFF_ASAN
+#include <sanitizer/asan_interface.h>
+#define HANDOFF_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define HANDOFF_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define HANDOFF_POISON(p, n) ((void)(p), (void)(n))
+#define HANDOFF_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+namespace handoff::http::field_pool {
+
+namespace {
+
+constexpr std::size_t granule = 64;
+constexpr std::size_t classes = 16;  // 64 .. 1024 bytes
+constexpr std::size_t max_cached_per_class = 64;
+
+// A cached block's first bytes link it to the next one of its class.
+struct free_block {
+  free_block* next;
+};
+
+struct cache {
+  std::array<free_block*, classes> heads{};
+  std::array<std::size_t, classes> counts{};
+
+  cache() noexcept;
+  ~cache();
+  cache(const cache&) = delete;
+  cache& operator=(const cache&) = delete;
+};
+
+// Trivially destructible, so still readable while (and after) the thread's cache is destroyed:
+// a message that outlives its thread's cache uses operator new and delete.
+enum class cache_state : unsigned char { unborn, alive, dead };
+thread_local cache_state state = cache_state::unborn;
+
+cache::cache() noexcept { state = cache_state::alive; }
+
+cache::~cache() {
+  state = cache_state::dead;
+  for (auto* head : heads) {
+    while (head != nullptr) {
+      HANDOFF_UNPOISON(head, sizeof(free_block));
+      auto* next = head->next;
+      ::operator delete(head);
+      head = next;
+    }
+  }
+}
+
+cache& this_thread_cache() {
+  thread_local cache c;
+  return c;
+}
+
+// 0..64 -> 0, 65..128 -> 1, ... 1024 -> 15; larger: `classes`, not cached.
+std::size_t class_of(std::size_t bytes) noexcept {
+  if (bytes > classes * granule) return classes;
+  return bytes == 0 ? 0 : (bytes - 1) / granule;
+}
+
+}  // namespace
+
+void* allocate(std::size_t bytes) {
+  const std::size_t k = class_of(bytes);
+  if (k >= classes) return ::operator new(bytes);
+  // Every block of a class has the class's full size, wherever it came from: any thread may
+  // cache it and hand it out for any size of the class.
+  if (state == cache_state::dead) return ::operator new((k + 1) * granule);
+  auto& c = this_thread_cache();
+  if (free_block* b = c.heads[k]) {
+    HANDOFF_UNPOISON(b, (k + 1) * granule);
+    c.heads[k] = b->next;
+    --c.counts[k];
+    return b;
+  }
+  return ::operator new((k + 1) * granule);
+}
+
+void deallocate(void* p, std::size_t bytes) noexcept {
+  if (p == nullptr) return;
+  const std::size_t k = class_of(bytes);
+  if (k >= classes || state != cache_state::alive) {
+    ::operator delete(p);
+    return;
+  }
+  auto& c = this_thread_cache();
+  if (c.counts[k] >= max_cached_per_class) {
+    ::operator delete(p);
+    return;
+  }
+  auto* b = static_cast<free_block*>(p);
+  b->next = c.heads[k];
+  c.heads[k] = b;
+  ++c.counts[k];
+  HANDOFF_POISON(b, (k + 1) * granule);
+}
+
+}  // namespace handoff::http::field_pool
