@@ -356,6 +356,29 @@ TEST_F(StateMachine, OwnWatchdogIsPingedEveryHalfIntervalFromTheLoop) {
   EXPECT_EQ(os.manager.size(), 2u);
 }
 
+TEST_F(StateMachine, LastWordsOfAProcessReapedFirstAreDroppedQuietly) {
+  // An app that sends STOPPING=1 and exits: the loop reaps before it reads notifications, so
+  // the message is read from a pid no generation has any more. A stranger's still is logged.
+  make();
+  const pid_t old_pid = serving_first();
+  ASSERT_EQ(sv->request_reload(std::nullopt), "");
+  ready(os.spawned.back());
+  exit(old_pid, exited(0));
+  const pid_t stranger = os.next_pid + 1000;
+  testing::internal::CaptureStderr();
+  notify_message m;
+  m.pid = old_pid;
+  m.fields = {{"STOPPING", "1"}};
+  sv->on_notify_message(m);
+  m.pid = stranger;
+  sv->on_notify_message(m);
+  const std::string log = testing::internal::GetCapturedStderr();
+  EXPECT_EQ(log.find("pid " + std::to_string(old_pid) + ","), std::string::npos) << log;
+  EXPECT_NE(log.find("pid " + std::to_string(stranger) + ", not a process of any generation"),
+            std::string::npos)
+      << log;
+}
+
 TEST_F(StateMachine, FirstStartThatCannotExecIsASetupError) {
   make();
   os.fail_spawns = 1;

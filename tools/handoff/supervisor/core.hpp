@@ -18,6 +18,7 @@
 
 #include <sys/types.h>
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <list>
@@ -143,6 +144,12 @@ class supervisor_core {
   std::string last_reload_;
   bool pid_file_written_ = false;
   pid_t last_ignored_sender_ = 0;
+  // Main processes of ours that exited lately: their last words (STOPPING=1, STATUS=), read
+  // after the exit was reaped, are dropped quietly rather than logged as from a stranger.
+  std::array<pid_t, 16> recent_exits_{};
+  std::size_t recent_exits_next_ = 0;
+  void remember_exit(pid_t pid) noexcept;
+  bool exited_recently(pid_t pid) const noexcept;
 };
 
 // Small helpers the parts share.

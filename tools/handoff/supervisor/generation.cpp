@@ -384,6 +384,7 @@ void supervisor_core::on_exit(pid_t pid, const std::optional<exit_status>& statu
   for (auto& g : generations_) {
     for (auto& s : g.slots) {
       if (std::find(s.former.begin(), s.former.end(), pid) != s.former.end()) {
+        remember_exit(pid);
         if (pid == s.pgid) s.leader_reaped = true;
         log_.log("exited",
                  fmt::format("generation {}: pid {} (handed over to pid {} by MAINPID=) {}", g.id,
@@ -391,6 +392,7 @@ void supervisor_core::on_exit(pid_t pid, const std::optional<exit_status>& statu
         return;
       }
       if (s.pid != pid) continue;
+      remember_exit(pid);
       ++transitions_;
       const bool was_ready = s.ready;
       s.pid = 0;

@@ -14,6 +14,16 @@ namespace handoff::supervisor {
 
 using ms = std::chrono::milliseconds;
 
+void supervisor_core::remember_exit(pid_t pid) noexcept {
+  recent_exits_[recent_exits_next_] = pid;
+  recent_exits_next_ = (recent_exits_next_ + 1) % recent_exits_.size();
+}
+
+bool supervisor_core::exited_recently(pid_t pid) const noexcept {
+  return pid > 0 &&
+         std::find(recent_exits_.begin(), recent_exits_.end(), pid) != recent_exits_.end();
+}
+
 void supervisor_core::on_notify() {
   for (int budget = 0; budget < 64; ++budget) {
     auto got = notify_->try_receive();
@@ -39,6 +49,9 @@ void supervisor_core::on_notify_message(notify_message& m) {
       if (mine && from == nullptr) owner = &g, from = &s;
     }
   if (from == nullptr) {
+    // Sent before its exit, read after it was reaped (reap() runs first, so that a READY=1 of
+    // a process that died meanwhile never counts): expected, not worth a line.
+    if (exited_recently(m.pid)) return;
     if (m.pid != last_ignored_sender_)
       log_.log("notify_ignored",
                fmt::format("notify message from pid {}, not a process of any generation: "
