@@ -799,6 +799,13 @@ std::vector<std::string> quiet_app(const std::string& before = "") {
   return {"/bin/sh", "-c", before + "exec sleep 60"};
 }
 
+// The same, run with --ready notify: READY=1 (libsystemd's, from a process of its group) is
+// sent once `before` has run, so the supervisor's checks at the take-over see its effect.
+std::vector<std::string> quiet_app_ready_after(const std::string& before) {
+  return {"/bin/sh", "-c",
+          before + HANDOFF_SD_NOTIFY_SENDER + " ready >/dev/null || exit 1; exec sleep 60"};
+}
+
 TEST_F(Supervisor, StopDuringReloadWithTheReloadClientActiveInTheSameRound) {
   // Generation 2 never becomes ready: its reload client waits. The supervisor is stopped
   // (SIGSTOP) while SIGTERM and a byte from that client arrive, so that one round of its loop
@@ -950,8 +957,8 @@ TEST_F(Supervisor, AFailedStartLeavesNoControlDirectoryBehind) {
 }
 
 TEST_F(Supervisor, ASocketNoProcessHoldsIsReportedOnceTheGenerationIsReady) {
-  launch({"-l", "kept=127.0.0.1:0", "-l", "dropped=127.0.0.1:0", "--ready", "delay:10ms"},
-         quiet_app("exec 4>&-; "));
+  launch({"-l", "kept=127.0.0.1:0", "-l", "dropped=127.0.0.1:0", "--ready", "notify"},
+         quiet_app_ready_after("exec 4>&-; "));
   for (;;) {
     auto m = manager_->receive(30s);
     ASSERT_TRUE(m) << m.error().message();
@@ -969,13 +976,13 @@ TEST_F(Supervisor, ASocketNoProcessHoldsIsReportedOnceTheGenerationIsReady) {
 TEST_F(Supervisor, NonblockingSetsONonblockOnTheHandedSockets) {
   for (const bool on : {false, true}) {
     const std::string info = dir_ / (on ? "on" : "off");
-    std::vector<std::string> options = {"--ready", "delay:10ms"};
+    std::vector<std::string> options = {"--ready", "notify"};
     if (on) options.push_back("--nonblocking");
     if (supervisor_ > 0) stop_supervisor(0);
     auto l = open_listener(parse_address("127.0.0.1:0").value());
     ASSERT_TRUE(l);
     listener_ = std::move(*l);
-    launch(options, quiet_app("cat /proc/self/fdinfo/3 > " + info + "; "));
+    launch(options, quiet_app_ready_after("cat /proc/self/fdinfo/3 > " + info + "; "));
     for (;;) {
       auto m = manager_->receive(30s);
       ASSERT_TRUE(m) << m.error().message();
