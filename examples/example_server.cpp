@@ -10,6 +10,10 @@
 // serving.
 //
 //   GET  /                 "hello from pid N version V"   (and X-Served-By: N)
+//   GET  /realistic        what a small API answer looks like, for bench/http_peers: five header
+//                          fields (Content-Type, Cache-Control, X-Content-Type-Options,
+//                          X-Frame-Options, Vary) and a 1 KiB body, 32 lines "row NN a..x"; the
+//                          bench's nginx and Go peers serve the same bytes
 //   GET  /health           200 "ready", 503 "draining"
 //   GET  /slow?ms=N        answers after N ms; cancelled at the drain deadline
 //   GET  /stream?seconds=N a chunked response, a line every 100 ms for N seconds
@@ -78,9 +82,18 @@ http::response text(bhttp::status status, unsigned version, std::string body) {
   return res;
 }
 
+// 32 lines of 32 bytes: "row 00 abcdefghijklmnopqrstuvwx\n" ... "row 31 ...".
+std::string realistic_body() {
+  std::string body;
+  for (int row = 0; row < 32; ++row)
+    body += fmt::format("row {:02} abcdefghijklmnopqrstuvwx\n", row);
+  return body;
+}
+
 struct app {
   std::string version;
   std::string hello = fmt::format("hello from pid {} version {}\n", ::getpid(), version);
+  std::string realistic = realistic_body();
   const http::server* server = nullptr;
 
   boost::asio::awaitable<http::response> operator()(http::request_context& ctx) const {
@@ -90,6 +103,16 @@ struct app {
     const unsigned v = req.version();
     if (path == "/" && req.method() == bhttp::verb::get) {
       co_return text(bhttp::status::ok, v, hello);
+    }
+    if (path == "/realistic" && req.method() == bhttp::verb::get) {
+      http::response res{bhttp::status::ok, v};
+      res.set(bhttp::field::content_type, "text/plain; charset=utf-8");
+      res.set(bhttp::field::cache_control, "private, max-age=60");
+      res.set("X-Content-Type-Options", "nosniff");
+      res.set("X-Frame-Options", "DENY");
+      res.set(bhttp::field::vary, "Accept-Encoding");
+      res.body() = realistic;  // a copy, as a handler that builds its answer pays for one
+      co_return res;
     }
     if (path == "/health") {
       if (server->ready()) co_return text(bhttp::status::ok, v, "ready\n");

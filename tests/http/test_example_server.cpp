@@ -11,6 +11,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <optional>
 #include <utility>
 
@@ -96,6 +97,32 @@ TEST_F(ExampleServer, Routes) {
   auto echo = c.read_reply(10s);
   EXPECT_EQ(echo.body, "hello there");
   EXPECT_EQ(echo.header("content-type"), "text/x-test");
+  EXPECT_TRUE(stop().success());
+}
+
+TEST_F(ExampleServer, RealisticAnswersFiveHeaderFieldsAndOneKiB) {
+  // bench/http_peers serves the same bytes from nginx and Go: this is the answer they copy.
+  start();
+  raw_connection c(port_);
+  std::string expected;
+  for (int row = 0; row < 32; ++row) {
+    char line[40];
+    std::snprintf(line, sizeof line, "row %02d abcdefghijklmnopqrstuvwx\n", row);
+    expected += line;
+  }
+  ASSERT_EQ(expected.size(), 1024U);
+  for (int i = 0; i < 2; ++i) {  // and again on the same connection
+    auto r = c.get("/realistic");
+    ASSERT_EQ(r.result, outcome::ok) << to_string(r.result);
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(r.body, expected);
+    EXPECT_EQ(r.header("content-type"), "text/plain; charset=utf-8");
+    EXPECT_EQ(r.header("cache-control"), "private, max-age=60");
+    EXPECT_EQ(r.header("x-content-type-options"), "nosniff");
+    EXPECT_EQ(r.header("x-frame-options"), "DENY");
+    EXPECT_EQ(r.header("vary"), "Accept-Encoding");
+    EXPECT_FALSE(r.close);
+  }
   EXPECT_TRUE(stop().success());
 }
 
