@@ -149,6 +149,7 @@ _handoff() {
         --listen | -l)
           # unix:PATH names a file; other addresses are typed.
           if [[ $cur == unix:* && $cur != unix:@* ]]; then
+            compopt -o filenames 2>/dev/null
             candidates=$(compgen -f -- "${cur#unix:}" | sed 's/^/unix:/')
           else
             candidates=$(compgen -W 'unix:' -- "$cur")
@@ -163,7 +164,7 @@ _handoff() {
       candidates=$(compgen -W "$(_handoff_values "$command") $(_handoff_flags "$command")" \
         -- "$cur")
     elif [[ $command == run ]]; then
-      # `handoff run APP` without `--` works too while APP does not start with '-'.
+      # `handoff run APP ARGS` works without `--` too, while no ARG starts with '-'.
       ((positional == 0)) && candidates=$(compgen -c -- "$cur" | sort -u)
     elif [[ $command == check && $positional == 0 ]]; then
       candidates=$(compgen -W 'http://' -- "$cur")
