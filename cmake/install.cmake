@@ -5,7 +5,8 @@
 # handoff-http-targets.cmake (Boost, threads), so that the package config loads the second, and
 # looks for Boost, only when the http component is asked for (handoff-config.cmake.in).
 # The command and example_server are installed to the same bin directory: the units in
-# deploy/systemd run them from /usr/local/bin, the default prefix's.
+# deploy/systemd run them from /usr/local/bin, the default prefix's; the command's man pages to
+# share/man/man1, its bash completion to share/bash-completion/completions/handoff.
 include(CMakePackageConfigHelpers)
 
 install(TARGETS handoff_core EXPORT handoff-core-targets
@@ -18,6 +19,19 @@ install(DIRECTORY include/handoff DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
         FILES_MATCHING PATTERN "*.hpp")
 if(TARGET example_server)
   install(TARGETS example_server RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+endif()
+# The command's man pages (cmake/man_pages.cmake) and its bash completion, both under the
+# prefix: man finds share/man beside bin on the PATH, and bash-completion looks in
+# share/bash-completion/completions of every XDG_DATA_DIRS entry (/usr/local/share included by
+# default). Not pkg-config's completionsdir of bash-completion: that is /usr/share, outside any
+# other prefix.
+if(TARGET handoff_man)
+  get_target_property(handoff_pages handoff_man HANDOFF_PAGES)
+  install(FILES ${handoff_pages} DESTINATION ${CMAKE_INSTALL_MANDIR}/man1)
+endif()
+if(TARGET handoff)
+  install(FILES tools/handoff/completion.bash
+          DESTINATION ${CMAKE_INSTALL_DATADIR}/bash-completion/completions RENAME handoff)
 endif()
 
 set(HANDOFF_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/handoff)
