@@ -1276,6 +1276,31 @@ TEST_F(SupervisorMetrics, BadAndSilentClientsNeverStallTheSupervisor) {
   EXPECT_FALSE(std::filesystem::exists(path)) << "metrics socket left behind";
 }
 
+// With --proxy the front's counts are in the scrape too, and promtool still accepts it.
+TEST_F(SupervisorMetrics, ProxyCountsAreScraped) {
+  if (::access("/usr/bin/promtool", X_OK) != 0)
+    GTEST_SKIP() << "no promtool (apt install prometheus)";
+  const std::string where = "unix:" + std::string(dir_ / "metrics.sock");
+  start({"--proxy", "http", "--metrics", where}, example_server_app());
+  start_load(2, 0);
+  wait_for_requests(200);
+  const auto r = reload();
+  EXPECT_TRUE(r.status.success()) << r.output;
+  note_generations();
+  wait_for_requests(100);
+  const std::string scraped = scrape(where);
+  stop_load();
+  expect_clean_load();
+  expect_promtool_accepts(scraped);
+  EXPECT_GE(metric(scraped, "handoff_proxy_requests_total"), 300) << scraped;
+  EXPECT_EQ(metric(scraped, "handoff_proxy_responses_total{code=\"502\"}"), 0) << scraped;
+  EXPECT_EQ(metric(scraped, "handoff_proxy_responses_total{code=\"503\"}"), 0) << scraped;
+  EXPECT_GE(metric(scraped, "handoff_proxy_client_connections"), 2) << "the keep-alive clients";
+  EXPECT_EQ(metric(scraped, "handoff_proxy_upstream_errors_total"), 0) << scraped;
+  EXPECT_EQ(metric(scraped, "handoff_reloads_total{outcome=\"ok\"}"), 1) << scraped;
+  stop_supervisor(0);
+}
+
 TEST_F(Supervisor, MetricsAddressErrorsEndTheStartWithStatus2) {
   const auto udp =
       cli({"run", "--control", control_, "--metrics", "udp://127.0.0.1:0", "--", "/bin/true"});
