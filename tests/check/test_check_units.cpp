@@ -4,6 +4,7 @@
 
 #include <boost/asio/error.hpp>
 #include <boost/beast/http/error.hpp>
+#include <sstream>
 
 #include "check/histogram.hpp"
 #include "check/load.hpp"
@@ -315,6 +316,61 @@ TEST(CheckReport, TextAndSvgMentionWhatHappened) {
   EXPECT_NE(svg.find("</svg>"), std::string::npos);
   EXPECT_NE(svg.find("fill=\"#d22\""), std::string::npos) << "failures as red bars";
   EXPECT_NE(svg.find("<polyline"), std::string::npos);
+}
+
+// The points of the SVG's polyline of `color`, as (x, y).
+std::vector<std::pair<double, double>> svg_points(const std::string& svg,
+                                                  const std::string& color) {
+  std::vector<std::pair<double, double>> out;
+  const auto at = svg.find("<polyline fill=\"none\" stroke=\"" + color + "\"");
+  if (at == std::string::npos) return out;
+  const auto from = svg.find("points=\"", at) + 8;
+  std::istringstream in(svg.substr(from, svg.find('"', from) - from));
+  double x = 0, y = 0;
+  char comma = 0;
+  while (in >> x >> comma >> y) out.emplace_back(x, y);
+  return out;
+}
+
+// The run ends on a bin boundary (a last bin with nothing in it) or inside a bin (a bin with
+// half the requests): neither is a drop of the rate, which stayed 1000/s.
+TEST(CheckReport, SvgRateHasNoDropAtTheEnd) {
+  load_options o;
+  o.target = parse_url("http://127.0.0.1:1/").value();
+  for (const std::int64_t load_us : {3'000'000, 2'950'000}) {
+    auto run = synthetic_run();
+    run.load_us = run.elapsed_us = load_us;
+    std::erase_if(run.requests, [&](const request_record& r) { return r.end_us >= load_us; });
+    const auto s = analyze(run);
+    const auto points = svg_points(format_svg({o, run, s}), "#222");
+    ASSERT_GE(points.size(), 29u) << load_us;
+    EXPECT_DOUBLE_EQ(points.back().second, points.front().second) << load_us;
+    EXPECT_LE(points.back().first, 960 - 70) << "inside the plot";
+  }
+}
+
+// Every line of text that starts at its x (no text-anchor) ends inside the 960 px picture, at
+// 0.6 em a character (wider than the average glyph of any sans-serif font).
+TEST(CheckReport, SvgTextStaysInsideThePicture) {
+  auto run = synthetic_run();
+  const auto s = analyze(run);
+  load_options o;
+  o.target = parse_url("http://127.0.0.1:1/" + std::string(200, 'a')).value();
+  const std::string svg = format_svg({o, run, s});
+  int lines = 0;
+  for (auto at = svg.find("<text "); at != std::string::npos; at = svg.find("<text ", at + 1)) {
+    const auto close = svg.find('>', at);
+    const std::string tag = svg.substr(at, close - at);
+    if (tag.find("text-anchor") != std::string::npos) continue;
+    const std::string body = svg.substr(close + 1, svg.find("</text>", close) - close - 1);
+    const auto x_at = tag.find("x=\"") + 3;
+    const double x = std::stod(tag.substr(x_at));
+    const auto size_at = tag.find("font-size=\"");
+    const double size = size_at == std::string::npos ? 12 : std::stod(tag.substr(size_at + 11));
+    EXPECT_LE(x + 0.6 * size * static_cast<double>(body.size()), 960) << body;
+    ++lines;
+  }
+  EXPECT_GE(lines, 3);  // the title and the legend at least
 }
 
 TEST(CheckReport, ConnectionsAndReconnectsOverallAndPerWindow) {

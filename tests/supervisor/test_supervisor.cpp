@@ -106,6 +106,59 @@ std::size_t fds_of(pid_t pid) {
   return n;
 }
 
+// What the metrics server at `where` (a port, or unix:PATH) answers to `request`, read until the
+// supervisor closes (at most 10 s): a metrics scrape, or the answer to a bad request.
+std::string http_exchange(const std::string& where, const std::string& request) {
+  unique_fd fd;
+  if (where.rfind("unix:", 0) == 0) {
+    fd.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un to{};
+    to.sun_family = AF_UNIX;
+    const std::string path = where.substr(5);
+    std::memcpy(to.sun_path, path.data(), path.size());
+    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&to), sizeof to) != 0) return "connect";
+  } else {
+    raw_connection c(static_cast<std::uint16_t>(std::stoi(where)));
+    if (!c.valid()) return "connect";
+    fd.reset(::dup(c.fd()));
+  }
+  std::size_t sent = 0;
+  while (sent < request.size()) {
+    const ssize_t n = ::send(fd.get(), request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) break;  // answered and closed before all of it was read: fine
+    sent += static_cast<std::size_t>(n);
+  }
+  std::string reply;
+  char buf[4096];
+  const auto deadline = clock_type::now() + 10s;
+  for (;;) {
+    pollfd p{fd.get(), POLLIN, 0};
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_type::now());
+    if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) != 1) {
+      reply += "(timeout)";
+      break;
+    }
+    const ssize_t n = ::recv(fd.get(), buf, sizeof buf, 0);
+    if (n <= 0) break;
+    reply.append(buf, static_cast<std::size_t>(n));
+  }
+  return reply;
+}
+
+std::string scrape(const std::string& where) {
+  return http_exchange(where, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n");
+}
+
+// The value of the series `series` (name with its labels, as written) in a scrape; -1 if absent.
+double metric(const std::string& text, const std::string& series) {
+  std::istringstream in(text.substr(std::min(text.size(), text.find("\r\n\r\n") + 4)));
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(series + " ", 0) == 0) return std::stod(line.substr(series.size() + 1));
+  return -1;
+}
+
 bool alive(pid_t pid) { return ::kill(pid, 0) == 0 || errno != ESRCH; }
 
 class Supervisor : public testing::Test {
@@ -466,11 +519,15 @@ TEST_F(Supervisor, OldGenerationIgnoringTheStopSignalIsKilledAfterTheStopTimeout
     const auto r = reload();
     EXPECT_TRUE(r.status.success()) << r.output;
   });
-  start({"--stop-timeout", "1s"}, example_server_app());
+  const std::string metrics = dir_ / "metrics.sock";
+  start({"--stop-timeout", "1s", "--metrics", "unix:" + metrics}, example_server_app());
   reloader.join();
   start_load();
   wait_for_requests(100);
   ASSERT_TRUE(wait_generations(1, 10s));
+  const std::string scraped = scrape("unix:" + metrics);
+  EXPECT_EQ(metric(scraped, "handoff_stop_escalations_total"), 1) << scraped;
+  EXPECT_EQ(metric(scraped, "handoff_draining_generations"), 0) << scraped;
   const std::string log = read_file(log_path_);
   EXPECT_NE(log.find("generation 1: still running SIGTERM after 1s: SIGKILL"), std::string::npos)
       << log;
@@ -1088,6 +1145,178 @@ TEST_F(Supervisor, AManagerThatDoesNotReadNeverStopsTheLoop) {
   }
   note_generations();
   stop_supervisor(0);
+}
+
+class SupervisorMetrics : public Supervisor {
+ protected:
+  // `promtool check metrics` (Debian's prometheus) on the body of a scrape.
+  void expect_promtool_accepts(const std::string& reply) {
+    const auto body_at = reply.find("\r\n\r\n");
+    ASSERT_NE(body_at, std::string::npos) << reply;
+    const std::string file = dir_ / "scrape.txt";
+    {
+      std::ofstream out(file, std::ios::trunc);
+      out << reply.substr(body_at + 4);
+    }
+    const auto r =
+        run_program({"/bin/sh", "-c", "promtool check metrics < \"$0\" 2>&1", file}, 30s);
+    EXPECT_TRUE(r.status.success()) << r.output << "\n" << reply;
+  }
+
+  // The port of --metrics 127.0.0.1:0, from the supervisor's log line.
+  std::string metrics_port() {
+    static const std::regex re("GET /metrics on tcp://127\\.0\\.0\\.1:([0-9]+)");
+    std::smatch m;
+    const std::string log = read_file(log_path_);
+    if (!std::regex_search(log, m, re)) return "0";
+    return m[1];
+  }
+};
+
+TEST_F(SupervisorMetrics, ScrapesCountReloadsUnderLoadAndPassPromtool) {
+  if (::access("/usr/bin/promtool", X_OK) != 0)
+    GTEST_SKIP() << "no promtool (apt install prometheus)";
+  // Generation 2 exits at its start: one failed reload, then N that succeed.
+  write_modes("serve\nexit1\n");
+  start({"--stop-timeout", "15s", "--metrics", "127.0.0.1:0"}, example_server_app());
+  const std::string where = metrics_port();
+  ASSERT_NE(where, "0") << read_file(log_path_);
+  const std::string before = scrape(where);
+  ASSERT_EQ(before.rfind("HTTP/1.1 200 OK\r\n", 0), 0U) << before;
+  EXPECT_NE(before.find("Content-Type: text/plain; version=0.0.4"), std::string::npos) << before;
+  expect_promtool_accepts(before);
+  EXPECT_EQ(metric(before, "handoff_generations{state=\"serving\"}"), 1);
+  EXPECT_EQ(metric(before, "handoff_ready_seconds_count"), 1) << "the first take-over";
+  start_load();
+  wait_for_requests(100);
+  const auto failed = reload();
+  EXPECT_EQ(failed.status.code, 1) << failed.output;
+  constexpr int n = 6;
+  for (int i = 0; i < n; ++i) {
+    wait_for_requests(100);
+    const auto r = reload();
+    ASSERT_TRUE(r.status.success()) << r.output;
+    note_generations();
+  }
+  const std::string after = scrape(where);
+  stop_load();
+  expect_clean_load();
+  expect_promtool_accepts(after);
+  const auto moved = [&](const std::string& series) {
+    return metric(after, series) - metric(before, series);
+  };
+  EXPECT_EQ(moved("handoff_reloads_total{outcome=\"ok\"}"), n) << after;
+  EXPECT_EQ(moved("handoff_ready_seconds_count"), n) << after;
+  EXPECT_EQ(moved("handoff_ready_seconds_bucket{le=\"+Inf\"}"), n) << after;
+  EXPECT_EQ(moved("handoff_reloads_total{outcome=\"failed\",cause=\"exited\"}"), 1) << after;
+  EXPECT_EQ(metric(after, "handoff_reloads_total{outcome=\"failed\",cause=\"ready_timeout\"}"), 0);
+  EXPECT_EQ(metric(after, "handoff_app_restarts_total"), 0);
+  EXPECT_GT(metric(after, "handoff_ready_seconds_sum"), 0);
+  EXPECT_GE(metric(after, "handoff_last_reload_age_seconds"), 0);
+  EXPECT_LT(metric(after, "handoff_last_reload_age_seconds"),
+            metric(before, "handoff_last_reload_age_seconds") + 60);
+  stop_supervisor(0);
+}
+
+// A scraper that sends garbage, one that connects and says nothing, and more connections than
+// the cap: none of them holds up a reload or a good scrape, and each gets a short answer or is
+// closed at the timeout.
+TEST_F(SupervisorMetrics, BadAndSilentClientsNeverStallTheSupervisor) {
+  const std::string path = dir_ / "metrics.sock";
+  const std::string report = dir_ / "fds";
+  write_modes("report-fds:" + report + "\n");
+  start({"--stop-timeout", "15s", "--metrics", "unix:" + path}, example_server_app());
+  const std::string where = "unix:" + path;
+  auto connect_silent = [&] {
+    unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_un to{};
+    to.sun_family = AF_UNIX;
+    std::memcpy(to.sun_path, path.data(), path.size());
+    EXPECT_EQ(::connect(fd.get(), reinterpret_cast<sockaddr*>(&to), sizeof to), 0);
+    return fd;
+  };
+  unique_fd silent = connect_silent();
+  unique_fd partial = connect_silent();
+  (void)::send(partial.get(), "GET /metr", 9, MSG_NOSIGNAL);  // and never the rest
+  EXPECT_EQ(http_exchange(where, "\x01\x02garbage\r\n\r\n").rfind("HTTP/1.1 400 ", 0), 0U);
+  EXPECT_EQ(http_exchange(where, "GET /other HTTP/1.1\r\n\r\n").rfind("HTTP/1.1 404 ", 0), 0U);
+  const std::string post = http_exchange(where, "POST /metrics HTTP/1.1\r\n\r\n");
+  EXPECT_EQ(post.rfind("HTTP/1.1 405 ", 0), 0U) << post;
+  EXPECT_NE(post.find("Allow: GET"), std::string::npos) << post;
+  EXPECT_EQ(http_exchange(where, "GET /metrics HTTP/1.1\r\nX: " + std::string(100'000, 'x'))
+                .rfind("HTTP/1.1 431 ", 0),
+            0U);
+  // While the silent ones wait, a reload completes and a scrape is answered.
+  start_load();
+  wait_for_requests(100);
+  const auto r = reload();
+  EXPECT_TRUE(r.status.success()) << r.output;
+  note_generations();
+  const std::string good = scrape(where);
+  EXPECT_EQ(good.rfind("HTTP/1.1 200 OK", 0), 0U) << good;
+  EXPECT_EQ(metric(good, "handoff_reloads_total{outcome=\"ok\"}"), 1) << good;
+  // The silent and the partial client are closed at the timeout (5 s), without an answer.
+  for (auto* fd : {&silent, &partial}) {
+    pollfd p{fd->get(), POLLIN, 0};
+    ASSERT_EQ(::poll(&p, 1, 15000), 1) << "still open after the timeout";
+    char c = 0;
+    EXPECT_LE(::recv(fd->get(), &c, 1, 0), 0);
+  }
+  // More connections than the cap: the oldest make room, the newest scrape is answered.
+  std::vector<unique_fd> crowd;
+  for (int i = 0; i < 40; ++i) crowd.push_back(connect_silent());
+  EXPECT_EQ(scrape(where).rfind("HTTP/1.1 200 OK", 0), 0U);
+  {
+    pollfd p{crowd.front().get(), POLLIN, 0};
+    EXPECT_EQ(::poll(&p, 1, 2000), 1) << "the oldest of the crowd was closed to make room";
+  }
+  wait_for_requests(100);
+  stop_load();
+  expect_clean_load();
+  // The app never saw the metrics socket: stdio and the one listening socket.
+  std::istringstream fds(read_file(report));
+  int fd = 0, count = 0;
+  std::string target;
+  while (fds >> fd >> target) ++count;
+  EXPECT_EQ(count, 4) << read_file(report);
+  stop_supervisor(0);
+  EXPECT_FALSE(std::filesystem::exists(path)) << "metrics socket left behind";
+}
+
+// With --proxy the front's counts are in the scrape too, and promtool still accepts it.
+TEST_F(SupervisorMetrics, ProxyCountsAreScraped) {
+  if (::access("/usr/bin/promtool", X_OK) != 0)
+    GTEST_SKIP() << "no promtool (apt install prometheus)";
+  const std::string where = "unix:" + std::string(dir_ / "metrics.sock");
+  start({"--proxy", "http", "--metrics", where}, example_server_app());
+  start_load(2, 0);
+  wait_for_requests(200);
+  const auto r = reload();
+  EXPECT_TRUE(r.status.success()) << r.output;
+  note_generations();
+  wait_for_requests(100);
+  const std::string scraped = scrape(where);
+  stop_load();
+  expect_clean_load();
+  expect_promtool_accepts(scraped);
+  EXPECT_GE(metric(scraped, "handoff_proxy_requests_total"), 300) << scraped;
+  EXPECT_EQ(metric(scraped, "handoff_proxy_responses_total{code=\"502\"}"), 0) << scraped;
+  EXPECT_EQ(metric(scraped, "handoff_proxy_responses_total{code=\"503\"}"), 0) << scraped;
+  EXPECT_GE(metric(scraped, "handoff_proxy_client_connections"), 2) << "the keep-alive clients";
+  EXPECT_EQ(metric(scraped, "handoff_proxy_upstream_errors_total"), 0) << scraped;
+  EXPECT_EQ(metric(scraped, "handoff_reloads_total{outcome=\"ok\"}"), 1) << scraped;
+  stop_supervisor(0);
+}
+
+TEST_F(Supervisor, MetricsAddressErrorsEndTheStartWithStatus2) {
+  const auto udp =
+      cli({"run", "--control", control_, "--metrics", "udp://127.0.0.1:0", "--", "/bin/true"});
+  EXPECT_EQ(udp.status.code, 2) << udp.output;
+  EXPECT_NE(udp.output.find("--metrics"), std::string::npos) << udp.output;
+  const auto bad =
+      cli({"run", "--control", control_, "--metrics", "127.0.0.1:99999", "--", "/bin/true"});
+  EXPECT_EQ(bad.status.code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("99999"), std::string::npos) << bad.output;
 }
 
 }  // namespace

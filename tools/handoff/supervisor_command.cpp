@@ -293,6 +293,9 @@ void add_supervisor_commands(CLI::App& app) {
   run->add_option("--queue-timeout", run_a->queue_timeout,
                   "--proxy: with no generation ready, a request waits this long (then 503)")
       ->capture_default_str();
+  run->add_option("--metrics", run_a->o.metrics,
+                  "serve GET /metrics (Prometheus text format) on ADDRESS: host:port or "
+                  "unix:PATH");
   run->add_option("command", run_a->o.command, "the app and its arguments (after --)")->required();
   run->callback([run_a] { run_command(*run_a); });
 

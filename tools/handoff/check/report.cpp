@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <boost/json.hpp>
 #include <cmath>
+#include <optional>
 
 namespace handoff::check {
 
@@ -411,18 +412,41 @@ std::string xml_escape(std::string_view s) {
 }
 }  // namespace
 
+// At most `max` characters (UTF-8 bytes), the cut marked with "...".
+std::string shortened(const std::string& text, std::size_t max) {
+  if (text.size() <= max) return text;
+  std::size_t cut = max - 3;
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
+  return text.substr(0, cut) + "...";
+}
+
+// The request rate of bin i, over the part of it in which requests were started: the bin the
+// load ends inside holds fewer requests only because it is shorter, and a bin past the end
+// holds only the tail of requests in flight. A bin covered for less than half its length says
+// too little about a rate to be drawn (nullopt); a partial one longer than that is scaled.
+std::optional<double> bin_rate(const run_summary& s, std::int64_t load_us, std::size_t i) {
+  const auto from = static_cast<std::int64_t>(i) * s.bin_us;
+  const std::int64_t covered =
+      load_us <= 0 ? s.bin_us : std::clamp<std::int64_t>(load_us - from, 0, s.bin_us);
+  if (covered * 2 < s.bin_us) return std::nullopt;
+  return s.timeline[i].requests * 1e6 / static_cast<double>(covered);
+}
+
 std::string format_svg(const report_context& r) {
   const auto& s = r.summary;
   const auto& t = s.total;
-  constexpr double width = 960, left = 70, right = 70, top = 40, panel = 220, gap = 50;
+  // Text lines are kept short enough to end inside the picture at 0.6 em a character, more
+  // than sans-serif's average glyph (the legend in two lines, a long URL in the title cut).
+  constexpr double width = 960, left = 70, right = 70, top = 48, panel = 220, gap = 50;
   constexpr double plot_w = width - left - right;
-  constexpr double height = top + panel + gap + panel + 40;
+  constexpr double height = top + panel + gap + panel + 56;
   const std::size_t n = std::max<std::size_t>(1, s.timeline.size());
   const double bin_s = static_cast<double>(s.bin_us) / 1e6;
   const double span_s = static_cast<double>(n) * bin_s;
   double rate_max = 1, fail_max = 1, lat_max = 0.001;
+  for (std::size_t i = 0; i < s.timeline.size(); ++i)
+    rate_max = std::max(rate_max, bin_rate(s, r.run.load_us, i).value_or(0));
   for (const auto& b : s.timeline) {
-    rate_max = std::max(rate_max, b.requests / bin_s);
     fail_max = std::max(fail_max, static_cast<double>(b.failed));
     lat_max = std::max(lat_max, ms(b.latency_max_us));
   }
@@ -442,9 +466,10 @@ std::string format_svg(const report_context& r) {
       "fill=\"white\"/>\n",
       width, height);
   out += fmt::format(
-      "<text x=\"{}\" y=\"20\" font-size=\"14\">handoff check {}: {} requests, {} failed, {} "
-      "restarts ({}, {} connections)</text>\n",
-      left, xml_escape("http://" + r.options.target.authority() + r.options.target.target),
+      "<text x=\"{0}\" y=\"18\" font-size=\"14\">handoff check {1}</text>\n<text x=\"{0}\" "
+      "y=\"34\">{2} requests, {3} failed, {4} restarts ({5}, {6} connections)</text>\n",
+      left,
+      xml_escape(shortened("http://" + r.options.target.authority() + r.options.target.target, 90)),
       t.requests, t.failed(), s.windows.size(),
       r.options.mode == connection_mode::keepalive ? "keep-alive" : "close", r.options.connections);
   const auto axes = [&](double y0, double ymax, const std::string& label,
@@ -496,24 +521,31 @@ std::string format_svg(const report_context& r) {
         x(static_cast<double>(i) * bin_s), y1 + panel - h,
         std::max(1.0, plot_w / static_cast<double>(n)), h);
   }
+  // `value` gives a bin's point, or nullopt for none (the line skips that bin).
   const auto polyline = [&](double y0, double ymax, const char* color, auto value) {
     std::string p =
         fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\" points=\"", color);
     for (std::size_t i = 0; i < s.timeline.size(); ++i)
-      p += fmt::format("{:.1f},{:.1f} ", x((static_cast<double>(i) + 0.5) * bin_s),
-                       y0 + panel - panel * std::min(1.0, value(s.timeline[i]) / ymax));
+      if (const std::optional<double> v = value(i))
+        p += fmt::format("{:.1f},{:.1f} ", x((static_cast<double>(i) + 0.5) * bin_s),
+                         y0 + panel - panel * std::min(1.0, *v / ymax));
     return p + "\"/>\n";
   };
-  out += polyline(y1, rate_max, "#222", [&](const timeline_bin& b) { return b.requests / bin_s; });
-  out += polyline(y2, lat_max, "#e80", [](const timeline_bin& b) { return ms(b.latency_max_us); });
-  out += polyline(y2, lat_max, "#080", [](const timeline_bin& b) {
-    return b.requests ? ms(b.latency_sum_us) / b.requests : 0.0;
+  out +=
+      polyline(y1, rate_max, "#222", [&](std::size_t i) { return bin_rate(s, r.run.load_us, i); });
+  out += polyline(y2, lat_max, "#e80", [&](std::size_t i) {
+    return std::optional<double>(ms(s.timeline[i].latency_max_us));
+  });
+  out += polyline(y2, lat_max, "#080", [&](std::size_t i) {
+    const auto& b = s.timeline[i];
+    return std::optional<double>(b.requests ? ms(b.latency_sum_us) / b.requests : 0.0);
   });
   out += fmt::format(
-      "<text x=\"{}\" y=\"{}\">black: requests/s; red: failed requests per 100 ms (right axis); "
-      "dashed: restart starts (red: command failed); shaded: restart windows; orange: max "
-      "latency, green: mean</text>\n",
-      left, height - 10);
+      "<text x=\"{}\" y=\"{}\">black: requests/s (a last bin the run ends inside: scaled to its "
+      "length); red: failed requests per 100 ms</text>\n"
+      "<text x=\"{}\" y=\"{}\">(right axis); dashed: restart starts (red: command failed); "
+      "shaded: restart windows; orange: max latency, green: mean</text>\n",
+      left, height - 26, left, height - 10);
   out += "</svg>\n";
   return out;
 }

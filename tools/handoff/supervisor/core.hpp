@@ -8,6 +8,7 @@
 //   timers.cpp     every timed check, each reporting its next deadline (timers.hpp)
 //   control.cpp    control sessions and their transport (requests dispatched in supervisor.cpp)
 //   status.cpp     `handoff status` as text and JSON
+//   metrics.cpp    `GET /metrics` (--metrics; its transport is metrics_http.cpp)
 //   proxy_link.cpp --proxy: each generation's private upstreams, and the front's steps
 //   supervisor.cpp the loop itself
 //
@@ -32,6 +33,8 @@
 #include "supervisor/control.hpp"
 #include "supervisor/generation.hpp"
 #include "supervisor/log.hpp"
+#include "supervisor/metrics.hpp"
+#include "supervisor/metrics_http.hpp"
 #include "supervisor/options.hpp"
 #include "supervisor/os.hpp"
 #include "supervisor/proxy_link.hpp"
@@ -94,6 +97,9 @@ class supervisor_core {
 
   // status.cpp
   std::string status_text(bool json) const;
+  // metrics.cpp: the text of GET /metrics.
+  std::string metrics_text();
+  const metrics_counts& metrics() const noexcept { return metrics_; }
 
   const std::list<generation>& generations() const noexcept { return generations_; }
   const run_options& options() const noexcept { return o_; }
@@ -103,7 +109,7 @@ class supervisor_core {
   void mark_ready(generation& g, slot& s, const char* how);
   void take_over(generation& g);
   void retire(generation& g);
-  void fail_generation(generation& g, const std::string& cause);
+  void fail_generation(generation& g, reload_failure why, const std::string& cause);
   void stop_generation(generation& g, int sig);
   void kill_slot(slot& s, int sig);
   void schedule_app_restart();
@@ -127,6 +133,9 @@ class supervisor_core {
   std::vector<stored_fd> fdstore_;
   std::optional<notify_receiver> notify_;
   control_sessions control_;
+  std::optional<metrics_server> metrics_server_;  // --metrics
+  metrics_counts metrics_;
+  proxy::front_stats last_front_;  // the last snapshot of the front's counts, for /metrics
   unique_fd signal_fd_, wake_fd_;
   std::list<generation> generations_;
   std::function<bool(const generation&)> may_stop_;

@@ -148,7 +148,7 @@ void supervisor_core::start_generation(bool is_restart, std::optional<std::uint6
   if (proxy_) {
     if (auto r = proxy_->prepare(g.id); !r) {
       if (g.id == 1) throw std::runtime_error(r.error().message());
-      fail_generation(g, r.error().message());
+      fail_generation(g, reload_failure::spawn, r.error().message());
       return;
     }
   }
@@ -160,7 +160,7 @@ void supervisor_core::start_generation(bool is_restart, std::optional<std::uint6
         for (auto& other : g.slots) kill_slot(other, SIGKILL);
         throw std::runtime_error(r.error().message());
       }
-      fail_generation(g, r.error().message());
+      fail_generation(g, reload_failure::spawn, r.error().message());
       return;
     }
   }
@@ -192,8 +192,12 @@ void supervisor_core::take_over(generation& g) {
   const std::string text = fmt::format("generation {} took over: pid {} ready in {} ms", g.id,
                                        g.pids(), ms_since(g.started, now));
   log_.log("took_over", text, {{"generation", g.id}, {"ms", ms_since(g.started, now)}});
+  metrics_.time_to_ready.observe(std::chrono::duration<double>(now - g.started).count());
+  if (!metrics_.first_ready) metrics_.first_ready = now;
   if (!g.is_restart && g.id > 1) {
     ++reloads_;
+    ++metrics_.reloads_ok;
+    metrics_.last_reload_ok = now;
     last_reload_ = "ok " + text;
   }
   for (const auto id : g.waiters) answer(id, "ok " + text + "\n");
@@ -242,7 +246,7 @@ void supervisor_core::kill_slot(slot& s, int sig) {
   os_.signal_slot(s, sig);
 }
 
-void supervisor_core::fail_generation(generation& g, const std::string& cause) {
+void supervisor_core::fail_generation(generation& g, reload_failure why, const std::string& cause) {
   ++transitions_;
   g.state = generation_state::failed;
   g.failure = cause;
@@ -258,6 +262,7 @@ void supervisor_core::fail_generation(generation& g, const std::string& cause) {
   log_.log("start_failed", text, {{"generation", g.id}, {"cause", cause}});
   if (!g.is_restart && g.id > 1) {
     ++reloads_failed_;
+    ++metrics_.reloads_failed[static_cast<std::size_t>(why)];
     last_reload_ = "error " + text;
     // Our manager (systemd, Type=notify-reload) waits for READY=1 after RELOADING=1 either way.
     if (current != nullptr) os_.notify_manager(manager_event::ready, "reload failed: " + cause);
@@ -315,17 +320,27 @@ void supervisor_core::check_progress() {
 }
 
 std::string supervisor_core::request_reload(std::optional<std::uint64_t> waiter) {
-  if (stopping_) return "the supervisor is stopping";
-  if (generation* p = pending())
+  const auto refuse = [this](reload_refusal why) {
+    ++metrics_.reloads_refused[static_cast<std::size_t>(why)];
+  };
+  if (stopping_) {
+    refuse(reload_refusal::stopping);
+    return "the supervisor is stopping";
+  }
+  if (generation* p = pending()) {
+    refuse(reload_refusal::in_progress);
     return fmt::format("a reload is already in progress: generation {} ({}) started {} ms ago",
                        p->id, to_string(p->state), ms_since(p->started, os_.now()));
+  }
   int draining = 0;
   for (const auto& g : generations_)
     if (g.state == generation_state::draining || g.state == generation_state::retiring) ++draining;
-  if (draining >= o_.max_draining)
+  if (draining >= o_.max_draining) {
+    refuse(reload_refusal::draining);
     return fmt::format(
         "{} old generations are still draining (--max-draining {}); try again once they exit",
         draining, o_.max_draining);
+  }
   log_.log("reload", "reload requested");
   next_start_.reset();
   start_generation(false, waiter);
@@ -410,12 +425,14 @@ void supervisor_core::on_exit(pid_t pid, const std::optional<exit_status>& statu
       switch (g.state) {
         case generation_state::starting:
           if (status) last_status_ = status;
-          fail_generation(g, fmt::format("pid {} {} before it was ready", pid, describe(status)));
+          fail_generation(g, reload_failure::exited,
+                          fmt::format("pid {} {} before it was ready", pid, describe(status)));
           break;
         case generation_state::settling:
           if (status) last_status_ = status;
-          fail_generation(g, fmt::format("pid {} {} after it was ready, within the settle time",
-                                         pid, describe(status)));
+          fail_generation(g, reload_failure::settle,
+                          fmt::format("pid {} {} after it was ready, within the settle time", pid,
+                                      describe(status)));
           break;
         case generation_state::serving: {
           if (status) last_status_ = status;

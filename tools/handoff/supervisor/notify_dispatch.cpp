@@ -28,6 +28,7 @@ void supervisor_core::on_notify() {
   for (int budget = 0; budget < 64; ++budget) {
     auto got = notify_->try_receive();
     if (!got) {
+      ++metrics_.notify_refused[static_cast<std::size_t>(notify_refusal::malformed)];
       log_.log("notify_error", got.error().message());
       continue;
     }
@@ -52,6 +53,7 @@ void supervisor_core::on_notify_message(notify_message& m) {
     // Sent before its exit, read after it was reaped (reap() runs first, so that a READY=1 of
     // a process that died meanwhile never counts): expected, not worth a line.
     if (exited_recently(m.pid)) return;
+    ++metrics_.notify_refused[static_cast<std::size_t>(notify_refusal::unknown_sender)];
     if (m.pid != last_ignored_sender_)
       log_.log("notify_ignored",
                fmt::format("notify message from pid {}, not a process of any generation: "
@@ -74,6 +76,7 @@ void supervisor_core::on_notify_message(notify_message& m) {
     if (n && *n == s.pid) {
       // Already the main process.
     } else if (!member) {
+      ++metrics_.notify_refused[static_cast<std::size_t>(notify_refusal::mainpid)];
       log_.log("notify_ignored",
                fmt::format("generation {}: MAINPID={} from pid {} refused: not a live process "
                            "of the generation's process group",

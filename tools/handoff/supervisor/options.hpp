@@ -58,6 +58,7 @@ struct run_options {
   bool nonblocking = false;            // O_NONBLOCK on the sockets handed to the app (NonBlocking=)
   std::optional<bool> log_timestamps;  // text logs; nullopt: on unless stderr is the journal
   proxy_settings proxy;
+  std::string metrics;  // --metrics ADDRESS: GET /metrics served there ("": none)
 };
 
 }  // namespace handoff::supervisor

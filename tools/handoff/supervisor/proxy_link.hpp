@@ -9,6 +9,7 @@
 // never passed to the app in proxy mode; everything here runs on the supervisor's thread.
 #pragma once
 
+#include <chrono>
 #include <map>
 #include <memory>
 #include <set>
@@ -54,7 +55,9 @@ class proxy_link {
   int event_fd() const noexcept { return front_->event_fd(); }
   void on_event();  // the front said something: drained generations
 
-  proxy::front_stats stats() const { return front_->stats(); }
+  proxy::front_stats stats(std::chrono::milliseconds timeout = std::chrono::seconds(2)) const {
+    return front_->stats(timeout);
+  }
 
  private:
   struct upstream {

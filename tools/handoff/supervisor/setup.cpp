@@ -251,6 +251,14 @@ void supervisor_core::setup() {
     control_ = control_sessions(std::move(*c));
   }
 
+  if (!o_.metrics.empty()) {
+    auto m = metrics_server::open(o_.metrics);
+    if (!m) throw std::runtime_error("--metrics: " + m.error().message());
+    metrics_server_.emplace(std::move(*m));
+    log_.log("metrics", "serving GET /metrics on " + metrics_server_->where(),
+             {{"address", metrics_server_->where()}});
+  }
+
   if (!o_.pid_file.empty()) {
     const int fd = ::open(o_.pid_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) throw std::runtime_error("pid file " + o_.pid_file + ": " + std::strerror(errno));

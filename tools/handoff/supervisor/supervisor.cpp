@@ -95,7 +95,7 @@ int supervisor_core::loop() {
   // Only ids are kept across the handlers of one round: any handler may end any session or
   // generation, so nothing that points into them survives from before poll().
   std::vector<std::pair<int, pid_t>> pidfd_owner;  // generation id, main pid
-  std::vector<std::uint64_t> session_ids;
+  std::vector<std::uint64_t> session_ids, metrics_ids;
   for (;;) {
     // Timers until nothing more changes: an action of one (a take-over) may set the deadline
     // of another (the old generation's stop timeout).
@@ -110,6 +110,7 @@ int supervisor_core::loop() {
     fds.clear();
     pidfd_owner.clear();
     session_ids.clear();
+    metrics_ids.clear();
     fds.push_back({signal_fd_.get(), POLLIN, 0});
     fds.push_back({notify_->fd(), POLLIN, 0});
     fds.push_back({wake_fd_.get(), POLLIN, 0});
@@ -124,6 +125,8 @@ int supervisor_core::loop() {
     control_.poll_fds(fds, session_ids);
     const std::size_t proxy_at = fds.size();
     if (proxy_) fds.push_back({proxy_->event_fd(), POLLIN, 0});
+    const std::size_t first_metrics = fds.size();
+    if (metrics_server_) metrics_server_->poll_fds(fds, metrics_ids);
     const auto wait = next == clock::time_point::max()
                           ? 3'600'000LL
                           : std::chrono::ceil<ms>(next - os_.now()).count();
@@ -163,6 +166,12 @@ int supervisor_core::loop() {
       if (auto line = control_.read(session_ids[i])) on_control_request(session_ids[i], *line);
     }
     if (fds[first_control].revents != 0) control_.accept(log_, os_.now());
+    if (metrics_server_) {
+      for (std::size_t i = 0; i < metrics_ids.size(); ++i)
+        if (fds[first_metrics + 1 + i].revents != 0)
+          metrics_server_->on_ready(metrics_ids[i], [this] { return metrics_text(); });
+      if (fds[first_metrics].revents != 0) metrics_server_->accept(os_.now());
+    }
   }
   control_.answer_all("ok stopped\n");
   const int code = exit_code();

@@ -19,7 +19,10 @@ clock::time_point supervisor_core::on_timers() {
   remove_gone_generations();
   if (next_start_ && !stopping_ && due.reached(*next_start_)) {
     next_start_.reset();
-    if (pending() == nullptr) start_generation(true, std::nullopt);
+    if (pending() == nullptr) {
+      ++metrics_.app_restarts;
+      start_generation(true, std::nullopt);
+    }
   }
   for (auto& g : generations_) {
     const bool active =
@@ -33,8 +36,9 @@ clock::time_point supervisor_core::on_timers() {
           mark_ready(g, s, probe_done ? "probe answered" : "delay passed");
         } else if (due.reached(s.ready_deadline)) {
           if (g.state == generation_state::starting) {
-            fail_generation(g, fmt::format("pid {} not ready within {} (--ready-timeout)", s.pid,
-                                           format_duration(o_.ready_timeout)));
+            fail_generation(g, reload_failure::ready_timeout,
+                            fmt::format("pid {} not ready within {} (--ready-timeout)", s.pid,
+                                        format_duration(o_.ready_timeout)));
             break;
           }
           log_.log("ready_timeout", fmt::format("generation {}: restarted pid {} not ready within "
@@ -57,6 +61,7 @@ clock::time_point supervisor_core::on_timers() {
         s.restart_at = {};
         ++s.restarts;
         ++restarts_;
+        ++metrics_.app_restarts;
         if (auto r = spawn_slot(g, s); !r) {
           log_.log("restart_failed", fmt::format("generation {}: {}", g.id, r.error().message()));
           ++s.failures_in_a_row;
@@ -77,10 +82,12 @@ clock::time_point supervisor_core::on_timers() {
                {{"generation", g.id}});
       for (auto& s : g.slots) kill_slot(s, SIGKILL);
       g.killed = true;
+      ++metrics_.stop_escalations;
     }
   }
   check_progress();
   control_.expire(due);
+  if (metrics_server_) metrics_server_->expire(due);
   return due.next();
 }
 
