@@ -95,9 +95,6 @@ basic_connection<Stream>::basic_connection(server::impl& srv, stream_socket sock
       timer_(executor_) {
   const auto& o = srv.options;
   tick_ = std::min({o.header_timeout, o.body_timeout, o.write_timeout, o.idle_timeout});
-  if constexpr (is_tls)
-    tick_ = std::min({clock_type::duration(tick_), clock_type::duration(o.tls_handshake_timeout),
-                      clock_type::duration(o.tls_shutdown_timeout)});
   // Small responses must leave at once, not wait for Nagle's algorithm to batch them.
   const int one = 1;
   if (socket().local_endpoint().protocol().family() != AF_UNIX)
