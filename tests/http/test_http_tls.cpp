@@ -332,7 +332,8 @@ TEST_F(HttpTls, DrainAnswersTheNextRequestWithCloseThenCloseNotify) {
   EXPECT_THAT(c.output, Not(HasSubstr("unexpected eof")));
   const auto report = done.get();
   EXPECT_TRUE(report.clean());
-  EXPECT_EQ(report.requests_completed, 1u);
+  // /b at least (/a counts too when its write completed after the drain began).
+  EXPECT_GE(report.requests_completed, 1u);
 }
 
 TEST_F(HttpTls, DrainLetsARequestInFlightFinishForCurl) {
