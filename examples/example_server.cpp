@@ -9,6 +9,11 @@
 // is ready this process drains (see handoff/upgrader.hpp); if the new one fails, this one keeps
 // serving.
 //
+// TLS: the socket named `https` (--listen https=ADDR, or an inherited socket of that name) is
+// served over TLS with --tls-cert and --tls-key, the others in plaintext. The files are read at
+// start, so a new generation (SIGHUP, `handoff reload`) picks up a renewed certificate; one it
+// cannot use fails that generation's start, and the old one keeps serving.
+//
 //   GET  /                 "hello from pid N version V"   (and X-Served-By: N)
 //   GET  /realistic        what a small API answer looks like, for bench/http_peers: five header
 //                          fields (Content-Type, Cache-Control, X-Content-Type-Options,
@@ -166,6 +171,7 @@ int main(int argc, char** argv) {
   std::string version = "1", drain_timeout = "30s", health_delay = "0", start_delay = "0";
   unsigned threads = 0, max_draining = 2;
   std::string upgrade_timeout = "60s", pid_file;
+  http::tls_config tls;
   cli.add_option("-l,--listen", listen,
                  "[NAME=]ADDRESS to serve: the inherited socket of that name or address, else a "
                  "new one (default: every inherited socket, or http=127.0.0.1:8080 when none)");
@@ -177,6 +183,9 @@ int main(int argc, char** argv) {
   cli.add_option("--upgrade-timeout", upgrade_timeout, "how long a new version may take to start");
   cli.add_option("--max-draining", max_draining, "older generations allowed to still drain");
   cli.add_option("--pid-file", pid_file, "keep the pid of the serving generation here");
+  cli.add_option("--tls-cert", tls.certificate_chain_file,
+                 "PEM certificate chain for the socket named https");
+  cli.add_option("--tls-key", tls.private_key_file, "PEM private key for the socket named https");
   CLI11_PARSE(cli, argc, argv);
 
   try {
@@ -202,12 +211,22 @@ int main(int argc, char** argv) {
     // What this process serves, and where each socket came from, said as it is: a socket that
     // is served but was not inherited, or inherited but not served, must not go unnoticed.
     std::string where;
+    const bool tls_given = !tls.certificate_chain_file.empty() || !tls.private_key_file.empty();
+    bool served_https = false;
     auto serve = [&](int fd, const std::string& name, const char* origin) {
-      server.add_listener(handoff::duplicate_fd(fd).value());  // the upgrader keeps its own
+      auto copy = handoff::duplicate_fd(fd).value();  // the upgrader keeps its own
+      const bool https = name == "https";
+      if (https) {
+        if (!tls_given) throw std::runtime_error("socket https needs --tls-cert and --tls-key");
+        server.add_listener(std::move(copy), tls);  // throws, naming the file it cannot use
+        served_https = true;
+      } else {
+        server.add_listener(std::move(copy));
+      }
       const std::string at = handoff::local_address(fd).value().to_string();
       where += (where.empty() ? "" : " ") + at;
-      fmt::print(stderr, "example_server: pid {} serving {} on {} ({})\n", ::getpid(), name, at,
-                 origin);
+      fmt::print(stderr, "example_server: pid {} serving {} on {} ({}{})\n", ::getpid(), name, at,
+                 origin, https ? ", TLS" : "");
     };
     if (cli.count("--listen") == 0 && !given.empty()) {
       // Started with sockets and no --listen: serve every one that can be served, whatever
@@ -246,6 +265,8 @@ int main(int argc, char** argv) {
                      "example_server: pid {} closing inherited {} ({}): no --listen asks for it\n",
                      ::getpid(), s.name, s.info.describe());
     }
+    if (tls_given && !served_https)
+      throw std::runtime_error("--tls-cert and --tls-key are for a socket named https; none is");
     if (startup.count() > 0) std::this_thread::sleep_for(startup);
     server.start();
     if (auto r = up.ready("serving on " + where); !r)

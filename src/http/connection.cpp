@@ -9,6 +9,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/http/chunk_encode.hpp>
@@ -18,6 +19,7 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/serializer.hpp>
 #include <boost/beast/http/write.hpp>
+#include <type_traits>
 
 namespace handoff::http {
 
@@ -39,38 +41,90 @@ bool is_malformed(const error_code& ec) {
 
 }  // namespace
 
-connection::connection(server::impl& srv, stream_socket socket)
-    : srv_(srv), socket_(std::move(socket)), timer_(socket_.get_executor()) {
+using tls_stream = asio::ssl::stream<stream_socket>;
+
+// One connection over `Stream`: stream_socket (plaintext) or tls_stream.
+template <class Stream>
+class basic_connection final : public connection {
+ public:
+  static constexpr bool is_tls = std::is_same_v<Stream, tls_stream>;
+
+  basic_connection(server::impl& srv, stream_socket socket, asio::ssl::context* tls);
+
+  asio::awaitable<void> run() override;
+  void on_drain() override;
+  void abort() override;
+  asio::awaitable<void> send_header(response_header header) override;
+  asio::awaitable<void> send_chunk(std::string_view data) override;
+
+ private:
+  stream_socket& socket() noexcept { return beast::get_lowest_layer(stream_); }
+  asio::awaitable<void> watchdog();
+  void set_deadline(clock_type::time_point when);
+  asio::awaitable<bool> serve_one();
+  asio::awaitable<void> send_error(beast::http::status status, unsigned version);
+  asio::awaitable<response> call_handler(request_context& ctx);
+  void close();
+
+  Stream stream_;
+  steady_timer timer_;
+  clock_type::time_point deadline_ = clock_type::time_point::max();
+  clock_type::time_point armed_ = clock_type::time_point::max();  // what the watchdog waits for
+  clock_type::duration tick_;                                     // the watchdog's longest sleep
+  beast::flat_buffer buffer_;
+  bool idle_ = false;         // waiting for the first byte of the next request
+  unsigned long served_ = 0;  // requests answered on this connection
+  bool busy_ = false;         // a request is being read, handled or answered
+  bool aborted_ = false;
+};
+
+template <class Stream>
+Stream make_stream(stream_socket socket, [[maybe_unused]] asio::ssl::context* tls) {
+  if constexpr (std::is_same_v<Stream, tls_stream>) {
+    return Stream(std::move(socket), *tls);
+  } else {
+    return socket;
+  }
+}
+
+template <class Stream>
+basic_connection<Stream>::basic_connection(server::impl& srv, stream_socket sock,
+                                           [[maybe_unused]] asio::ssl::context* tls)
+    : connection(srv, sock.get_executor()),
+      stream_(make_stream<Stream>(std::move(sock), tls)),
+      timer_(executor_) {
   const auto& o = srv.options;
   tick_ = std::min({o.header_timeout, o.body_timeout, o.write_timeout, o.idle_timeout});
   // Small responses must leave at once, not wait for Nagle's algorithm to batch them.
   const int one = 1;
-  if (socket_.local_endpoint().protocol().family() != AF_UNIX)
-    ::setsockopt(socket_.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (socket().local_endpoint().protocol().family() != AF_UNIX)
+    ::setsockopt(socket().native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
-void connection::set_deadline(clock_type::time_point when) {
+template <class Stream>
+void basic_connection<Stream>::set_deadline(clock_type::time_point when) {
   deadline_ = when;
   // Only a deadline nearer than the one the watchdog waits for needs it woken; a later one is
   // picked up when it wakes. This keeps timer operations off the path of most requests.
   if (when < armed_) timer_.cancel();
 }
 
-asio::awaitable<void> connection::watchdog() {
+template <class Stream>
+asio::awaitable<void> basic_connection<Stream>::watchdog() {
   auto self = shared_from_this();
-  while (socket_.is_open()) {
+  while (socket().is_open()) {
     // Wake at least every `tick` (the shortest timeout): a new phase's deadline then never
     // lies before the armed one, so set_deadline() need not cancel the timer per request.
     armed_ = std::min(deadline_, clock_type::now() + tick_);
     timer_.expires_at(armed_);
     error_code ec;
     co_await timer_.async_wait(redirect_error(use_awaitable, ec));
-    if (!socket_.is_open()) break;
+    if (!socket().is_open()) break;
     if (clock_type::now() >= deadline_) {
       // An idle connection whose next request has arrived meanwhile is not idle: under load the
       // timer and the read can complete together, and the request must win.
       int pending = 0;
-      if (idle_ && ::ioctl(socket_.native_handle(), FIONREAD, &pending) == 0 && pending > 0) {
+      if (idle_ && ::ioctl(socket().native_handle(), FIONREAD, &pending) == 0 && pending > 0) {
         deadline_ = clock_type::now() + srv_.options.header_timeout;
         continue;
       }
@@ -80,15 +134,17 @@ asio::awaitable<void> connection::watchdog() {
   }
 }
 
-void connection::close() {
+template <class Stream>
+void basic_connection<Stream>::close() {
   error_code ignored;
-  if (!socket_.is_open()) return;
-  socket_.shutdown(asio::socket_base::shutdown_both, ignored);
-  socket_.close(ignored);
+  if (!socket().is_open()) return;
+  socket().shutdown(asio::socket_base::shutdown_both, ignored);
+  socket().close(ignored);
   timer_.cancel();
 }
 
-void connection::on_drain() {
+template <class Stream>
+void basic_connection<Stream>::on_drain() {
   // Only a connection that has served a request is cut short: a new one was opened to send
   // one, which is on its way (the header timeout still bounds it).
   if (idle_ && served_ > 0) {
@@ -96,28 +152,51 @@ void connection::on_drain() {
   }
 }
 
-void connection::abort() {
+template <class Stream>
+void basic_connection<Stream>::abort() {
   aborted_ = true;
   cancel.emit(asio::cancellation_type::terminal);
   close();
 }
 
-asio::awaitable<void> connection::run() {
+template <class Stream>
+asio::awaitable<void> basic_connection<Stream>::run() {
   auto self = shared_from_this();
-  asio::co_spawn(socket_.get_executor(), watchdog(), asio::detached);
+  asio::co_spawn(executor_, watchdog(), asio::detached);
+  bool handshaken = true;
+  if constexpr (is_tls) {
+    // Garbage instead of a ClientHello fails here; a client that stalls is closed by the
+    // watchdog at the deadline. Either way only this connection ends.
+    set_deadline(clock_type::now() + srv_.options.tls_handshake_timeout);
+    error_code ec;
+    co_await stream_.async_handshake(asio::ssl::stream_base::server,
+                                     redirect_error(use_awaitable, ec));
+    handshaken = !ec && socket().is_open();
+  }
   try {
-    while (co_await serve_one()) {
-    }
+    bool more = handshaken;
+    while (more) more = co_await serve_one();
   } catch (const std::exception&) {
     // A failed write of a stream, or a bug in a handler that escaped call_handler: the
     // connection ends, the server goes on.
   }
   busy_ = false;
+  if constexpr (is_tls) {
+    // close_notify tells the client that the response it has is the whole of it (no
+    // truncation). The client's own close_notify, or its FIN, is waited for only briefly: a
+    // draining server must not be held open by a client that keeps the connection.
+    if (handshaken && !aborted_ && socket().is_open()) {
+      set_deadline(clock_type::now() + srv_.options.tls_shutdown_timeout);
+      error_code ec;
+      co_await stream_.async_shutdown(redirect_error(use_awaitable, ec));
+    }
+  }
   close();
   srv_.connection_closed(this);
 }
 
-asio::awaitable<void> connection::send_error(bhttp::status status, unsigned version) {
+template <class Stream>
+asio::awaitable<void> basic_connection<Stream>::send_error(bhttp::status status, unsigned version) {
   response res{status, version};
   res.set(bhttp::field::content_type, "text/plain");
   res.body() = std::string(bhttp::obsolete_reason(status)) + "\n";
@@ -125,10 +204,11 @@ asio::awaitable<void> connection::send_error(bhttp::status status, unsigned vers
   res.prepare_payload();
   set_deadline(clock_type::now() + srv_.options.write_timeout);
   error_code ec;
-  co_await bhttp::async_write(socket_, res, redirect_error(use_awaitable, ec));
+  co_await bhttp::async_write(stream_, res, redirect_error(use_awaitable, ec));
 }
 
-asio::awaitable<response> connection::call_handler(request_context& ctx) {
+template <class Stream>
+asio::awaitable<response> basic_connection<Stream>::call_handler(request_context& ctx) {
   try {
     co_return co_await srv_.on_request(ctx);
   } catch (const std::exception&) {
@@ -142,7 +222,8 @@ asio::awaitable<response> connection::call_handler(request_context& ctx) {
 }
 
 // Serves one request; false when the connection is to be closed.
-asio::awaitable<bool> connection::serve_one() {
+template <class Stream>
+asio::awaitable<bool> basic_connection<Stream>::serve_one() {
   error_code ec;
   const auto& opts = srv_.options;
   if (buffer_.size() == 0) {
@@ -153,10 +234,10 @@ asio::awaitable<bool> connection::serve_one() {
     set_deadline(clock_type::now() + wait);
     // Reading (not just waiting for readability) lets Asio try the read at once: a keep-alive
     // client's next request is often already here, and this saves a trip through epoll.
-    const std::size_t n = co_await socket_.async_read_some(buffer_.prepare(read_chunk),
+    const std::size_t n = co_await stream_.async_read_some(buffer_.prepare(read_chunk),
                                                            redirect_error(use_awaitable, ec));
     idle_ = false;
-    if (ec || !socket_.is_open()) co_return false;  // EOF: the client closed, nothing lost
+    if (ec || !socket().is_open()) co_return false;  // EOF: the client closed, nothing lost
     buffer_.commit(n);
   }
 
@@ -165,7 +246,7 @@ asio::awaitable<bool> connection::serve_one() {
   bhttp::request_parser<bhttp::string_body, field_allocator<char>> parser;
   parser.header_limit(static_cast<std::uint32_t>(opts.max_header_bytes));
   parser.body_limit(opts.max_body_bytes);
-  co_await bhttp::async_read_header(socket_, buffer_, parser, redirect_error(use_awaitable, ec));
+  co_await bhttp::async_read_header(stream_, buffer_, parser, redirect_error(use_awaitable, ec));
   if (ec) {
     if (ec == bhttp::error::header_limit) {
       co_await send_error(bhttp::status::request_header_fields_too_large, 11);
@@ -191,12 +272,12 @@ asio::awaitable<bool> connection::serve_one() {
     if (beast::iequals(head[bhttp::field::expect], "100-continue")) {
       // The client waits for this before it sends the body (RFC 9110 10.1.1).
       response cont{bhttp::status::continue_, head.version()};
-      co_await bhttp::async_write(socket_, cont, redirect_error(use_awaitable, ec));
+      co_await bhttp::async_write(stream_, cont, redirect_error(use_awaitable, ec));
       if (ec) co_return false;
     }
   }
   set_deadline(clock_type::now() + opts.body_timeout);
-  co_await bhttp::async_read(socket_, buffer_, parser, redirect_error(use_awaitable, ec));
+  co_await bhttp::async_read(stream_, buffer_, parser, redirect_error(use_awaitable, ec));
   if (ec) {
     if (ec == bhttp::error::body_limit) {
       co_await send_error(bhttp::status::payload_too_large, parser.get().version());
@@ -209,14 +290,14 @@ asio::awaitable<bool> connection::serve_one() {
   request req = parser.release();
   // The handler has as long as it needs (it may watch ctx.deadline()); the watchdog stays off.
   set_deadline(clock_type::time_point::max());
-  request_context ctx(*this, req);
+  request_context ctx = context_for(req);
   response res = co_await call_handler(ctx);
   if (aborted_) co_return false;
 
   set_deadline(clock_type::now() + opts.write_timeout);
   bool keep_alive = req.keep_alive() && !srv_.draining();
   if (ctx.streaming()) {
-    co_await asio::async_write(socket_, bhttp::make_chunk_last(),
+    co_await asio::async_write(stream_, bhttp::make_chunk_last(),
                                redirect_error(use_awaitable, ec));
     // The stream's header could not know about a drain that began later; the idle grace of
     // the next round serves a request that is already on its way, with Connection: close.
@@ -229,9 +310,9 @@ asio::awaitable<bool> connection::serve_one() {
     // would allocate one per response. Header and body leave in one gather write.
     bhttp::response_serializer<bhttp::string_body, fields> sr(res);
     if (req.method() == bhttp::verb::head) {
-      co_await bhttp::async_write_header(socket_, sr, redirect_error(use_awaitable, ec));
+      co_await bhttp::async_write_header(stream_, sr, redirect_error(use_awaitable, ec));
     } else {
-      co_await bhttp::async_write(socket_, sr, redirect_error(use_awaitable, ec));
+      co_await bhttp::async_write(stream_, sr, redirect_error(use_awaitable, ec));
     }
   }
   if (srv_.draining()) srv_.completed_while_draining.fetch_add(1);
@@ -240,21 +321,29 @@ asio::awaitable<bool> connection::serve_one() {
   co_return !ec && keep_alive;
 }
 
-asio::awaitable<void> connection::send_header(response_header header) {
+template <class Stream>
+asio::awaitable<void> basic_connection<Stream>::send_header(response_header header) {
   bhttp::response<bhttp::empty_body, fields> res(std::move(header));
   res.chunked(true);
   bhttp::response_serializer<bhttp::empty_body, fields> sr(res);
   set_deadline(clock_type::now() + srv_.options.write_timeout);
-  co_await bhttp::async_write_header(socket_, sr, use_awaitable);
+  co_await bhttp::async_write_header(stream_, sr, use_awaitable);
   set_deadline(clock_type::time_point::max());
 }
 
-asio::awaitable<void> connection::send_chunk(std::string_view data) {
+template <class Stream>
+asio::awaitable<void> basic_connection<Stream>::send_chunk(std::string_view data) {
   if (data.empty()) co_return;  // an empty chunk would end the body
   set_deadline(clock_type::now() + srv_.options.write_timeout);
-  co_await asio::async_write(socket_, bhttp::make_chunk(asio::buffer(data.data(), data.size())),
+  co_await asio::async_write(stream_, bhttp::make_chunk(asio::buffer(data.data(), data.size())),
                              use_awaitable);
   set_deadline(clock_type::time_point::max());
+}
+
+std::shared_ptr<connection> make_connection(server::impl& srv, stream_socket socket,
+                                            const std::shared_ptr<asio::ssl::context>& tls) {
+  if (tls) return std::make_shared<basic_connection<tls_stream>>(srv, std::move(socket), tls.get());
+  return std::make_shared<basic_connection<stream_socket>>(srv, std::move(socket), nullptr);
 }
 
 bool request_context::draining() const noexcept { return conn_.srv().draining(); }

@@ -10,12 +10,22 @@
 // deadline passes, which ends whatever read or write was pending. The watchdog sleeps until the
 // deadline or for the shortest timeout, whichever is nearer, and re-checks; only a deadline
 // nearer than that (a drain's grace) cancels the timer.
+//
+// Plaintext and TLS: the connection is a template on its stream (connection.cpp), instantiated
+// for the plain socket and for an ssl::stream over it, so the plaintext path is the same code as
+// without TLS (no per-operation branch or type erasure). What the server and request_context
+// call lives in the base class `connection`: drain and abort, and a streaming handler's writes,
+// where one virtual call is nothing beside the write. A TLS connection's handshake is one more
+// phase of the watchdog (tls_handshake_timeout), and so is its close_notify exchange
+// (tls_shutdown_timeout); each happens once per connection, so a nearer deadline there cancels
+// the timer rather than shortening every connection's tick.
 #pragma once
 
 #include <boost/asio/basic_socket_acceptor.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <condition_variable>
@@ -50,7 +60,11 @@ struct server::impl {
   std::atomic<clock_type::rep> drain_deadline{
       clock_type::time_point::max().time_since_epoch().count()};
 
-  std::vector<unique_fd> listener_fds;
+  struct listener {
+    unique_fd fd;
+    std::shared_ptr<asio::ssl::context> tls;  // null: plaintext
+  };
+  std::vector<listener> listeners;
   struct accept_loop {
     explicit accept_loop(asio::io_context& io)
         : executor(io.get_executor()), acceptor(executor), throttle(executor) {}
@@ -59,6 +73,7 @@ struct server::impl {
     steady_timer throttle;  // waited on while max_connections are open, or backing off
     bool stopped = false;   // set by drain(): the only way a loop ends
     std::string where;      // the listener's address, for messages
+    std::shared_ptr<asio::ssl::context> tls;  // null: plaintext
   };
   // Reports a trouble of kind `kind` once per server: an error that repeats every few hundred
   // milliseconds must not flood the log.
@@ -87,44 +102,36 @@ struct server::impl {
   void connection_closed(connection* c);
 };
 
+// What the server and request_context see of a connection, plain or TLS.
 class connection : public std::enable_shared_from_this<connection> {
  public:
-  connection(server::impl& srv, stream_socket socket);
+  connection(server::impl& srv, io_executor executor) : srv_(srv), executor_(executor) {}
+  virtual ~connection() = default;
+  connection(const connection&) = delete;
+  connection& operator=(const connection&) = delete;
 
-  asio::awaitable<void> run();
+  virtual asio::awaitable<void> run() = 0;
   // Called on the connection's io_context: the server began to drain / reached its deadline.
-  void on_drain();
-  void abort();
-  bool busy() const noexcept { return busy_; }
+  virtual void on_drain() = 0;
+  virtual void abort() = 0;
 
   // For request_context.
-  asio::awaitable<void> send_header(response_header header);
-  asio::awaitable<void> send_chunk(std::string_view data);
+  virtual asio::awaitable<void> send_header(response_header header) = 0;
+  virtual asio::awaitable<void> send_chunk(std::string_view data) = 0;
   server::impl& srv() const noexcept { return srv_; }
-  io_executor executor() { return socket_.get_executor(); }
+  io_executor executor() const noexcept { return executor_; }
 
- private:
-  asio::awaitable<void> watchdog();
-  void set_deadline(clock_type::time_point when);
-  asio::awaitable<bool> serve_one();
-  asio::awaitable<void> send_error(beast::http::status status, unsigned version);
-  asio::awaitable<response> call_handler(request_context& ctx);
-  void close();
-
-  server::impl& srv_;
-  stream_socket socket_;
-  steady_timer timer_;
-  clock_type::time_point deadline_ = clock_type::time_point::max();
-  clock_type::time_point armed_ = clock_type::time_point::max();  // what the watchdog waits for
-  clock_type::duration tick_;                                     // the watchdog's longest sleep
-  beast::flat_buffer buffer_;
-  bool idle_ = false;         // waiting for the first byte of the next request
-  unsigned long served_ = 0;  // requests answered on this connection
-  bool busy_ = false;         // a request is being read, handled or answered
-  bool aborted_ = false;
-
- public:
   asio::cancellation_signal cancel;  // terminal: the drain deadline passed
+
+ protected:
+  // request_context's constructor is for its friend, this class, alone.
+  request_context context_for(const request& req) { return request_context(*this, req); }
+  server::impl& srv_;
+  io_executor executor_;
 };
+
+// A plaintext connection when `tls` is null, else a TLS one with that context.
+std::shared_ptr<connection> make_connection(server::impl& srv, stream_socket socket,
+                                            const std::shared_ptr<asio::ssl::context>& tls);
 
 }  // namespace handoff::http

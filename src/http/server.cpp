@@ -15,6 +15,7 @@
 
 #include "connection.hpp"
 #include "handoff/socket_info.hpp"
+#include "tls.hpp"
 
 namespace handoff::http {
 
@@ -106,7 +107,7 @@ asio::awaitable<void> server::impl::accept(accept_loop& loop) {
         failure = ec.message();
       } else {
         backoff = options.accept_backoff_min;
-        auto conn = std::make_shared<connection>(*this, std::move(socket));
+        auto conn = make_connection(*this, std::move(socket), loop.tls);
         {
           std::lock_guard lock(mutex);
           live.emplace(conn.get(), conn);
@@ -172,14 +173,19 @@ server::~server() {
   }
 }
 
-void server::add_listener(unique_fd fd) { impl_->listener_fds.push_back(std::move(fd)); }
+void server::add_listener(unique_fd fd) { impl_->listeners.push_back({std::move(fd), nullptr}); }
+
+void server::add_listener(unique_fd fd, const tls_config& tls) {
+  auto context = make_tls_context(tls);  // throws, naming the file, before anything changes
+  impl_->listeners.push_back({std::move(fd), std::move(context)});
+}
 
 void server::start() {
   auto& s = *impl_;
   // One accept loop per thread and listener, each on its own dup of the fd and on its thread's
   // io_context, so that accepting scales with the threads (new-connection-per-request clients)
   // and each connection is served by the thread that accepted it.
-  for (auto& fd : s.listener_fds) {
+  for (auto& [fd, tls] : s.listeners) {
     sockaddr_storage local{};
     socklen_t length = sizeof local;
     if (::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&local), &length) != 0)
@@ -194,10 +200,11 @@ void server::start() {
       auto loop = std::make_unique<impl::accept_loop>(*s.ios[i]);
       loop->where = where ? where->to_string() : "fd " + std::to_string(fd.get());
       loop->acceptor.assign(protocol, copy->release());
+      loop->tls = tls;
       s.accept_loops.push_back(std::move(loop));
     }
   }
-  s.listener_fds.clear();  // the loops hold their own copies
+  s.listeners.clear();  // the loops hold their own copies
   for (auto& io : s.ios) s.work.push_back(asio::make_work_guard(io->get_executor()));
   s.accept_loops_running = s.accept_loops.size();
   for (auto& loop : s.accept_loops) {

@@ -316,5 +316,67 @@ TEST(ExampleServerSockets, ListenSaysWhichSocketsWereInheritedOpenedOrClosed) {
   stop_cleanly(s);
 }
 
+// Runs `sh -c SCRIPT` (stdout and stderr together), bounded.
+test::child_output shell(const std::string& script) {
+  spawn_options o;
+  o.argv = {"/bin/sh", "-c", "exec 2>&1; " + script};
+  auto r = test::run_and_capture(o, 30s);
+  EXPECT_TRUE(r) << r.error().message();
+  return r ? *r : test::child_output{};
+}
+
+// A self-signed certificate for 127.0.0.1 in `dir`: cert.pem and key.pem.
+void make_certificate(const test::temp_dir& dir) {
+  auto r = shell(
+      "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
+      "-subj /CN=localhost -addext subjectAltName=IP:127.0.0.1 -keyout '" +
+      dir / "key.pem" + "' -out '" + dir / "cert.pem" + "'");
+  ASSERT_TRUE(r.status.success()) << r.out;
+}
+
+TEST(ExampleServerTls, ServesTlsOnTheSocketNamedHttpsAndPlaintextOnTheOthers) {
+  test::temp_dir dir;
+  make_certificate(dir);
+  auto https = open_listener(parse_address("127.0.0.1:0").value()).value();
+  auto plain = open_listener(parse_address("127.0.0.1:0").value()).value();
+  const std::string https_at = local_address(https.get()).value().to_string();
+  const auto https_port = local_address(https.get()).value().port;
+  const auto plain_port = local_address(plain.get()).value().port;
+  auto notify = notify_receiver::open_unique().value();
+  started s = start_with(notify, {{https.get(), "https"}, {plain.get(), "http"}},
+                         {"--tls-cert", dir / "cert.pem", "--tls-key", dir / "key.pem"});
+  ASSERT_GT(s.pid, 0);
+  EXPECT_THAT(s.log, HasSubstr("serving https on " + https_at + " (inherited, TLS)"));
+  auto r = shell("curl -sS --cacert '" + dir / "cert.pem" +
+                 "' https://127.0.0.1:" + std::to_string(https_port) + "/");
+  EXPECT_TRUE(r.status.success()) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("hello from pid " + std::to_string(s.pid)));
+  raw_connection c(plain_port);
+  auto reply = c.get("/", 10s);
+  ASSERT_EQ(reply.result, outcome::ok) << to_string(reply.result);
+  EXPECT_THAT(reply.body, HasSubstr("hello from pid"));
+  stop_cleanly(s);
+}
+
+TEST(ExampleServerTls, AKeyThatDoesNotMatchFailsTheStartNamingTheFile) {
+  test::temp_dir dir;
+  make_certificate(dir);
+  const std::string other = dir / "other-key.pem";
+  ASSERT_TRUE(
+      shell("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out '" + other + "'")
+          .status.success());
+  auto r = shell(std::string("'") + HANDOFF_EXAMPLE_SERVER +
+                 "' --listen https=127.0.0.1:0 --tls-cert '" + dir / "cert.pem" + "' --tls-key '" +
+                 other + "'");
+  EXPECT_EQ(r.status.code_or_128_plus_signal(), 1) << r.out;
+  EXPECT_THAT(r.out, HasSubstr("tls key " + other));
+  EXPECT_THAT(r.out, HasSubstr("mismatch"));
+  EXPECT_THAT(r.out, testing::Not(HasSubstr("ready")));
+  // A socket named https without the files is refused too, rather than served in plaintext.
+  auto bare = shell(std::string("'") + HANDOFF_EXAMPLE_SERVER + "' --listen https=127.0.0.1:0");
+  EXPECT_EQ(bare.status.code_or_128_plus_signal(), 1) << bare.out;
+  EXPECT_THAT(bare.out, HasSubstr("socket https needs --tls-cert and --tls-key"));
+}
+
 }  // namespace
 }  // namespace handoff

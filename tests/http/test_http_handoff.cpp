@@ -9,6 +9,7 @@
 #include <atomic>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -17,6 +18,7 @@
 #include "handoff/socket_info.hpp"
 #include "handoff/spawn.hpp"
 #include "raw_client.hpp"
+#include "test_support.hpp"
 
 namespace handoff {
 namespace {
@@ -68,12 +70,15 @@ class HttpHandoff : public testing::Test {
     }
   }
 
-  // Starts a generation and waits for its READY=1; -1 if it never came.
-  pid_t start_generation(const std::string& version) {
+  // Starts a generation and waits for its READY=1; -1 if it never came. With `tls` (the
+  // certificate and key files), the socket is named https and served over TLS.
+  pid_t start_generation(const std::string& version,
+                         std::optional<std::pair<std::string, std::string>> tls = {}) {
     spawn_options o;
     o.argv = {HANDOFF_EXAMPLE_SERVER, "--version", version, "--threads", "2",
               "--drain-timeout",      "20s"};
-    o.fds = {{listener_.get(), "http"}};
+    o.fds = {{listener_.get(), tls ? "https" : "http"}};
+    if (tls) o.argv.insert(o.argv.end(), {"--tls-cert", tls->first, "--tls-key", tls->second});
     o.notify_socket = notify_->address();
     auto pid = spawn(o);
     if (!pid) {
@@ -176,6 +181,96 @@ TEST_F(HttpHandoff, GenerationsSwapUnderLoadWithoutAFailedRequest) {
   EXPECT_GT(load_.ok.load(), 1500);
   EXPECT_EQ(load_.served_by.size(), static_cast<std::size_t>(generations))
       << "every generation should have served";
+}
+
+// Runs `sh -c SCRIPT` (stdout and stderr together), bounded.
+test::child_output shell(const std::string& script) {
+  spawn_options o;
+  o.argv = {"/bin/sh", "-c", "exec 2>&1; " + script};
+  auto r = test::run_and_capture(o, 60s);
+  EXPECT_TRUE(r) << r.error().message();
+  return r ? *r : test::child_output{};
+}
+
+// The same hand-off over TLS, with curl as the client (keep-alive: many URLs on one connection;
+// and a new connection per request), and the certificate rotated between generations: each
+// generation reads the files again, and the clients trust both certificates.
+TEST_F(HttpHandoff, GenerationsSwapOverTlsWithoutAFailedRequestAndRotateTheCertificate) {
+  test::temp_dir dir;
+  const std::string cert = dir / "cert.pem", key = dir / "key.pem", ca = dir / "ca.pem";
+  auto make = [&](int g) {
+    auto r = shell(
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 "
+        "-subj /CN=gen" +
+        std::to_string(g) +
+        " -addext subjectAltName=IP:127.0.0.1 "
+        "-keyout '" +
+        key + ".new' -out '" + cert + ".new' && cat '" + cert + ".new' >> '" + ca + "' && mv '" +
+        key + ".new' '" + key + "' && mv '" + cert + ".new' '" + cert + "'");
+    EXPECT_TRUE(r.status.success()) << r.out;
+  };
+  // The subject of the certificate a new TLS connection is served with.
+  auto served_subject = [&] {
+    return shell("openssl s_client -connect 127.0.0.1:" + std::to_string(port_) +
+                 " </dev/null 2>/dev/null | openssl x509 -noout -subject")
+        .out;
+  };
+  make(1);
+  pid_t current = start_generation("1", std::pair{cert, key});
+  ASSERT_GT(current, 0);
+  EXPECT_NE(served_subject().find("CN = gen1"), std::string::npos);
+
+  std::atomic<bool> stop{false};
+  std::atomic<long> ok{0};
+  std::string urls;
+  for (int i = 0; i < 50; ++i)
+    urls += " -o /dev/null https://127.0.0.1:" + std::to_string(port_) + "/";
+  auto client = [&](const char* kind, const std::string& extra) {
+    while (!stop) {
+      // One status code per transfer; curl fails (and says why) on any transport error.
+      auto r = shell("curl -sS --cacert '" + ca + "' -w '%{http_code}\n' " + extra + urls);
+      if (!r.status.success()) load_.fail(std::string(kind) + ": curl: " + r.out);
+      for (std::size_t at = 0; at < r.out.size(); at = r.out.find('\n', at) + 1) {
+        if (r.out.compare(at, 4, "200\n") == 0) {
+          ++ok;
+        } else {
+          load_.fail(std::string(kind) + ": " + r.out.substr(at, r.out.find('\n', at) - at));
+        }
+        if (r.out.find('\n', at) == std::string::npos) break;
+      }
+    }
+  };
+  std::vector<std::thread> clients;
+  clients.emplace_back(client, "keepalive", "");
+  clients.emplace_back(client, "close", "-H 'Connection: close'");
+  auto wait_for = [&](long more) {
+    const long target = ok + more;
+    const auto deadline = std::chrono::steady_clock::now() + 60s;
+    while (ok < target && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(1ms);
+  };
+
+  constexpr int generations = 3;
+  for (int g = 2; g <= generations; ++g) {
+    wait_for(100);
+    make(g);
+    const pid_t next = start_generation(std::to_string(g), std::pair{cert, key});
+    ASSERT_GT(next, 0);
+    stop_generation(current);
+    current = next;
+    EXPECT_NE(served_subject().find("CN = gen" + std::to_string(g)), std::string::npos);
+  }
+  wait_for(100);
+  stop = true;
+  for (auto& t : clients) t.join();
+  stop_generation(current);
+
+  EXPECT_TRUE(load_.failures.empty()) << [&] {
+    std::string s;
+    for (const auto& [what, n] : load_.failures) s += what + " x" + std::to_string(n) + "\n";
+    return s;
+  }();
+  EXPECT_GT(ok.load(), 300);
 }
 
 }  // namespace

@@ -15,6 +15,14 @@
 //     is closed.
 //  5. At the deadline, what remains is aborted (handlers see cancellation) and counted.
 //
+// TLS: a listener added with a tls_config speaks HTTP/1.1 over TLS 1.2 or 1.3 (OpenSSL 3),
+// others plaintext; one server may have both. Each TLS connection first completes its handshake
+// (bounded by tls_handshake_timeout), announces ALPN http/1.1, and drains like a plaintext one:
+// its last response says Connection: close, then the server sends close_notify and waits up to
+// tls_shutdown_timeout for the client's before closing. The files are read once, by
+// add_listener: a process that must pick up a renewed certificate is restarted (a new
+// generation reads them again).
+//
 // Threads: each of the `threads` runs an io_context of its own and accepts on it; a connection
 // is served by the thread that accepted it, so a handler never runs concurrently with itself for
 // one connection, and handlers of connections on different threads run in parallel.
@@ -29,6 +37,7 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <string>
 #include <string_view>
 
 #include "handoff/fd.hpp"
@@ -70,6 +79,16 @@ struct server_options {
   std::function<void(std::string_view)> log;
   milliseconds accept_backoff_min{10};
   milliseconds accept_backoff_max{1'000};
+  // TLS listeners only: accepting to the end of the handshake (a client that stalls in it is
+  // closed), and how long the close_notify exchange at the end of a connection may take.
+  milliseconds tls_handshake_timeout{10'000};
+  milliseconds tls_shutdown_timeout{1'000};
+};
+
+// TLS on a listener: PEM files, read when the listener is added.
+struct tls_config {
+  std::string certificate_chain_file;  // the server's certificate first, then intermediates
+  std::string private_key_file;        // unencrypted; must match the certificate
 };
 
 // What a drain did.
@@ -122,6 +141,11 @@ class server {
 
   // A listening TCP or unix stream socket; the server owns this fd (dup one you keep).
   void add_listener(unique_fd fd);
+  // The same, serving TLS with the certificate and key of `tls` (see the top of this file).
+  // Throws std::runtime_error naming the file when a file cannot be read, is not PEM, or the
+  // key does not match the certificate (std::system_error, with errno, when it cannot be
+  // opened); the server is then unchanged.
+  void add_listener(unique_fd fd, const tls_config& tls);
   // Runs the threads and accepts; the state becomes ready. Throws std::system_error, before
   // any thread runs, when a listener is not a socket (naming the fd and the errno text).
   void start();
