@@ -15,7 +15,7 @@ _handoff_values() {  # COMMAND: the options of COMMAND that take a value
       echo -l --listen --ready --ready-timeout --settle --stop-signal --stop-timeout \
         --processes --restart --max-draining --watchdog --control --name --pid-file \
         --log-format --log-timestamps --proxy --upstream --max-header-size --max-body-size \
-        --header-timeout --idle-timeout --response-timeout --queue-timeout
+        --header-timeout --idle-timeout --response-timeout --queue-timeout --metrics
       ;;
     reload | status | stop) echo --control --name --timeout ;;
     check)
@@ -146,7 +146,7 @@ _handoff() {
           compopt -o filenames 2>/dev/null
           candidates=$(compgen -f -- "$cur")
           ;;
-        --listen | -l)
+        --listen | -l | --metrics)
           # unix:PATH names a file; other addresses are typed.
           if [[ $cur == unix:* && $cur != unix:@* ]]; then
             compopt -o filenames 2>/dev/null
