@@ -857,10 +857,12 @@ std::vector<std::string> quiet_app(const std::string& before = "") {
 }
 
 // The same, run with --ready notify: READY=1 (libsystemd's, from a process of its group) is
-// sent once `before` has run, so the supervisor's checks at the take-over see its effect.
+// sent once `before` has run, so the supervisor's checks at the take-over see its effect. The
+// sender waits on a barrier: a sender that exited before its message was read could no longer
+// be found in the generation's process group.
 std::vector<std::string> quiet_app_ready_after(const std::string& before) {
   return {"/bin/sh", "-c",
-          before + HANDOFF_SD_NOTIFY_SENDER + " ready >/dev/null || exit 1; exec sleep 60"};
+          before + HANDOFF_SD_NOTIFY_SENDER + " ready barrier >/dev/null || exit 1; exec sleep 60"};
 }
 
 TEST_F(Supervisor, StopDuringReloadWithTheReloadClientActiveInTheSameRound) {
