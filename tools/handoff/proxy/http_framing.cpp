@@ -360,6 +360,7 @@ response_framer::response_framer(const response_framing& options, std::string& o
 }
 
 std::size_t response_framer::feed(std::string_view input, error_code& ec) {
+  input_ = input;
   return feed_whole_header(*this, options_.header_limit, input, scanned_, ec);
 }
 
@@ -386,6 +387,12 @@ void response_framer::on_field_impl(field name, beast_view name_text, beast_view
 
 void response_framer::on_header_impl(error_code& ec) {
   header_done_ = true;
+  // A folded line (RFC 9112 5.2) is a 502, as in a request it is a 400: Beast unfolds it into
+  // storage of its own that the next folded line reuses, and a client's parser may not unfold.
+  if (has_obs_fold(input_)) {
+    ec = bhttp::error::bad_value;
+    return;
+  }
   // The body's end must be what we parsed: a coding other than chunked, or Content-Length
   // beside Transfer-Encoding, leaves it to interpretation, and the answer is a 502.
   if (transfer_encodings_ > 0 && (content_length() || transfer_encodings_ != 1 || !only_chunked_)) {

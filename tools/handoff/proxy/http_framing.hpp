@@ -148,6 +148,7 @@ class response_framer final : public bhttp::basic_parser<false> {
   std::vector<field_ref>& fields_;
   std::size_t scanned_ = 0;
   int status_ = 0;
+  std::string_view input_;  // the buffer of the current feed()
   std::string_view reason_;
   int transfer_encodings_ = 0;
   bool only_chunked_ = true;
