@@ -41,6 +41,13 @@ struct load_result {
     std::lock_guard lock(mutex);
     served_by.insert(pid);
   }
+  // "what xN" per kind of failure, a line each.
+  std::string describe_failures() {
+    std::lock_guard lock(mutex);
+    std::string s;
+    for (const auto& [what, n] : failures) s += what + " x" + std::to_string(n) + "\n";
+    return s;
+  }
 };
 
 void check(load_result& load, const char* kind, const test::reply& r) {
@@ -173,11 +180,7 @@ TEST_F(HttpHandoff, GenerationsSwapUnderLoadWithoutAFailedRequest) {
   for (auto& t : clients) t.join();
   stop_generation(current);
 
-  EXPECT_TRUE(load_.failures.empty()) << [&] {
-    std::string s;
-    for (const auto& [what, n] : load_.failures) s += what + " x" + std::to_string(n) + "\n";
-    return s;
-  }();
+  EXPECT_TRUE(load_.failures.empty()) << load_.describe_failures();
   EXPECT_GT(load_.ok.load(), 1500);
   EXPECT_EQ(load_.served_by.size(), static_cast<std::size_t>(generations))
       << "every generation should have served";
@@ -265,11 +268,7 @@ TEST_F(HttpHandoff, GenerationsSwapOverTlsWithoutAFailedRequestAndRotateTheCerti
   for (auto& t : clients) t.join();
   stop_generation(current);
 
-  EXPECT_TRUE(load_.failures.empty()) << [&] {
-    std::string s;
-    for (const auto& [what, n] : load_.failures) s += what + " x" + std::to_string(n) + "\n";
-    return s;
-  }();
+  EXPECT_TRUE(load_.failures.empty()) << load_.describe_failures();
   EXPECT_GT(ok.load(), 300);
 }
 
