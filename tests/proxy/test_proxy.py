@@ -129,6 +129,28 @@ def http_request(port, request, timeout=10):
             out += data
 
 
+def read_response(s):
+    """One response with a Content-Length body from a kept connection: head and body, whole."""
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        data = s.recv(65536)
+        if not data:
+            return answer
+        answer += data
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    while len(body) < length:
+        data = s.recv(65536)
+        if not data:
+            break
+        body += data
+    return head + b"\r\n\r\n" + body
+
+
 class ProxyTest(unittest.TestCase):
     def setUp(self):
         self.tmpdir = tempfile.TemporaryDirectory()
@@ -274,12 +296,7 @@ class ProxyTest(unittest.TestCase):
         while sent < size:
             s.sendall(chunk)
             sent += len(chunk)
-        answer = b""
-        while not answer.endswith(b"\n") or b"\r\n\r\n" not in answer:
-            data = s.recv(65536)
-            if not data:
-                break
-            answer += data
+        answer = read_response(s)
         s.close()
         self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer)
         self.assertTrue(answer.endswith(f"{size}\n".encode()), answer)
