@@ -349,6 +349,28 @@ TEST(CheckReport, SvgRateHasNoDropAtTheEnd) {
   }
 }
 
+// The same for the text timeline: its last bar is as full as the others, and the steady rate
+// draws full bars throughout.
+TEST(CheckReport, TextTimelineHasNoDropAtTheEnd) {
+  load_options o;
+  o.target = parse_url("http://127.0.0.1:1/").value();
+  for (const std::int64_t load_us : {3'000'000, 2'950'000}) {
+    auto run = synthetic_run();
+    run.load_us = run.elapsed_us = load_us;
+    std::erase_if(run.requests, [&](const request_record& r) { return r.end_us >= load_us; });
+    const auto s = analyze(run);
+    const std::string text = format_text({o, run, s});
+    const auto at = text.find("  0.0s |");
+    ASSERT_NE(at, std::string::npos) << text;
+    const auto from = at + 8;
+    const std::string bars = text.substr(from, text.find("|\n", from) - from);
+    ASSERT_FALSE(bars.empty()) << text;
+    const std::string full = "\u2588";
+    EXPECT_EQ(bars.substr(bars.size() - full.size()), full) << load_us << "\n" << text;
+    EXPECT_NE(text.find("(full bar: 100)"), std::string::npos) << text;
+  }
+}
+
 // Every line of text that starts at its x (no text-anchor) ends inside the 960 px picture, at
 // 0.6 em a character (wider than the average glyph of any sans-serif font).
 TEST(CheckReport, SvgTextStaysInsideThePicture) {

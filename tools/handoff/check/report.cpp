@@ -29,6 +29,18 @@ double median(std::vector<std::uint32_t> v) {
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2.0;
 }
 
+// The request rate of bin i, over the part of it in which requests were started: the bin the
+// load ends inside holds fewer requests only because it is shorter, and a bin past the end
+// holds only the tail of requests in flight. A bin covered for less than half its length says
+// too little about a rate to be drawn (nullopt); a partial one longer than that is scaled.
+std::optional<double> bin_rate(const run_summary& s, std::int64_t load_us, std::size_t i) {
+  const auto from = static_cast<std::int64_t>(i) * s.bin_us;
+  const std::int64_t covered =
+      load_us <= 0 ? s.bin_us : std::clamp<std::int64_t>(load_us - from, 0, s.bin_us);
+  if (covered * 2 < s.bin_us) return std::nullopt;
+  return s.timeline[i].requests * 1e6 / static_cast<double>(covered);
+}
+
 double ms(std::uint64_t us) { return static_cast<double>(us) / 1000.0; }
 double seconds(std::int64_t us) { return static_cast<double>(us) / 1e6; }
 
@@ -201,27 +213,35 @@ std::string format_text(const report_context& r) {
                        s.steady.failed() ? " (" + failure_list(s.steady) + ")" : "");
   }
   // The timeline, 50 bins (5 s) a line: the rate as bars, then failures (x) and restarts (R).
-  std::uint32_t peak = 1;
-  for (const auto& b : s.timeline) peak = std::max(peak, b.requests);
+  // Bars are rates (bin_rate), so the bin the run ends inside is not drawn as a drop; the full
+  // bar is still said in requests per 100 ms, the unit a reader counts in.
+  const auto rate = [&](std::size_t b) { return bin_rate(s, r.run.load_us, b); };
+  double peak = 1;
+  for (std::size_t b = 0; b < s.timeline.size(); ++b) peak = std::max(peak, rate(b).value_or(0));
   static constexpr const char* bars[] = {" ", "▁", "▂", "▃", "▄", "▅", "▆", "▇", "█"};
+  const double per_bin = static_cast<double>(s.bin_us) / 1e6;
   out += fmt::format(
-      "\n  requests per 100 ms (full bar: {}), x: failures, R: restart starts, !: a restart "
+      "\n  requests per 100 ms (full bar: {:.0f}), x: failures, R: restart starts, !: a restart "
       "command that failed\n",
-      peak);
+      peak * per_bin);
   for (std::size_t line = 0; line < s.timeline.size(); line += 50) {
-    std::string rate, marks;
+    std::string bar_line, marks;
     bool any_mark = false;
     for (std::size_t b = line; b < std::min(line + 50, s.timeline.size()); ++b) {
       const auto& bin = s.timeline[b];
-      rate += bars[(bin.requests * 8 + peak - 1) / peak];
+      const auto v = rate(b);
       char m = bin.failed ? 'x' : ' ';
       for (const auto& w : s.windows)
         if (w.from_us / s.bin_us == static_cast<std::int64_t>(b)) m = w.restart.success ? 'R' : '!';
+      // A bin too short to give a rate ends the line, unless something happened in it.
+      if (!v && m == ' ') break;
+      bar_line += bars[std::min(8, static_cast<int>(std::ceil(v.value_or(0) * 8 / peak)))];
       marks += m;
       any_mark = any_mark || m != ' ';
     }
-    out +=
-        fmt::format("  {:5.1f}s |{}|\n", seconds(static_cast<std::int64_t>(line) * s.bin_us), rate);
+    if (bar_line.empty()) continue;
+    out += fmt::format("  {:5.1f}s |{}|\n", seconds(static_cast<std::int64_t>(line) * s.bin_us),
+                       bar_line);
     if (any_mark) out += fmt::format("         {}\n", marks);
   }
   return out;
@@ -418,18 +438,6 @@ std::string shortened(const std::string& text, std::size_t max) {
   std::size_t cut = max - 3;
   while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80) --cut;
   return text.substr(0, cut) + "...";
-}
-
-// The request rate of bin i, over the part of it in which requests were started: the bin the
-// load ends inside holds fewer requests only because it is shorter, and a bin past the end
-// holds only the tail of requests in flight. A bin covered for less than half its length says
-// too little about a rate to be drawn (nullopt); a partial one longer than that is scaled.
-std::optional<double> bin_rate(const run_summary& s, std::int64_t load_us, std::size_t i) {
-  const auto from = static_cast<std::int64_t>(i) * s.bin_us;
-  const std::int64_t covered =
-      load_us <= 0 ? s.bin_us : std::clamp<std::int64_t>(load_us - from, 0, s.bin_us);
-  if (covered * 2 < s.bin_us) return std::nullopt;
-  return s.timeline[i].requests * 1e6 / static_cast<double>(covered);
 }
 
 std::string format_svg(const report_context& r) {
