@@ -21,6 +21,8 @@
 #include <boost/beast/http/write.hpp>
 #include <type_traits>
 
+#include "date.hpp"
+
 namespace handoff::http {
 
 namespace bhttp = beast::http;
@@ -37,6 +39,12 @@ constexpr std::size_t read_chunk = 8192;
 bool is_malformed(const error_code& ec) {
   return ec.category() == bhttp::make_error_code(bhttp::error::bad_method).category() &&
          ec != bhttp::error::end_of_stream && ec != bhttp::error::partial_message;
+}
+
+// Every response the server writes says when it was made (RFC 9110 6.6.1), unless its handler
+// said so already. The field's block comes from field_allocator's cache, as the others'.
+void add_date(fields& f) {
+  if (f.find(bhttp::field::date) == f.end()) f.set(bhttp::field::date, http_date_now());
 }
 
 }  // namespace
@@ -199,9 +207,11 @@ template <class Stream>
 asio::awaitable<void> basic_connection<Stream>::send_error(bhttp::status status, unsigned version) {
   response res{status, version};
   res.set(bhttp::field::content_type, "text/plain");
-  res.body() = std::string(bhttp::obsolete_reason(status)) + "\n";
+  res.body() = bhttp::obsolete_reason(status);
+  res.body() += '\n';
   res.keep_alive(false);
   res.prepare_payload();
+  add_date(res);
   set_deadline(clock_type::now() + srv_.options.write_timeout);
   error_code ec;
   co_await bhttp::async_write(stream_, res, redirect_error(use_awaitable, ec));
@@ -306,9 +316,10 @@ asio::awaitable<bool> basic_connection<Stream>::serve_one() {
     res.keep_alive(keep_alive && res.keep_alive());
     keep_alive = res.keep_alive();
     res.prepare_payload();
+    add_date(res);
     // A serializer of our own, on this coroutine's (recycled) frame: async_write of a message
     // would allocate one per response. Header and body leave in one gather write.
-    bhttp::response_serializer<bhttp::string_body, fields> sr(res);
+    bhttp::response_serializer<response_body, fields> sr(res);
     if (req.method() == bhttp::verb::head) {
       co_await bhttp::async_write_header(stream_, sr, redirect_error(use_awaitable, ec));
     } else {
@@ -325,6 +336,7 @@ template <class Stream>
 asio::awaitable<void> basic_connection<Stream>::send_header(response_header header) {
   bhttp::response<bhttp::empty_body, fields> res(std::move(header));
   res.chunked(true);
+  add_date(res);
   bhttp::response_serializer<bhttp::empty_body, fields> sr(res);
   set_deadline(clock_type::now() + srv_.options.write_timeout);
   co_await bhttp::async_write_header(stream_, sr, use_awaitable);

@@ -27,8 +27,13 @@ namespace handoff::http::field_pool {
 namespace {
 
 constexpr std::size_t granule = 64;
-constexpr std::size_t classes = 16;  // 64 .. 1024 bytes
-constexpr std::size_t max_cached_per_class = 64;
+constexpr std::size_t classes = 64;  // 64 .. 4096 bytes
+// At most 64 blocks of a class, and at most 64 KiB of them: a burst of large bodies leaves a
+// thread holding no more than about 3.6 MiB in all.
+constexpr std::size_t max_cached(std::size_t k) noexcept {
+  const std::size_t by_bytes = std::size_t{64} * 1024 / ((k + 1) * granule);
+  return by_bytes < 64 ? by_bytes : 64;
+}
 
 // A cached block's first bytes link it to the next one of its class.
 struct free_block {
@@ -69,7 +74,7 @@ cache& this_thread_cache() {
   return c;
 }
 
-// 0..64 -> 0, 65..128 -> 1, ... 1024 -> 15; larger: `classes`, not cached.
+// 0..64 -> 0, 65..128 -> 1, ... 4096 -> 63; larger: `classes`, not cached.
 std::size_t class_of(std::size_t bytes) noexcept {
   if (bytes > classes * granule) return classes;
   return bytes == 0 ? 0 : (bytes - 1) / granule;
@@ -101,7 +106,7 @@ void deallocate(void* p, std::size_t bytes) noexcept {
     return;
   }
   auto& c = this_thread_cache();
-  if (c.counts[k] >= max_cached_per_class) {
+  if (c.counts[k] >= max_cached(k)) {
     ::operator delete(p);
     return;
   }

@@ -1,15 +1,15 @@
-// handoff::http::field_allocator: the allocator of the header fields of handoff::http's
-// request and response types, so that a keep-alive connection in steady state makes no heap
-// allocation per request.
+// handoff::http::field_allocator: the allocator of the header fields and the response body of
+// handoff::http's request and response types, so that a keep-alive connection in steady state
+// makes no heap allocation per request.
 //
 // Beast's basic_fields allocates one block per field and one for the request's method and
-// target. This allocator is stateless (every instance is equal, as std::allocator's): a block
-// comes from a small per-thread cache of blocks freed earlier, by size class (multiples of 64
-// bytes up to 1 KiB), and goes back to the cache of the thread that frees it. A block is plain
-// operator-new memory of its class's size, so freeing it on another thread than the one that
-// allocated it is fine. Larger blocks, a cache miss, and a full cache go to operator new and
-// delete. Each thread keeps at most `max_cached_per_class` blocks per class; they are released
-// when the thread exits.
+// target; a response's body_string one for its bytes. This allocator is stateless (every
+// instance is equal, as std::allocator's): a block comes from a small per-thread cache of
+// blocks freed earlier, by size class (multiples of 64 bytes up to 4 KiB), and goes back to the
+// cache of the thread that frees it. A block is plain operator-new memory of its class's size,
+// so freeing it on another thread than the one that allocated it is fine. Larger blocks, a cache
+// miss, and a full cache go to operator new and delete. Each thread keeps at most 64 blocks and
+// 64 KiB per class (about 3.6 MiB in all at most); they are released when the thread exits.
 #pragma once
 
 #include <cstddef>

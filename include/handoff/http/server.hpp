@@ -52,9 +52,19 @@ namespace beast = boost::beast;
 // state allocates nothing per request. Use these names (not Beast's defaults, whose fields use
 // std::allocator and do not convert): a handler returns `response`, a stream starts with a
 // `response_header`.
+//
+// A response's body is a `body_string`: a std::basic_string whose memory comes from
+// field_allocator's cache too, so that a handler that sets a body (up to 4 KiB) allocates
+// nothing either. Assign it anything a std::string_view can view (a std::string, a literal, a
+// string_view of a prepared body): `res.body() = prepared;` copies the bytes into a recycled
+// block. Append with += as to a std::string; to get a std::string back, construct one from a
+// string_view of it. The request's body is a plain std::string.
 using fields = beast::http::basic_fields<field_allocator<char>>;
+using body_string = std::basic_string<char, std::char_traits<char>, field_allocator<char>>;
+using response_body =
+    beast::http::basic_string_body<char, std::char_traits<char>, field_allocator<char>>;
 using request = beast::http::request<beast::http::string_body, fields>;
-using response = beast::http::response<beast::http::string_body, fields>;
+using response = beast::http::response<response_body, fields>;
 using response_header = beast::http::response_header<fields>;
 using std::chrono::milliseconds;
 
