@@ -28,11 +28,11 @@ namespace {
 
 constexpr std::size_t granule = 64;
 constexpr std::size_t classes = 64;  // 64 .. 4096 bytes
-// At most 64 blocks of a class, and at most 64 KiB of them: a burst of large bodies leaves a
-// thread holding no more than about 3.6 MiB in all.
+// At most 64 KiB of blocks per class (1024 of 64 bytes, 16 of 4 KiB), 4 MiB in all: enough for
+// the fields and bodies of every response in flight on a thread serving a few hundred
+// keep-alive connections at once (each holds several fields of one class while it writes).
 constexpr std::size_t max_cached(std::size_t k) noexcept {
-  const std::size_t by_bytes = std::size_t{64} * 1024 / ((k + 1) * granule);
-  return by_bytes < 64 ? by_bytes : 64;
+  return std::size_t{64} * 1024 / ((k + 1) * granule);
 }
 
 // A cached block's first bytes link it to the next one of its class.

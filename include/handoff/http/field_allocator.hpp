@@ -8,8 +8,8 @@
 // blocks freed earlier, by size class (multiples of 64 bytes up to 4 KiB), and goes back to the
 // cache of the thread that frees it. A block is plain operator-new memory of its class's size,
 // so freeing it on another thread than the one that allocated it is fine. Larger blocks, a cache
-// miss, and a full cache go to operator new and delete. Each thread keeps at most 64 blocks and
-// 64 KiB per class (about 3.6 MiB in all at most); they are released when the thread exits.
+// miss, and a full cache go to operator new and delete. Each thread keeps at most 64 KiB of
+// blocks per class (4 MiB in all at most); they are released when the thread exits.
 #pragma once
 
 #include <cstddef>
