@@ -11,6 +11,15 @@
 # command alone needs neither. The maintainer scripts (cmake/debian) stop and disable the shipped
 # units before removal, so `dpkg -r` leaves no enabled unit pointing at a removed file.
 set(CPACK_GENERATOR DEB)
+# Installed with DESTDIR under the prefix /usr, so that what is computed at install time (the
+# units' paths, cmake/install_units.cmake) names /usr and not CPack's staging directory.
+set(CPACK_SET_DESTDIR ON)
+set(CPACK_INSTALL_PREFIX /usr)
+if(NOT HANDOFF_INSTALL_SHARED OR NOT HANDOFF_MAN_GZIP OR NOT CMAKE_INSTALL_PREFIX STREQUAL "/usr")
+  message(STATUS "handoff: the target package makes a package without shared libraries or "
+                 "with uncompressed man pages, or libraries outside Debian's multiarch directory; "
+                 "the package preset builds the one to ship (cmake --preset package)")
+endif()
 set(CPACK_PACKAGE_NAME handoff)
 set(CPACK_PACKAGE_VERSION ${PROJECT_VERSION})
 set(HANDOFF_PACKAGE_MAINTAINER "handoff maintainers <handoff@localhost>" CACHE STRING
