@@ -22,7 +22,9 @@ if(NOT HANDOFF_INSTALL_SHARED OR NOT HANDOFF_MAN_GZIP OR NOT CMAKE_INSTALL_PREFI
 endif()
 set(CPACK_PACKAGE_NAME handoff)
 set(CPACK_PACKAGE_VERSION ${PROJECT_VERSION})
-set(HANDOFF_PACKAGE_MAINTAINER "handoff maintainers <handoff@localhost>" CACHE STRING
+# Whoever builds a package to hand out sets HANDOFF_PACKAGE_MAINTAINER to their name and address;
+# the default's domain is reserved (RFC 2606) so that it can reach nobody by mistake.
+set(HANDOFF_PACKAGE_MAINTAINER "handoff maintainers <maintainers@handoff.invalid>" CACHE STRING
     "The Maintainer field of the Debian package: who builds it")
 set(CPACK_PACKAGE_CONTACT "${HANDOFF_PACKAGE_MAINTAINER}")
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)  # handoff_VERSION_ARCH.deb, Debian's own naming
@@ -42,6 +44,9 @@ set(CPACK_PACKAGE_DESCRIPTION
     "man pages and bash completion.")
 string(REPLACE ";" "" CPACK_PACKAGE_DESCRIPTION "${CPACK_PACKAGE_DESCRIPTION}")
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
+# libhandoff_http.so needs libhandoff_core.so, found in the package itself (dpkg-shlibdeps runs in
+# the staging directory, so the path is relative to it).
+set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS_PRIVATE_DIRS "usr/${CMAKE_INSTALL_LIBDIR}")
 set(CPACK_DEBIAN_PACKAGE_GENERATE_SHLIBS ON)
 set(CPACK_DEBIAN_PACKAGE_GENERATE_SHLIBS_POLICY "=")
 set(CPACK_DEBIAN_PACKAGE_SUGGESTS "libboost1.81-dev, libssl-dev, pkg-config, bash-completion")
