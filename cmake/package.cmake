@@ -8,7 +8,8 @@
 # Depends is computed by dpkg-shlibdeps (Debian: dpkg-dev) from the ELF files in the package; the
 # libraries' own shlibs file and ldconfig trigger come from CPACK_DEBIAN_PACKAGE_GENERATE_SHLIBS.
 # What the headers need to be compiled against (Boost 1.81, OpenSSL's headers) is Suggests: the
-# command alone needs neither. The maintainer scripts (cmake/debian) stop and disable the shipped
+# command alone needs neither. cmake/debian/triggers runs ldconfig after the shared libraries come
+# or go (CPack adds no trigger of its own once the control files are ours). The maintainer scripts (cmake/debian) stop and disable the shipped
 # units before removal, so `dpkg -r` leaves no enabled unit pointing at a removed file.
 set(CPACK_GENERATOR DEB)
 # Installed with DESTDIR under the prefix /usr, so that what is computed at install time (the
@@ -52,7 +53,7 @@ set(CPACK_DEBIAN_PACKAGE_GENERATE_SHLIBS_POLICY "=")
 set(CPACK_DEBIAN_PACKAGE_SUGGESTS "libboost1.81-dev, libssl-dev, pkg-config, bash-completion")
 set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA
     ${PROJECT_SOURCE_DIR}/cmake/debian/postinst ${PROJECT_SOURCE_DIR}/cmake/debian/prerm
-    ${PROJECT_SOURCE_DIR}/cmake/debian/postrm)
+    ${PROJECT_SOURCE_DIR}/cmake/debian/postrm ${PROJECT_SOURCE_DIR}/cmake/debian/triggers)
 set(CPACK_DEBIAN_PACKAGE_CONTROL_STRICT_PERMISSION ON)
 set(CPACK_STRIP_FILES ON)
 include(CPack)
