@@ -72,7 +72,7 @@ check "dpkg -r: systemd no longer knows the units" "not-found not-found" \
   "$(prop example-run.service LoadState) $(prop example-upgrade.socket LoadState)"
 dpkg -P handoff >/tmp/dpkg-p.log 2>&1
 check "dpkg -P purges it" 0 "$?"
-check "dpkg knows no handoff after the purge" "" "$(ls /var/lib/dpkg/info/ | grep '^handoff\.')"
+check "dpkg knows no handoff after the purge" "" "$(find /var/lib/dpkg/info -name 'handoff.*')"
 after=$(snapshot)
 check "the file system is as before the install" "" "$(diff <(echo "$before") <(echo "$after"))"
 
