@@ -15,11 +15,13 @@ check() {  # check DESCRIPTION EXPECTED ACTUAL
 }
 prop() { systemctl show -P "$2" "$1"; }
 # Everything on the root file system but what changes by itself or belongs to dpkg's and
-# systemd's own bookkeeping.
+# systemd's own bookkeeping, and the .wants directories that `systemctl enable` makes (disable
+# takes the links out of them, and leaves them).
 snapshot() {
   find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /tmp \
     -o -path /var/tmp -o -path /var/log -o -path /var/cache -o -path /var/lib/dpkg \
-    -o -path /var/lib/systemd -o -path /scenarios -o -path /deb \) -prune -o -print | sort
+    -o -path /var/lib/systemd -o -path /scenarios -o -path /deb \) -prune -o -print |
+    grep -v '^/etc/systemd/system/[^/]*\.wants$' | sort
 }
 # A failed-request count of 0 from `handoff check`'s JSON report.
 failed_requests() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["failed"])' "$1"; }
