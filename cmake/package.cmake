@@ -12,15 +12,12 @@
 # or go (CPack adds no trigger of its own once the control files are ours). The maintainer scripts (cmake/debian) stop and disable the shipped
 # units before removal, so `dpkg -r` leaves no enabled unit pointing at a removed file.
 set(CPACK_GENERATOR DEB)
+# The package preset sets what the package needs (shared libraries, gzipped pages, /usr and its
+# multiarch libdir); the target package of another build packs what that build installs.
 # Installed with DESTDIR under the prefix /usr, so that what is computed at install time (the
 # units' paths, cmake/install_units.cmake) names /usr and not CPack's staging directory.
 set(CPACK_SET_DESTDIR ON)
 set(CPACK_INSTALL_PREFIX /usr)
-if(NOT HANDOFF_INSTALL_SHARED OR NOT HANDOFF_MAN_GZIP OR NOT CMAKE_INSTALL_PREFIX STREQUAL "/usr")
-  message(STATUS "handoff: the target package makes a package without shared libraries or "
-                 "with uncompressed man pages, or libraries outside Debian's multiarch directory; "
-                 "the package preset builds the one to ship (cmake --preset package)")
-endif()
 set(CPACK_PACKAGE_NAME handoff)
 set(CPACK_PACKAGE_VERSION ${PROJECT_VERSION})
 # Whoever builds a package to hand out sets HANDOFF_PACKAGE_MAINTAINER to their name and address;
