@@ -4,9 +4,10 @@
 # One export set per component: handoff-core-targets.cmake (no dependency) and
 # handoff-http-targets.cmake (Boost, threads), so that the package config loads the second, and
 # looks for Boost, only when the http component is asked for (handoff-config.cmake.in).
-# The command and example_server are installed to the same bin directory: the units in
-# deploy/systemd run them from /usr/local/bin, the default prefix's; the command's man pages to
-# share/man/man1, its bash completion to share/bash-completion/completions/handoff.
+# The command and example_server are installed to the same bin directory, and the units of
+# deploy/systemd to lib/systemd/system, naming that bin directory (cmake/install_units.cmake);
+# the command's man pages to share/man/man1, its bash completion to
+# share/bash-completion/completions/handoff.
 include(CMakePackageConfigHelpers)
 
 install(TARGETS handoff_core EXPORT handoff-core-targets
@@ -19,6 +20,11 @@ install(DIRECTORY include/handoff DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
         FILES_MATCHING PATTERN "*.hpp")
 if(TARGET example_server)
   install(TARGETS example_server RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+  # The units run example_server (and handoff): installed with the server they run.
+  install(CODE "set(handoff_unit_source \"${PROJECT_SOURCE_DIR}/deploy/systemd\")
+                set(handoff_unit_bindir \"${CMAKE_INSTALL_BINDIR}\")
+                set(handoff_unit_staging \"${PROJECT_BINARY_DIR}/units\")")
+  install(SCRIPT cmake/install_units.cmake)
 endif()
 # The command's man pages (cmake/man_pages.cmake) and its bash completion, both under the
 # prefix: man finds share/man beside bin on the PATH, and bash-completion looks in

@@ -20,6 +20,7 @@
 //                          X-Frame-Options, Vary) and a 1 KiB body, 32 lines "row NN a..x"; the
 //                          bench's nginx and Go peers serve the same bytes
 //   GET  /health           200 "ready", 503 "draining"
+//   GET  /metrics          the server's counters (server::stats()) in the Prometheus text format
 //   GET  /slow?ms=N        answers after N ms; cancelled at the drain deadline
 //   GET  /stream?seconds=N a chunked response, a line every 100 ms for N seconds
 //   POST /echo             the request body back
@@ -117,6 +118,14 @@ struct app {
       res.set("X-Frame-Options", "DENY");
       res.set(bhttp::field::vary, "Accept-Encoding");
       res.body() = realistic;  // a copy into a recycled block, as for the others
+      co_return res;
+    }
+    if (path == "/metrics" && req.method() == bhttp::verb::get) {
+      std::string body;
+      http::write_prometheus(body, server->stats());
+      http::response res{bhttp::status::ok, v};
+      res.set(bhttp::field::content_type, http::prometheus_content_type);
+      res.body() = std::move(body);
       co_return res;
     }
     if (path == "/health") {

@@ -73,6 +73,7 @@ class basic_connection final : public connection {
   asio::awaitable<void> send_error(beast::http::status status, unsigned version);
   asio::awaitable<response> call_handler(request_context& ctx);
   void close();
+  void count_timeout();  // the watchdog is closing the connection: say which timeout passed
 
   Stream stream_;
   steady_timer timer_;
@@ -136,9 +137,19 @@ asio::awaitable<void> basic_connection<Stream>::watchdog() {
         deadline_ = clock_type::now() + srv_.options.header_timeout;
         continue;
       }
+      count_timeout();
       close();  // ends the pending read or write of run() with an error
       break;
     }
+  }
+}
+
+template <class Stream>
+void basic_connection<Stream>::count_timeout() {
+  if (idle_ && served_ > 0) {
+    bump(srv_.draining() ? counters->drain_closed_idle : counters->idle_closed);
+  } else if (idle_ || busy_) {  // not the TLS close_notify wait, which many clients ignore
+    bump(counters->timeouts);
   }
 }
 
@@ -180,6 +191,7 @@ asio::awaitable<void> basic_connection<Stream>::run() {
     co_await stream_.async_handshake(asio::ssl::stream_base::server,
                                      redirect_error(use_awaitable, ec));
     handshaken = !ec && socket().is_open();
+    if (!handshaken) bump(counters->tls_handshake_failures);
   }
   try {
     bool more = handshaken;
@@ -205,6 +217,10 @@ asio::awaitable<void> basic_connection<Stream>::run() {
 
 template <class Stream>
 asio::awaitable<void> basic_connection<Stream>::send_error(bhttp::status status, unsigned version) {
+  if (status == bhttp::status::bad_request) bump(counters->bad_requests);
+  if (status == bhttp::status::payload_too_large) bump(counters->payload_too_large);
+  if (status == bhttp::status::request_header_fields_too_large)
+    bump(counters->header_fields_too_large);
   response res{status, version};
   res.set(bhttp::field::content_type, "text/plain");
   res.body() = bhttp::obsolete_reason(status);
@@ -222,6 +238,7 @@ asio::awaitable<response> basic_connection<Stream>::call_handler(request_context
   try {
     co_return co_await srv_.on_request(ctx);
   } catch (const std::exception&) {
+    if (!aborted_) bump(counters->handler_exceptions);  // not a handler cut at the deadline
     if (ctx.streaming()) throw;  // the header is out: nothing sensible can follow
   }
   response res{bhttp::status::internal_server_error, ctx.req().version()};
@@ -303,6 +320,8 @@ asio::awaitable<bool> basic_connection<Stream>::serve_one() {
   request_context ctx = context_for(req);
   response res = co_await call_handler(ctx);
   if (aborted_) co_return false;
+  // Counted before the response leaves: a client that has its answer finds it counted.
+  bump(counters->requests);
 
   set_deadline(clock_type::now() + opts.write_timeout);
   bool keep_alive = req.keep_alive() && !srv_.draining();
@@ -315,6 +334,8 @@ asio::awaitable<bool> basic_connection<Stream>::serve_one() {
   } else {
     res.keep_alive(keep_alive && res.keep_alive());
     keep_alive = res.keep_alive();
+    if (!keep_alive && req.keep_alive() && srv_.draining())
+      bump(counters->drain_closed_after_response);
     res.prepare_payload();
     add_date(res);
     // A serializer of our own, on this coroutine's (recycled) frame: async_write of a message

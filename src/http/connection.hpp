@@ -36,6 +36,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "counters.hpp"
 #include "handoff/http/server.hpp"
 
 namespace handoff::http {
@@ -74,6 +75,7 @@ struct server::impl {
     bool stopped = false;   // set by drain(): the only way a loop ends
     std::string where;      // the listener's address, for messages
     std::shared_ptr<asio::ssl::context> tls;  // null: plaintext
+    thread_counters* counters = nullptr;      // the thread's
   };
   // Reports a trouble of kind `kind` once per server: an error that repeats every few hundred
   // milliseconds must not flood the log.
@@ -90,6 +92,10 @@ struct server::impl {
   std::atomic<std::size_t> slots{0};  // open connections and accepts under way
   std::atomic<std::size_t> in_flight{0};
   std::atomic<std::size_t> completed_while_draining{0};
+  // server::stats(): one set per thread (counters.hpp), and what drain() counts.
+  std::unique_ptr<thread_counters[]> counters;
+  std::atomic<std::uint64_t> drain_aborted_connections{0};
+  std::atomic<std::uint64_t> drain_aborted_requests{0};
 
   bool draining() const noexcept {
     const auto s = state.load(std::memory_order_acquire);
@@ -121,7 +127,8 @@ class connection : public std::enable_shared_from_this<connection> {
   server::impl& srv() const noexcept { return srv_; }
   io_executor executor() const noexcept { return executor_; }
 
-  asio::cancellation_signal cancel;  // terminal: the drain deadline passed
+  asio::cancellation_signal cancel;     // terminal: the drain deadline passed
+  thread_counters* counters = nullptr;  // of the thread serving it; set before run()
 
  protected:
   // request_context's constructor is for its friend, this class, alone.

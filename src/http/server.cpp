@@ -49,7 +49,10 @@ server_options normalized(server_options o) {
 
 // The concurrency hint tells Asio how many threads run a context: each is run by one thread,
 // and with one its scheduler skips the wake-ups that several threads need.
-server::impl::impl(server_options o, handler h) : options(normalized(o)), on_request(std::move(h)) {
+server::impl::impl(server_options o, handler h)
+    : options(normalized(o)),
+      on_request(std::move(h)),
+      counters(std::make_unique<thread_counters[]>(options.threads)) {
   for (unsigned i = 0; i < options.threads; ++i)
     ios.push_back(std::make_unique<asio::io_context>(1));
 }
@@ -108,6 +111,8 @@ asio::awaitable<void> server::impl::accept(accept_loop& loop) {
       } else {
         backoff = options.accept_backoff_min;
         auto conn = make_connection(*this, std::move(socket), loop.tls);
+        conn->counters = loop.counters;
+        bump(loop.counters->connections_accepted);
         {
           std::lock_guard lock(mutex);
           live.emplace(conn.get(), conn);
@@ -201,6 +206,7 @@ void server::start() {
       loop->where = where ? where->to_string() : "fd " + std::to_string(fd.get());
       loop->acceptor.assign(protocol, copy->release());
       loop->tls = tls;
+      loop->counters = &s.counters[i];
       s.accept_loops.push_back(std::move(loop));
     }
   }
@@ -229,6 +235,32 @@ void server::start() {
 server_state server::state() const noexcept { return impl_->state.load(); }
 std::size_t server::connections() const noexcept { return impl_->open_connections.load(); }
 std::size_t server::requests_in_flight() const noexcept { return impl_->in_flight.load(); }
+
+server_stats server::stats() const noexcept {
+  const auto& s = *impl_;
+  server_stats out;
+  constexpr auto relaxed = std::memory_order_relaxed;
+  for (unsigned i = 0; i < s.options.threads; ++i) {
+    const thread_counters& c = s.counters[i];
+    out.connections_accepted += c.connections_accepted.load(relaxed);
+    out.requests += c.requests.load(relaxed);
+    out.bad_requests += c.bad_requests.load(relaxed);
+    out.payload_too_large += c.payload_too_large.load(relaxed);
+    out.header_fields_too_large += c.header_fields_too_large.load(relaxed);
+    out.handler_exceptions += c.handler_exceptions.load(relaxed);
+    out.timeouts += c.timeouts.load(relaxed);
+    out.tls_handshake_failures += c.tls_handshake_failures.load(relaxed);
+    out.idle_closed += c.idle_closed.load(relaxed);
+    out.drain_closed_after_response += c.drain_closed_after_response.load(relaxed);
+    out.drain_closed_idle += c.drain_closed_idle.load(relaxed);
+  }
+  out.connections_open = s.open_connections.load(relaxed);
+  out.requests_in_flight = s.in_flight.load(relaxed);
+  out.draining = s.draining();
+  out.drain_aborted_connections = s.drain_aborted_connections.load(relaxed);
+  out.drain_aborted_requests = s.drain_aborted_requests.load(relaxed);
+  return out;
+}
 
 drain_report server::drain(milliseconds timeout) {
   auto& s = *impl_;
@@ -276,6 +308,8 @@ drain_report server::drain(milliseconds timeout) {
   }
   report.connections_aborted = conns.size();
   report.requests_aborted = s.in_flight.load();
+  s.drain_aborted_connections = report.connections_aborted;
+  s.drain_aborted_requests = report.requests_aborted;
   for (auto& c : conns) asio::post(c->executor(), [c] { c->abort(); });
   conns.clear();
   {

@@ -19,6 +19,7 @@
 #include "handoff/notify_receiver.hpp"
 #include "handoff/socket_info.hpp"
 #include "handoff/spawn.hpp"
+#include "prometheus.hpp"
 #include "raw_client.hpp"
 #include "test_support.hpp"
 
@@ -124,6 +125,37 @@ TEST_F(ExampleServer, RealisticAnswersFiveHeaderFieldsAndOneKiB) {
     EXPECT_FALSE(r.close);
   }
   EXPECT_TRUE(stop().success());
+}
+
+TEST_F(ExampleServer, MetricsCountTheRequestsMadeAndPassPromtool) {
+  start();
+  raw_connection c(port_);
+  for (int i = 0; i < 5; ++i) ASSERT_EQ(c.get("/").status, 200);
+  auto first = c.get("/metrics");
+  ASSERT_EQ(first.status, 200);
+  EXPECT_EQ(first.header("content-type"), "text/plain; version=0.0.4; charset=utf-8");
+  EXPECT_EQ(test::metric(first.body, "handoff_http_requests_total"), 5) << first.body;
+  EXPECT_EQ(test::metric(first.body, "handoff_http_connections_accepted_total"), 1);
+  EXPECT_EQ(test::metric(first.body, "handoff_http_connections_open"), 1);
+  raw_connection d(port_);
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(d.get("/").status, 200);
+  {
+    raw_connection garbage(port_);
+    ASSERT_TRUE(garbage.send_all("not http\r\n\r\n"));
+    EXPECT_EQ(garbage.read_reply(5s).status, 400);
+  }
+  auto second = c.get("/metrics");
+  ASSERT_EQ(second.status, 200);
+  EXPECT_EQ(test::metric(second.body, "handoff_http_requests_total"), 5 + 1 + 3) << second.body;
+  EXPECT_EQ(test::metric(second.body, "handoff_http_connections_accepted_total"), 3);
+  EXPECT_EQ(test::metric(second.body, "handoff_http_errors_total{class=\"400\"}"), 1);
+  EXPECT_EQ(test::metric(second.body, "handoff_http_draining"), 0);
+  if (test::have_promtool()) {
+    const auto verdict = test::promtool_check(second.body);
+    EXPECT_TRUE(verdict.accepted) << verdict.output << "\n" << second.body;
+  }
+  EXPECT_TRUE(stop().success());
+  if (!test::have_promtool()) GTEST_SKIP() << "no promtool (apt install prometheus)";
 }
 
 TEST_F(ExampleServer, ALongStreamFinishesDuringTheDrain) {

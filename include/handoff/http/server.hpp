@@ -42,6 +42,7 @@
 
 #include "handoff/fd.hpp"
 #include "handoff/http/field_allocator.hpp"
+#include "handoff/http/stats.hpp"
 
 namespace handoff::http {
 
@@ -169,6 +170,9 @@ class server {
   // Currently open connections and requests in flight (for tests and status).
   std::size_t connections() const noexcept;
   std::size_t requests_in_flight() const noexcept;
+  // Counters since construction, for the app to publish (see handoff/http/stats.hpp); safe to
+  // call from any thread, handlers included, at any time.
+  server_stats stats() const noexcept;
 
   struct impl;
 
