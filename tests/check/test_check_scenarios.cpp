@@ -5,14 +5,19 @@
 // generations started in the background by a restart command become its children.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <condition_variable>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "handoff/listeners.hpp"
@@ -78,9 +83,12 @@ class server_process {
     port_ = static_cast<std::uint16_t>(std::stoi(line.substr(5)));
   }
 
-  // example_server on 127.0.0.1:port (0: a kernel-chosen port, passed as a socket); returns
-  // once it reported READY=1.
-  void start_example_server(std::uint16_t port, std::vector<std::string> extra = {}) {
+  // example_server on 127.0.0.1:port (0: a kernel-chosen port, passed as a socket named
+  // `socket_name`: "https" is served over TLS, given --tls-cert and --tls-key in `extra`);
+  // returns once it reported READY=1.
+  void start_example_server(std::uint16_t port, std::vector<std::string> extra = {},
+                            const std::string& socket_name = "http") {
+    scheme_ = socket_name == "https" ? "https" : "http";
     auto n = notify_receiver::open_unique();
     ASSERT_TRUE(n) << n.error().message();
     spawn_options o;
@@ -89,7 +97,7 @@ class server_process {
     if (port == 0) {
       listener = open_listener(parse_address("127.0.0.1:0").value()).value();
       port = local_address(listener.get()).value().port;
-      o.fds = {{listener.get(), "http"}};
+      o.fds = {{listener.get(), socket_name}};
     } else {
       o.argv.insert(o.argv.end(), {"--listen", "127.0.0.1:" + std::to_string(port)});
     }
@@ -128,7 +136,7 @@ class server_process {
   pid_t pid() const { return pid_; }
   std::uint16_t port() const { return port_; }
   std::string url(const std::string& path = "/") const {
-    return "http://127.0.0.1:" + std::to_string(port_) + path;
+    return scheme_ + "://127.0.0.1:" + std::to_string(port_) + path;
   }
 
  private:
@@ -142,6 +150,145 @@ class server_process {
   pid_t pid_ = -1;
   std::uint16_t port_ = 0;
   unique_fd out_;
+  std::string scheme_ = "http";
+};
+
+// Runs a short command (openssl) to its end, its output discarded; false when it failed.
+bool run_quietly(const std::vector<std::string>& argv) {
+  unique_fd null(::open("/dev/null", O_WRONLY | O_CLOEXEC));
+  spawn_options o;
+  o.argv = argv;
+  o.stdout_fd = null.get();
+  o.stderr_fd = null.get();
+  auto pid = spawn(o);
+  if (!pid) return false;
+  auto status = wait_exit(*pid, 60s);
+  if (!status) {
+    ::kill(*pid, SIGKILL);
+    (void)wait_exit(*pid, 10s);
+    return false;
+  }
+  return status->success();
+}
+
+// A self-signed certificate (its own CA) for `names`, by `openssl req`.
+struct certificate {
+  std::string cert, key;
+};
+certificate make_certificate(const fs::path& dir, const std::string& name,
+                             const std::string& names = "IP:127.0.0.1,DNS:localhost") {
+  certificate c{(dir / (name + ".pem")).string(), (dir / (name + ".key")).string()};
+  EXPECT_TRUE(
+      run_quietly({"openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                   "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=" + name,
+                   "-addext", "subjectAltName=" + names, "-keyout", c.key, "-out", c.cert}))
+      << "openssl req";
+  return c;
+}
+
+// `handoff run -l https=127.0.0.1:0 -- APP...` in a process group of its own; its stderr (the
+// log, and the apps') is read on a thread, so that a full pipe never blocks an app.
+class supervised_server {
+ public:
+  supervised_server() = default;
+  supervised_server(const supervised_server&) = delete;
+  supervised_server& operator=(const supervised_server&) = delete;
+  ~supervised_server() { stop(); }
+
+  // Returns once generation 1 is ready.
+  void start(const fs::path& dir, const std::vector<std::string>& app) {
+    control_ = (dir / "control.sock").string();
+    int p[2];
+    ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+    unique_fd r(p[0]), w(p[1]);
+    spawn_options o;
+    // -l first: directly before `--`, CLI11 would hand the app's options to handoff run.
+    o.argv = {HANDOFF_TOOL,     "run",      "-l",        "https=127.0.0.1:0",
+              "--name",         "tlscheck", "--control", control_,
+              "--stop-timeout", "10s",      "--"};
+    o.argv.insert(o.argv.end(), app.begin(), app.end());
+    o.stderr_fd = w.get();
+    o.group = process_group::new_group;
+    auto pid = spawn(o);
+    ASSERT_TRUE(pid) << pid.error().message();
+    pid_ = *pid;
+    w.reset();
+    reader_ = std::thread([this, fd = std::move(r)] { read_log(fd.get()); });
+    const std::string holding = wait_log("holding https=", 30s);
+    const auto at = holding.find("127.0.0.1:");
+    ASSERT_NE(at, std::string::npos) << holding;
+    port_ = static_cast<std::uint16_t>(std::stoi(holding.substr(at + 10)));
+    ASSERT_NE(wait_log("generation 1: pid", 60s).find("ready"), std::string::npos) << log();
+  }
+
+  void stop() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGTERM);
+      if (!wait_exit(pid_, 60s)) {
+        ::kill(-pid_, SIGKILL);
+        (void)wait_exit(pid_, 10s);
+      }
+      pid_ = -1;
+    }
+    stop_reading_ = true;
+    if (reader_.joinable()) reader_.join();
+  }
+
+  std::string url() const { return "https://127.0.0.1:" + std::to_string(port_) + "/"; }
+  const std::string& control() const { return control_; }
+  std::string log() {
+    std::lock_guard lock(mutex_);
+    return log_;
+  }
+
+ private:
+  // The first log line that contains `what`, waited for up to `timeout`.
+  std::string wait_log(const std::string& what, std::chrono::milliseconds timeout) {
+    std::unique_lock lock(mutex_);
+    std::string line;
+    changed_.wait_for(lock, timeout, [&] {
+      const auto at = log_.find(what);
+      if (at == std::string::npos) return eof_;
+      const auto end = log_.find('\n', at);
+      if (end == std::string::npos) return eof_;
+      line = log_.substr(at, end - at);
+      return true;
+    });
+    EXPECT_FALSE(line.empty()) << "no \"" << what << "\" in the log:\n" << log_;
+    return line;
+  }
+
+  // Until EOF, or until stop() once the supervisor is gone (an app that outlived it must not
+  // keep the test waiting).
+  void read_log(int fd) {
+    char buf[4096];
+    while (!stop_reading_) {
+      pollfd pfd{fd, POLLIN, 0};
+      const int n = ::poll(&pfd, 1, 100);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) continue;
+      const ssize_t got = ::read(fd, buf, sizeof buf);
+      if (got < 0 && errno == EINTR) continue;
+      std::lock_guard lock(mutex_);
+      if (got <= 0) {
+        eof_ = true;
+        changed_.notify_all();
+        return;
+      }
+      log_.append(buf, static_cast<std::size_t>(got));
+      changed_.notify_all();
+    }
+  }
+
+  pid_t pid_ = -1;
+  std::uint16_t port_ = 0;
+  std::string control_;
+  std::thread reader_;
+  std::atomic<bool> stop_reading_{false};
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::string log_;
+  bool eof_ = false;
 };
 
 class HandoffCheck : public testing::Test {
@@ -444,12 +591,151 @@ TEST_F(HandoffCheck, BadInputIsAClearErrorAndANonZeroExit) {
   const auto port = local_address(closed.get()).value().port;
   closed.reset();
   EXPECT_EQ(run_check({"http://127.0.0.1:" + std::to_string(port) + "/"}, false).exit_code, 3);
-  EXPECT_EQ(run_check({"https://127.0.0.1/"}, false).exit_code, 2);
+  EXPECT_EQ(run_check({"ftp://127.0.0.1/"}, false).exit_code, 2);
   EXPECT_EQ(run_check({"127.0.0.1:80"}, false).exit_code, 2);
   EXPECT_EQ(run_check({"http://127.0.0.1:1/", "--duration", "soon"}, false).exit_code, 2);
   EXPECT_EQ(run_check({"http://127.0.0.1:1/", "--mode", "pipelined"}, false).exit_code, 2);
   EXPECT_EQ(run_check({"http://127.0.0.1:1/", "--reload-every", "1s"}, false).exit_code, 2);
   EXPECT_EQ(run_check({"http://no-such-host.invalid/"}, false).exit_code, 3);
+}
+
+// https://: example_server's TLS listener, verified with its own certificate as the CA, in both
+// client modes and over two client threads; every connection made one handshake.
+TEST_F(HandoffCheck, HttpsExampleServerUnderSteadyLoadHasNoFailures) {
+  const auto c = make_certificate(dir_.path, "server");
+  server_process server;
+  ASSERT_NO_FATAL_FAILURE(
+      server.start_example_server(0, {"--tls-cert", c.cert, "--tls-key", c.key}, "https"));
+  for (const char* mode : {"keepalive", "close"}) {
+    auto r = run_check({server.url(), "--duration", "1s", "-c", "4", "--threads", "2", "--mode",
+                        mode, "--cacert", c.cert, "--fail-on-errors"});
+    ASSERT_EQ(r.exit_code, 0) << mode << "\n" << r.output << r.errors;
+    EXPECT_EQ(field(r, "failed"), 0) << r.output;
+    // A handshake per request costs a debug build on a busy machine ~50 ms: few requests.
+    EXPECT_GE(field(r, "ok"), 4) << r.output;
+    EXPECT_EQ(r.json.as_object().at("url").as_string(), server.url());
+    const auto& tls = r.json.as_object().at("tls");
+    EXPECT_EQ(tls.as_object().at("verify").as_string(), "cacert");
+    EXPECT_EQ(test::json_int(tls, "handshakes"), field(r, "connections_opened")) << r.output;
+    EXPECT_EQ(test::json_int(tls, "resumed"), 0) << "no --tls-resume, no session offered";
+    if (std::string(mode) == "keepalive") {
+      EXPECT_EQ(field(r, "connections_opened"), 4) << r.output;
+    } else {
+      EXPECT_EQ(field(r, "connections_opened"), field(r, "requests")) << r.output;
+    }
+    EXPECT_NE(r.output.find("TLS handshakes"), std::string::npos) << r.output;
+  }
+}
+
+TEST_F(HandoffCheck, HttpsTlsResumeResumesSessionsWithinOneGeneration) {
+  const auto c = make_certificate(dir_.path, "server");
+  server_process server;
+  ASSERT_NO_FATAL_FAILURE(
+      server.start_example_server(0, {"--tls-cert", c.cert, "--tls-key", c.key}, "https"));
+  auto r = run_check({server.url(), "--duration", "1s", "-c", "4", "--mode", "close", "--cacert",
+                      c.cert, "--tls-resume", "--fail-on-errors"});
+  ASSERT_EQ(r.exit_code, 0) << r.output << r.errors;
+  const auto& tls = r.json.as_object().at("tls");
+  EXPECT_TRUE(tls.as_object().at("resume").as_bool());
+  const auto handshakes = test::json_int(tls, "handshakes");
+  EXPECT_EQ(handshakes, field(r, "requests")) << "one connection per request";
+  // Each slot's first connection is a full handshake; the later ones offer a session, which a
+  // server whose ticket key does not change accepts.
+  EXPECT_EQ(test::json_int(tls, "resumed"), handshakes - 4) << r.output;
+  EXPECT_NE(r.output.find("resumed"), std::string::npos) << r.output;
+}
+
+TEST_F(HandoffCheck, HttpsWithAnotherCaIsTheVerifyFailedClass) {
+  const auto c = make_certificate(dir_.path, "server");
+  const auto other = make_certificate(dir_.path, "other");
+  server_process server;
+  ASSERT_NO_FATAL_FAILURE(
+      server.start_example_server(0, {"--tls-cert", c.cert, "--tls-key", c.key}, "https"));
+  auto r = run_check({server.url(), "--duration", "300ms", "-c", "2", "--cacert", other.cert});
+  ASSERT_EQ(r.exit_code, 0) << r.output << r.errors;
+  EXPECT_EQ(field(r, "ok"), 0) << r.output;
+  EXPECT_GT(outcome(r, "tls_verify_failed"), 0) << r.output;
+  EXPECT_EQ(outcome(r, "tls_verify_failed"), field(r, "requests")) << r.output;
+  EXPECT_NE(r.output.find("TLS certificate verify failed"), std::string::npos) << r.output;
+  // --insecure accepts it.
+  auto insecure =
+      run_check({server.url(), "--duration", "300ms", "-c", "2", "--insecure", "--fail-on-errors"});
+  EXPECT_EQ(insecure.exit_code, 0) << insecure.output;
+  EXPECT_GT(field(insecure, "ok"), 0);
+  EXPECT_EQ(insecure.json.as_object().at("tls").as_object().at("verify").as_string(), "none");
+}
+
+// Host-name verification: the certificate must carry the URL's host (SNI sends the name).
+TEST_F(HandoffCheck, HttpsChecksTheHostNameAgainstTheCertificate) {
+  const auto c = make_certificate(dir_.path, "named", "DNS:localhost");
+  server_process server;
+  ASSERT_NO_FATAL_FAILURE(
+      server.start_example_server(0, {"--tls-cert", c.cert, "--tls-key", c.key}, "https"));
+  auto by_name =
+      run_check({"https://localhost:" + std::to_string(server.port()) + "/", "--duration", "300ms",
+                 "-c", "2", "--cacert", c.cert, "--fail-on-errors"});
+  EXPECT_EQ(by_name.exit_code, 0) << by_name.output << by_name.errors;
+  EXPECT_GT(field(by_name, "ok"), 0) << by_name.output;
+  auto by_address = run_check({server.url(), "--duration", "300ms", "-c", "2", "--cacert", c.cert});
+  EXPECT_EQ(by_address.exit_code, 0) << by_address.output << by_address.errors;
+  EXPECT_EQ(field(by_address, "ok"), 0) << "127.0.0.1 is not in the certificate";
+  EXPECT_EQ(outcome(by_address, "tls_verify_failed"), field(by_address, "requests"))
+      << by_address.output;
+}
+
+TEST_F(HandoffCheck, HttpsToAPlainHttpServerIsTheHandshakeFailedClass) {
+  server_process server;  // plain HTTP: it answers the ClientHello with an HTTP 400
+  ASSERT_NO_FATAL_FAILURE(server.start_example_server(0));
+  const std::string url = "https://127.0.0.1:" + std::to_string(server.port()) + "/";
+  auto r = run_check({url, "--duration", "300ms", "-c", "2", "--insecure"});
+  ASSERT_EQ(r.exit_code, 0) << r.output << r.errors;
+  EXPECT_EQ(field(r, "ok"), 0) << r.output;
+  EXPECT_GT(outcome(r, "tls_handshake_failed"), 0) << r.output;
+  EXPECT_EQ(outcome(r, "tls_handshake_failed"), field(r, "requests")) << r.output;
+  EXPECT_EQ(test::json_int(r.json.as_object().at("tls"), "handshakes"), 0);
+}
+
+TEST_F(HandoffCheck, HttpsOptionsAreCheckedBeforeTheRun) {
+  const auto c = make_certificate(dir_.path, "server");
+  const std::string missing = (dir_.path / "missing.pem").string();
+  auto r = run_check({"https://127.0.0.1:1/", "--cacert", missing}, false);
+  EXPECT_EQ(r.exit_code, 2) << r.errors;
+  EXPECT_NE(r.errors.find("--cacert " + missing + ": No such file or directory"), std::string::npos)
+      << r.errors;
+  auto key = run_check({"https://127.0.0.1:1/", "--cacert", c.key}, false);
+  EXPECT_EQ(key.exit_code, 2) << key.errors;
+  EXPECT_NE(key.errors.find("no PEM certificate"), std::string::npos) << key.errors;
+  auto both = run_check({"https://127.0.0.1:1/", "--cacert", c.cert, "--insecure"}, false);
+  EXPECT_EQ(both.exit_code, 2) << both.errors;
+  auto plain = run_check({"http://127.0.0.1:1/", "--tls-resume"}, false);
+  EXPECT_EQ(plain.exit_code, 2) << plain.errors;
+  EXPECT_NE(plain.errors.find("need an https:// URL"), std::string::npos) << plain.errors;
+}
+
+// The zero-failure reload test of handoff run, over TLS: example_server's https socket held by
+// the supervisor, reloaded every 700 ms while check loads it, in both client modes.
+TEST_F(HandoffCheck, HttpsReloadsUnderHandoffRunWithoutAFailureInBothModes) {
+  const auto c = make_certificate(dir_.path, "server");
+  supervised_server server;
+  ASSERT_NO_FATAL_FAILURE(server.start(dir_.path, {HANDOFF_EXAMPLE_SERVER, "--threads", "1",
+                                                   "--tls-cert", c.cert, "--tls-key", c.key}));
+  const std::string reload = std::string(HANDOFF_TOOL) + " reload --control " + server.control();
+  for (const char* mode : {"keepalive", "close"}) {
+    auto r = run_check({server.url(), "--duration", "5s", "-c", "8", "--mode", mode, "--cacert",
+                        c.cert, "--tls-resume", "--reload-cmd", reload, "--reload-every", "700ms",
+                        "--fail-on-errors"});
+    EXPECT_EQ(r.exit_code, 0) << mode << "\n" << r.output << r.errors << server.log();
+    EXPECT_EQ(field(r, "failed"), 0) << mode << "\n" << r.output;
+    EXPECT_GT(field(r, "ok"), 20) << r.output;
+    // One reload at a time: on a busy machine one takes ~2 s (a sanitized build, TLS setup).
+    const auto& restarts = r.json.as_object().at("restarts").as_array();
+    EXPECT_GE(restarts.size(), 2u) << r.output;
+    for (const auto& x : restarts) EXPECT_TRUE(x.as_object().at("success").as_bool()) << r.output;
+    EXPECT_GE(r.json.as_object().at("served_by").as_object().size(), 2u) << r.output;
+    const auto& tls = r.json.as_object().at("tls");
+    EXPECT_EQ(test::json_int(tls, "handshakes"), field(r, "connections_opened")) << r.output;
+  }
+  server.stop();
 }
 
 // The command's usage errors: one plain sentence each, exit status 2.

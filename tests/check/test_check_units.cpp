@@ -1,8 +1,11 @@
 // The pieces of `handoff check` that need no network: the histogram's percentiles, the outcome
 // classes, URL parsing, the request bytes, restart windows and the JSON report's shape.
 #include <gtest/gtest.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include <boost/asio/error.hpp>
+#include <boost/asio/ssl/error.hpp>
 #include <boost/beast/http/error.hpp>
 #include <sstream>
 
@@ -104,6 +107,13 @@ TEST(CheckOutcome, Classification) {
                                   partial = herr::error::partial_message,
                                   bad_version = herr::error::bad_version, pipe = aerr::broken_pipe,
                                   unreachable = aerr::network_unreachable;
+  // OpenSSL's packed codes, as Asio reports them in its ssl category.
+  const boost::system::error_code wrong_version(
+      static_cast<int>(ERR_PACK(ERR_LIB_SSL, 0, SSL_R_WRONG_VERSION_NUMBER)),
+      aerr::get_ssl_category()),
+      verify(static_cast<int>(ERR_PACK(ERR_LIB_SSL, 0, SSL_R_CERTIFICATE_VERIFY_FAILED)),
+             aerr::get_ssl_category()),
+      truncated = boost::asio::ssl::error::stream_truncated;
   const classify_case cases[] = {
       {"refused", refused, at(phase::connecting), outcome::connect_refused},
       {"connect timeout (ours)", aborted, at(phase::connecting, false, false, true),
@@ -123,6 +133,15 @@ TEST(CheckOutcome, Classification) {
       {"read timeout", aborted, at(phase::reading, true, true, true), outcome::read_timeout},
       {"write timeout", aborted, at(phase::sending, true, false, true), outcome::read_timeout},
       {"other", aborted, at(phase::reading), outcome::io_error},
+      {"TLS: not a TLS server", wrong_version, at(phase::handshaking),
+       outcome::tls_handshake_failed},
+      {"TLS: EOF in the handshake", eof, at(phase::handshaking), outcome::tls_handshake_failed},
+      {"TLS: handshake timeout", aborted, at(phase::handshaking, false, false, true),
+       outcome::tls_handshake_failed},
+      {"TLS: certificate", verify, at(phase::handshaking), outcome::tls_verify_failed},
+      {"TLS: truncated, no bytes", truncated, at(phase::reading, true), outcome::tls_truncated},
+      {"TLS: truncated mid-response", truncated, at(phase::reading, true, true),
+       outcome::tls_truncated},
   };
   for (const auto& c : cases) EXPECT_EQ(classify(c.ec, c.ctx), c.expected) << c.name;
 }
@@ -149,6 +168,9 @@ TEST(CheckUrl, Valid) {
       {"http://[::1]:9000/slow?ms=5", "::1", 9000, "/slow?ms=5", "[::1]:9000"},
       {"http://h?q=1", "h", 80, "/?q=1", "h"},
       {"http://h/p#frag", "h", 80, "/p", "h"},
+      {"https://example.com/", "example.com", 443, "/", "example.com"},
+      {"HTTPS://127.0.0.1:8443/x", "127.0.0.1", 8443, "/x", "127.0.0.1:8443"},
+      {"https://h:80/", "h", 80, "/", "h:80"},
   };
   for (const auto& c : cases) {
     auto u = parse_url(c.text);
@@ -157,6 +179,7 @@ TEST(CheckUrl, Valid) {
     EXPECT_EQ(u->port, c.port) << c.text;
     EXPECT_EQ(u->target, c.target) << c.text;
     EXPECT_EQ(u->host_header(), c.host_header) << c.text;
+    EXPECT_EQ(u->tls, std::string_view(c.text).find("://") == 5) << c.text;  // https
   }
 }
 
@@ -165,8 +188,8 @@ TEST(CheckUrl, Malformed) {
     const char* text;
     const char* says;
   } cases[] = {
-      {"https://example.com/", "only http:// is"},
-      {"ftp://x/", "not supported"},
+      {"ftp://x/", "only http:// and https:// are"},
+      {"https://", "no host"},
       {"127.0.0.1:8080", "expected http://"},
       {"", "expected http://"},
       {"http://", "no host"},
@@ -300,6 +323,31 @@ TEST(CheckReport, JsonShape) {
   EXPECT_EQ(test::json_int(top.at("in_restarts"), "requests") +
                 test::json_int(top.at("steady"), "requests"),
             2900);
+  EXPECT_TRUE(top.at("tls").is_null()) << "http://";
+}
+
+TEST(CheckReport, TlsCountsInJsonAndText) {
+  auto run = synthetic_run();
+  run.tls_handshakes = 40;
+  run.tls_resumed = 32;
+  const auto s = analyze(run);
+  load_options o;
+  o.target = parse_url("https://127.0.0.1:8443/").value();
+  o.tls.ca_file = "/ca.pem";
+  o.tls.resume = true;
+  const auto json = boost::json::parse(format_json({o, run, s}));
+  const auto& top = json.as_object();
+  EXPECT_EQ(top.at("url").as_string(), "https://127.0.0.1:8443/");
+  const auto& tls = top.at("tls");
+  EXPECT_EQ(tls.as_object().at("verify").as_string(), "cacert");
+  EXPECT_TRUE(tls.as_object().at("resume").as_bool());
+  EXPECT_EQ(test::json_int(tls, "handshakes"), 40);
+  EXPECT_EQ(test::json_int(tls, "resumed"), 32);
+  for (const char* k : {"tls_handshake_failed", "tls_verify_failed", "tls_truncated"})
+    EXPECT_TRUE(top.at("outcomes").as_object().contains(k)) << k;
+  const std::string text = format_text({o, run, s});
+  EXPECT_NE(text.find("handoff check https://127.0.0.1:8443/"), std::string::npos) << text;
+  EXPECT_NE(text.find("(32 resumed)"), std::string::npos) << text;
 }
 
 TEST(CheckReport, TextAndSvgMentionWhatHappened) {

@@ -48,6 +48,9 @@ struct check_args {
   std::string plot;
   bool fail_on_errors = false;
   bool quiet = false;
+  std::string cacert;
+  bool insecure = false;
+  bool tls_resume = false;
 };
 
 [[noreturn]] void fail(int code, const std::string& message) {
@@ -159,6 +162,15 @@ void run_check(const check_args& a) {
   std::sort(o.reload_times.begin(), o.reload_times.end());
   o.reload_grace = duration_arg(a.reload_grace, "--reload-grace");
   o.progress = !a.quiet && ::isatty(STDERR_FILENO) == 1;
+  o.tls.ca_file = a.cacert;
+  o.tls.insecure = a.insecure;
+  o.tls.resume = a.tls_resume;
+  if (!o.target.tls && (!a.cacert.empty() || a.insecure || a.tls_resume))
+    fail(2, "--cacert, --insecure and --tls-resume need an https:// URL");
+  if (!a.cacert.empty() && a.insecure) fail(2, "--cacert and --insecure exclude each other");
+  if (o.target.tls) {
+    if (auto ctx = check::make_tls_context(o.tls); !ctx) fail(2, ctx.error().message());
+  }
   output_file json, plot;
   json.open(a.json, "--json");
   plot.open(a.plot, "--plot");
@@ -196,7 +208,7 @@ void add_check_command(CLI::App& app) {
   auto args = std::make_shared<check_args>();
   auto* cmd = app.add_subcommand(
       "check", "measure failed requests and latency under load, while restart commands run");
-  cmd->add_option("url", args->url, "http://HOST[:PORT][/PATH] (only http:// is supported)")
+  cmd->add_option("url", args->url, "http://HOST[:PORT][/PATH] or https://HOST[:PORT][/PATH]")
       ->required();
   cmd->add_option("--duration", args->duration, "how long to send requests, e.g. 30s")
       ->capture_default_str()
@@ -237,6 +249,12 @@ void add_check_command(CLI::App& app) {
       ->check(duration_check());
   cmd->add_option("--json", args->json, "write the results as JSON to FILE");
   cmd->add_option("--plot", args->plot, "write the timeline as an SVG picture to FILE");
+  cmd->add_option("--cacert", args->cacert,
+                  "https: trust the certificates in this PEM FILE (default: the system's store)");
+  cmd->add_flag("--insecure", args->insecure,
+                "https: accept any certificate and name (no verification)");
+  cmd->add_flag("--tls-resume", args->tls_resume,
+                "https: resume the previous connection's TLS session when reconnecting");
   cmd->add_flag("--fail-on-errors", args->fail_on_errors,
                 "exit with status 1 when any request failed");
   cmd->add_flag("-q,--quiet", args->quiet, "no progress line");

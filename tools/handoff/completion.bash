@@ -21,7 +21,7 @@ _handoff_values() {  # COMMAND: the options of COMMAND that take a value
     check)
       echo --duration -c --connections --threads --rate --mode --method --body-size \
         --connect-timeout --timeout --reload-cmd --reload-every --reload-at --reload-grace \
-        --json --plot
+        --json --plot --cacert
       ;;
   esac
 }
@@ -32,7 +32,7 @@ _handoff_flags() {  # COMMAND (empty: none yet): the options of COMMAND that tak
     run) echo -h --help --version --nonblocking --no-forwarded-headers ;;
     reload | stop) echo -h --help --version ;;
     status) echo -h --help --version --json ;;
-    check) echo -h --help --version --fail-on-errors -q --quiet ;;
+    check) echo -h --help --version --fail-on-errors -q --quiet --insecure --tls-resume ;;
   esac
 }
 
@@ -142,7 +142,7 @@ _handoff() {
           candidates=$(compgen -W "$(compgen -A signal | sed -n 's/^SIG\([A-Z][A-Z0-9]*\)$/\1/p')" \
             -- "$cur")
           ;;
-        --control | --pid-file | --json | --plot)
+        --control | --pid-file | --json | --plot | --cacert)
           compopt -o filenames 2>/dev/null
           candidates=$(compgen -f -- "$cur")
           ;;
@@ -167,7 +167,7 @@ _handoff() {
       # `handoff run APP ARGS` works without `--` too, while no ARG starts with '-'.
       ((positional == 0)) && candidates=$(compgen -c -- "$cur" | sort -u)
     elif [[ $command == check && $positional == 0 ]]; then
-      candidates=$(compgen -W 'http://' -- "$cur")
+      candidates=$(compgen -W 'http:// https://' -- "$cur")
     fi
   fi
   local candidate

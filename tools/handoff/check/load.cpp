@@ -11,6 +11,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -20,6 +21,7 @@
 #include <exception>
 #include <memory>
 #include <thread>
+#include <type_traits>
 
 #include "handoff/spawn.hpp"
 
@@ -72,33 +74,57 @@ struct shared_counts {
   std::atomic<std::uint64_t> failed{0};
 };
 
-// One client connection slot: at most one request in flight.
-class connection {
+// One client connection slot: at most one request in flight. The engine drives its slots
+// through this interface (a few calls per request at most); the I/O itself is in connection<>.
+class slot {
  public:
-  connection(engine& e, asio::io_context& io) : engine_(e), socket_(io), pause_(io) {}
-  void next();
-  void sweep(clock_type::time_point now);
-  void wake() { pause_.cancel(); }
-  void shut() {
+  slot() = default;
+  slot(const slot&) = delete;
+  slot& operator=(const slot&) = delete;
+  virtual ~slot() = default;
+  virtual void next() = 0;
+  virtual void sweep(clock_type::time_point now) = 0;
+  virtual void wake() = 0;
+  virtual void shut() = 0;
+};
+
+template <bool Tls>
+class connection final : public slot {
+ public:
+  using stream_type = std::conditional_t<Tls, asio::ssl::stream<tcp::socket>, tcp::socket>;
+
+  connection(engine& e, asio::io_context& io);
+  void next() override;
+  void sweep(clock_type::time_point now) override;
+  void wake() override { pause_.cancel(); }
+  void shut() override {
+    if (!stream_) return;
     boost::system::error_code ignored;
-    socket_.close(ignored);
+    socket().close(ignored);
   }
 
  private:
+  tcp::socket& socket() {
+    if constexpr (Tls) {
+      return stream_->next_layer();
+    } else {
+      return *stream_;
+    }
+  }
   void begin();
   void connect();
+  void handshake();
   void send();
   void read();
   void complete();
   void fail(const boost::system::error_code& ec);
-  void reset_socket() {
-    shut();
-    buffer_.clear();
-    reused_ = false;
-  }
+  void reset_socket();
 
   engine& engine_;
-  tcp::socket socket_;
+  asio::io_context& io_;
+  // Plain: one socket, opened and closed again. TLS: a new stream (a new SSL object) for every
+  // connection, since an SSL object cannot start over.
+  std::optional<stream_type> stream_;
   asio::steady_timer pause_;  // rate limit and the pause after a failed connect
   boost::beast::flat_buffer buffer_;
   std::optional<bhttp::response_parser<bhttp::string_body>> parser_;
@@ -107,15 +133,20 @@ class connection {
   bool reused_ = false;
   bool timed_out_ = false;
   bool opened_before_ = false;  // this slot had a connection before (reconnect accounting)
+  bool handshake_done_ = false;
+  bool session_taken_ = false;  // the session of this connection was kept for the next one
+  tls_session session_;         // --tls-resume: offered on the next connection
   clock_type::time_point attempt_start_, deadline_;
 };
 
 class engine {
  public:
-  engine(const load_options& options, std::vector<tcp::endpoint> endpoints, shared_counts& counts)
+  engine(const load_options& options, std::vector<tcp::endpoint> endpoints, shared_counts& counts,
+         std::shared_ptr<asio::ssl::context> tls_context)
       : counts_(counts),
         options_(options),
         endpoints_(std::move(endpoints)),
+        tls_context_(std::move(tls_context)),
         request_(build_request(options)),
         tick_(io_) {
     if (options.rate > 0)
@@ -129,8 +160,13 @@ class engine {
     stop_at_ = start_ + options_.duration;
     next_slot_ = start_;
     progress_at_ = last_progress_ = start_;
-    for (unsigned i = 0; i < options_.connections; ++i)
-      connections_.push_back(std::make_unique<connection>(*this, io_));
+    for (unsigned i = 0; i < options_.connections; ++i) {
+      if (options_.target.tls) {
+        connections_.push_back(std::make_unique<connection<true>>(*this, io_));
+      } else {
+        connections_.push_back(std::make_unique<connection<false>>(*this, io_));
+      }
+    }
     active_ = connections_.size();
     for (auto& c : connections_) c->next();
     schedule_tick();
@@ -146,6 +182,11 @@ class engine {
   bool stopping() const { return stopping_; }
   const tcp::endpoint& endpoint() const { return endpoints_.front(); }
   const std::string& request() const { return request_; }
+  asio::ssl::context& tls_context() { return *tls_context_; }
+  void tls_handshake_done(bool resumed) {
+    ++out_.tls_handshakes;
+    if (resumed) ++out_.tls_resumed;
+  }
   // When the next request may start (rate limit): never in the past, so no catch-up bursts.
   clock_type::time_point next_slot() {
     const auto now = clock_type::now();
@@ -331,9 +372,10 @@ class engine {
   shared_counts& counts_;
   load_options options_;
   std::vector<tcp::endpoint> endpoints_;
+  std::shared_ptr<asio::ssl::context> tls_context_;  // https:// only
   std::string request_;
   asio::steady_timer tick_;
-  std::vector<std::unique_ptr<connection>> connections_;
+  std::vector<std::unique_ptr<slot>> connections_;
   std::size_t active_ = 0;
   bool stopping_ = false;
   clock_type::time_point start_, stop_at_, next_slot_, last_progress_, progress_at_;
@@ -349,7 +391,8 @@ class engine {
   std::optional<asio::posix::stream_descriptor> reload_wait_;
 };
 
-void connection::next() {
+template <bool Tls>
+void connection<Tls>::next() {
   in_attempt_ = false;
   if (engine_.stopping()) {
     reset_socket();
@@ -370,52 +413,109 @@ void connection::next() {
   begin();
 }
 
-void connection::begin() {
+template <bool Tls>
+connection<Tls>::connection(engine& e, asio::io_context& io) : engine_(e), io_(io), pause_(io) {
+  if constexpr (!Tls) stream_.emplace(io);
+}
+
+template <bool Tls>
+void connection<Tls>::reset_socket() {
+  if constexpr (Tls) {
+    if (stream_ && handshake_done_) {
+      // OpenSSL forgets (marks not resumable) the session of an SSL object freed without
+      // SSL_SENT_SHUTDOWN. The client never sends close_notify (it closes after a response with
+      // Connection: close, or a connection the server closed or broke), and the session the
+      // slot kept is still good for resuming: the server decides whether it accepts it.
+      SSL_set_shutdown(stream_->native_handle(), SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+    }
+    shut();
+    stream_.reset();
+    handshake_done_ = false;
+  } else {
+    shut();
+  }
+  buffer_.clear();
+  reused_ = false;
+}
+
+template <bool Tls>
+void connection<Tls>::begin() {
   in_attempt_ = true;
   timed_out_ = false;
   attempt_start_ = clock_type::now();
-  if (socket_.is_open()) return send();
+  if (stream_ && socket().is_open()) return send();
   connect();
 }
 
-void connection::connect() {
+template <bool Tls>
+void connection<Tls>::connect() {
   phase_ = phase::connecting;
   reused_ = false;
   buffer_.clear();
   deadline_ = attempt_start_ + engine_.options().connect_timeout;
-  socket_.async_connect(engine_.endpoint(), [this](const boost::system::error_code& ec) {
+  if constexpr (Tls) {
+    stream_.emplace(io_, engine_.tls_context());
+    session_taken_ = false;
+  }
+  socket().async_connect(engine_.endpoint(), [this](const boost::system::error_code& ec) {
     if (ec) return fail(ec);
     engine_.connection_opened(opened_before_ &&
                               engine_.options().mode == connection_mode::keepalive);
     opened_before_ = true;
     boost::system::error_code ignored;
-    socket_.set_option(tcp::no_delay(true), ignored);
-    send();
+    socket().set_option(tcp::no_delay(true), ignored);
+    if constexpr (Tls) {
+      handshake();
+    } else {
+      send();
+    }
   });
 }
 
-void connection::send() {
+// Within the connect deadline, which covers connect() and the handshake.
+template <bool Tls>
+void connection<Tls>::handshake() {
+  if constexpr (Tls) {
+    phase_ = phase::handshaking;
+    SSL* ssl = stream_->native_handle();
+    const auto& o = engine_.options();
+    prepare_tls_connection(ssl, o.target.host, o.tls);
+    if (o.tls.resume && session_) (void)SSL_set_session(ssl, session_.get());
+    stream_->async_handshake(
+        asio::ssl::stream_base::client, [this](const boost::system::error_code& ec) {
+          if (ec) return fail(ec);
+          handshake_done_ = true;
+          engine_.tls_handshake_done(SSL_session_reused(stream_->native_handle()) == 1);
+          send();
+        });
+  }
+}
+
+template <bool Tls>
+void connection<Tls>::send() {
   phase_ = phase::sending;
   deadline_ = clock_type::now() + engine_.options().timeout;
-  asio::async_write(socket_, asio::buffer(engine_.request()),
+  asio::async_write(*stream_, asio::buffer(engine_.request()),
                     [this](const boost::system::error_code& ec, std::size_t) {
                       if (ec) return fail(ec);
                       read();
                     });
 }
 
-void connection::read() {
+template <bool Tls>
+void connection<Tls>::read() {
   phase_ = phase::reading;
   parser_.emplace();
   parser_->body_limit(std::uint64_t{1} << 30);
-  bhttp::async_read(socket_, buffer_, *parser_,
+  bhttp::async_read(*stream_, buffer_, *parser_,
                     [this](const boost::system::error_code& ec, std::size_t) {
                       if (ec) return fail(ec);
                       complete();
                     });
 }
 
-void connection::complete() {
+template <bool Tls>
+void connection<Tls>::complete() {
   const auto& res = parser_->get();
   const unsigned status = res.result_int();
   engine_.record(attempt_start_, static_cast<std::uint16_t>(status),
@@ -423,6 +523,14 @@ void connection::complete() {
   engine_.served_by(res["X-Served-By"]);
   const bool keep = engine_.options().mode == connection_mode::keepalive && parser_->keep_alive();
   parser_.reset();
+  if constexpr (Tls) {
+    // After a response, since TLS 1.3 sends its tickets after the handshake.
+    if (engine_.options().tls.resume && !session_taken_) {
+      session_taken_ = true;
+      tls_session s(SSL_get1_session(stream_->native_handle()));
+      if (s && SSL_SESSION_is_resumable(s.get()) == 1) session_ = std::move(s);
+    }
+  }
   if (keep) {
     reused_ = true;
   } else {
@@ -431,7 +539,8 @@ void connection::complete() {
   next();
 }
 
-void connection::fail(const boost::system::error_code& ec) {
+template <bool Tls>
+void connection<Tls>::fail(const boost::system::error_code& ec) {
   failure_context ctx;
   ctx.at = phase_;
   ctx.reused = reused_;
@@ -455,7 +564,8 @@ void connection::fail(const boost::system::error_code& ec) {
   next();
 }
 
-void connection::sweep(clock_type::time_point now) {
+template <bool Tls>
+void connection<Tls>::sweep(clock_type::time_point now) {
   if (in_attempt_ && !timed_out_ && now > deadline_) {
     timed_out_ = true;
     shut();  // the pending operation completes with operation_aborted
@@ -515,10 +625,16 @@ result<void> probe(const load_options& options) {
 result<run_result> run_load(const load_options& options) {
   auto endpoint = reachable_endpoint(options);
   if (!endpoint) return endpoint.error();
+  std::shared_ptr<asio::ssl::context> tls_context;
+  if (options.target.tls) {
+    auto made = make_tls_context(options.tls);
+    if (!made) return made.error();
+    tls_context = std::move(*made);
+  }
   shared_counts counts;
   const unsigned threads = std::clamp(options.threads, 1u, std::max(1u, options.connections));
   if (threads == 1) {
-    engine e(options, {*endpoint}, counts);
+    engine e(options, {*endpoint}, counts, tls_context);
     return e.run(clock_type::now());
   }
   std::vector<std::unique_ptr<engine>> engines;
@@ -533,7 +649,7 @@ result<run_result> run_load(const load_options& options) {
       part.progress = false;
     }
     engines.push_back(
-        std::make_unique<engine>(part, std::vector<tcp::endpoint>{*endpoint}, counts));
+        std::make_unique<engine>(part, std::vector<tcp::endpoint>{*endpoint}, counts, tls_context));
   }
   std::vector<run_result> parts(threads);
   std::vector<std::exception_ptr> errors(threads);
@@ -571,6 +687,8 @@ result<run_result> run_load(const load_options& options) {
     }
     out.elapsed_us = std::max(out.elapsed_us, p.elapsed_us);
     if (out.first_io_error.empty()) out.first_io_error = p.first_io_error;
+    out.tls_handshakes += p.tls_handshakes;
+    out.tls_resumed += p.tls_resumed;
   }
   std::stable_sort(
       out.requests.begin(), out.requests.end(),

@@ -9,8 +9,13 @@
 //   request is never retried, and a connection that failed is closed and replaced by a new one.
 // - In keep-alive mode a connection is reused until the server says `Connection: close` (not a
 //   failure: the next request opens a new connection); in close mode every request opens its own.
-// - A request's latency runs from the start of its attempt (including connect() when it needs a
-//   new connection) to the last byte of the response or the failure.
+// - A request's latency runs from the start of its attempt (including connect() and, over TLS,
+//   the handshake when it needs a new connection) to the last byte of the response or the
+//   failure. The connect timeout covers connect() and the handshake together.
+// - https:// runs the same engine over Asio's ssl stream (the connection is a template on its
+//   stream, so http:// pays nothing for TLS). Each connection slot makes a new SSL object per
+//   connection; with `tls.resume` it offers the session of its previous connection, and the
+//   handshakes and those the server resumed are counted.
 // - After a failed connect a connection pauses 10 ms before its next attempt, so that a closed
 //   port costs at most connections × 100 failures per second instead of a busy loop.
 // - Timeouts are enforced by one 50 ms sweep over the connections, not a timer per request.
@@ -35,6 +40,7 @@
 #include <vector>
 
 #include "check/outcome.hpp"
+#include "check/tls.hpp"
 #include "check/url.hpp"
 #include "handoff/error.hpp"
 
@@ -57,6 +63,7 @@ struct load_options {
   std::chrono::milliseconds reload_grace{5'000};        // see the invariants above
   bool progress = false;                                // one updating line on stderr
   unsigned threads = 1;  // engines; the connections and the rate are shared out among them
+  tls_options tls;       // for https:// only
 };
 
 struct request_record {
@@ -84,6 +91,8 @@ struct run_result {
   std::int64_t load_us = 0;                // how long requests were started (the duration)
   std::int64_t elapsed_us = 0;             // until the last request and command ended
   std::string first_io_error;              // the message of the first io_error outcome, if any
+  std::uint64_t tls_handshakes = 0;        // completed TLS handshakes (https:// only)
+  std::uint64_t tls_resumed = 0;           // of those, the ones that resumed a session
 };
 
 // The request bytes for every request of a run (method, target, Host, keep-alive or close,
@@ -96,7 +105,8 @@ std::string build_request(const load_options& options);
 result<void> probe(const load_options& options);
 
 // Runs the load against the first address that answers (as probe() finds it); errors only for
-// what prevents a run (the name does not resolve, nothing answers).
+// what prevents a run (the name does not resolve, nothing answers, the TLS context cannot be
+// made). probe() connects only: a server that fails the TLS handshake is measured, not refused.
 result<run_result> run_load(const load_options& options);
 
 }  // namespace handoff::check

@@ -1,6 +1,10 @@
 #include "check/outcome.hpp"
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include <boost/asio/error.hpp>
+#include <boost/asio/ssl/error.hpp>
 #include <boost/beast/http/error.hpp>
 
 namespace handoff::check {
@@ -29,6 +33,12 @@ std::string_view to_string(outcome o) noexcept {
       return "bad_response";
     case outcome::read_timeout:
       return "read_timeout";
+    case outcome::tls_handshake_failed:
+      return "tls_handshake_failed";
+    case outcome::tls_verify_failed:
+      return "tls_verify_failed";
+    case outcome::tls_truncated:
+      return "tls_truncated";
     case outcome::io_error:
       return "io_error";
   }
@@ -59,6 +69,12 @@ std::string_view describe(outcome o) noexcept {
       return "malformed response";
     case outcome::read_timeout:
       return "read timeout";
+    case outcome::tls_handshake_failed:
+      return "TLS handshake failed";
+    case outcome::tls_verify_failed:
+      return "TLS certificate verify failed";
+    case outcome::tls_truncated:
+      return "TLS EOF without close_notify (truncated)";
     case outcome::io_error:
       return "other I/O error";
   }
@@ -70,6 +86,12 @@ bool is_http_parse_error(const boost::system::error_code& ec) {
   return ec.category() ==
          boost::beast::http::make_error_code(boost::beast::http::error::bad_version).category();
 }
+
+// Asio reports OpenSSL's packed error code (library and reason) in its ssl category.
+bool is_verify_failure(const boost::system::error_code& ec) {
+  return ec.category() == boost::asio::error::get_ssl_category() &&
+         ERR_GET_REASON(static_cast<unsigned long>(ec.value())) == SSL_R_CERTIFICATE_VERIFY_FAILED;
+}
 }  // namespace
 
 outcome classify(const boost::system::error_code& ec, const failure_context& ctx) noexcept {
@@ -80,7 +102,10 @@ outcome classify(const boost::system::error_code& ec, const failure_context& ctx
     if (ec == aerr::connection_refused) return outcome::connect_refused;
     return outcome::connect_error;
   }
+  if (ctx.at == phase::handshaking)
+    return is_verify_failure(ec) ? outcome::tls_verify_failed : outcome::tls_handshake_failed;
   if (ctx.timed_out) return outcome::read_timeout;
+  if (ec == boost::asio::ssl::error::stream_truncated) return outcome::tls_truncated;
   const bool eof =
       ec == aerr::eof || ec == herr::error::end_of_stream || ec == herr::error::partial_message;
   const bool reset =

@@ -26,6 +26,9 @@ enum class outcome : std::uint8_t {
   cut_mid_response,        // reset or EOF after some bytes of the response
   bad_response,            // bytes that are not a valid HTTP response
   read_timeout,            // no complete response within the timeout
+  tls_handshake_failed,    // the TLS handshake failed (not a TLS server, no common cipher, ...)
+  tls_verify_failed,       // the server's certificate was not accepted (CA, name, expiry)
+  tls_truncated,           // TLS: EOF without close_notify after the handshake (truncation)
   io_error,                // anything else (the message is reported once)
 };
 
@@ -43,6 +46,9 @@ inline constexpr std::array<outcome, outcome_count> all_outcomes = {
     outcome::cut_mid_response,
     outcome::bad_response,
     outcome::read_timeout,
+    outcome::tls_handshake_failed,
+    outcome::tls_verify_failed,
+    outcome::tls_truncated,
     outcome::io_error,
 };
 
@@ -54,7 +60,7 @@ std::string_view describe(outcome o) noexcept;
 inline bool failed(outcome o) noexcept { return o != outcome::ok; }
 
 // Where a request was when its I/O failed.
-enum class phase : std::uint8_t { connecting, sending, reading };
+enum class phase : std::uint8_t { connecting, handshaking, sending, reading };
 
 struct failure_context {
   phase at = phase::reading;
@@ -63,7 +69,9 @@ struct failure_context {
   bool timed_out = false;  // our own deadline closed the socket
 };
 
-// The outcome of a request whose operation ended with `ec` (not success).
+// The outcome of a request whose operation ended with `ec` (not success). Every failure while
+// handshaking is a TLS class (a timeout or a reset there too: the server did not complete TLS);
+// a truncation after the handshake is tls_truncated whatever had arrived.
 outcome classify(const boost::system::error_code& ec, const failure_context& ctx) noexcept;
 
 }  // namespace handoff::check

@@ -158,10 +158,9 @@ std::string format_text(const report_context& r) {
   const auto& t = s.total;
   std::string out;
   const double load_s = seconds(r.run.load_us);
-  out +=
-      fmt::format("handoff check {}{} for {:.1f} s: {} connections ({}), {}, {}\n", "http://",
-                  o.target.authority() + o.target.target, load_s, o.connections, mode_text(o),
-                  o.method, o.rate > 0 ? fmt::format("{:g} req/s", o.rate) : "as fast as possible");
+  out += fmt::format("handoff check {} for {:.1f} s: {} connections ({}), {}, {}\n",
+                     o.target.text(), load_s, o.connections, mode_text(o), o.method,
+                     o.rate > 0 ? fmt::format("{:g} req/s", o.rate) : "as fast as possible");
   out += fmt::format("  requests  {:>10}  ({:.0f} req/s)\n", t.requests,
                      load_s > 0 ? static_cast<double>(t.requests) / load_s : 0.0);
   out += fmt::format("  ok        {:>10}\n", t.ok());
@@ -179,6 +178,9 @@ std::string format_text(const report_context& r) {
       "  connections opened {:>10}{}\n", s.connections_opened,
       keepalive ? fmt::format("  ({} reconnects: opened again after a close)", s.reconnects)
                 : std::string("  (one per request)"));
+  if (o.target.tls)
+    out += fmt::format("  TLS handshakes {:>14}  ({} resumed{})\n", r.run.tls_handshakes,
+                       r.run.tls_resumed, o.tls.resume ? "" : "; --tls-resume offers sessions");
   out += fmt::format("\n  latency (ms)           {:>9} {:>9} {:>9} {:>9} {:>9}\n", "p50", "p90",
                      "p99", "p99.9", "max");
   out += latency_row("all", t.latency);
@@ -357,7 +359,7 @@ std::string format_json(const report_context& r) {
   const auto& o = r.options;
   const auto& s = r.summary;
   json::object top;
-  top["url"] = "http://" + o.target.authority() + o.target.target;
+  top["url"] = o.target.text();
   top["mode"] = o.mode == connection_mode::keepalive ? "keepalive" : "close";
   top["method"] = o.method;
   top["body_size"] = o.body_size;
@@ -368,6 +370,16 @@ std::string format_json(const report_context& r) {
   put_tally(top, s.total);
   top["connections_opened"] = s.connections_opened;
   top["reconnects"] = reconnects(o, s.reconnects);
+  if (o.target.tls) {
+    top["tls"] = {{"verify", o.tls.insecure          ? "none"
+                             : o.tls.ca_file.empty() ? "system"
+                                                     : "cacert"},
+                  {"resume", o.tls.resume},
+                  {"handshakes", r.run.tls_handshakes},
+                  {"resumed", r.run.tls_resumed}};
+  } else {
+    top["tls"] = nullptr;
+  }
   top["steady"] = tally_object(s.steady);
   top["in_restarts"] = tally_object(s.in_restarts);
   top["first_io_error"] = r.run.first_io_error;
@@ -476,10 +488,9 @@ std::string format_svg(const report_context& r) {
   out += fmt::format(
       "<text x=\"{0}\" y=\"18\" font-size=\"14\">handoff check {1}</text>\n<text x=\"{0}\" "
       "y=\"34\">{2} requests, {3} failed, {4} restarts ({5}, {6} connections)</text>\n",
-      left,
-      xml_escape(shortened("http://" + r.options.target.authority() + r.options.target.target, 90)),
-      t.requests, t.failed(), s.windows.size(),
-      r.options.mode == connection_mode::keepalive ? "keep-alive" : "close", r.options.connections);
+      left, xml_escape(shortened(r.options.target.text(), 90)), t.requests, t.failed(),
+      s.windows.size(), r.options.mode == connection_mode::keepalive ? "keep-alive" : "close",
+      r.options.connections);
   const auto axes = [&](double y0, double ymax, const std::string& label,
                         const std::string& fmt_unit) {
     std::string a = fmt::format(

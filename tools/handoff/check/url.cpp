@@ -19,17 +19,18 @@ std::string url::authority() const {
 std::string url::host_header() const {
   const bool v6 = host.find(':') != std::string::npos;
   std::string h = v6 ? "[" + host + "]" : host;
-  if (port != 80) h += ":" + std::to_string(port);
+  if (port != (tls ? 443 : 80)) h += ":" + std::to_string(port);
   return h;
 }
 
 result<url> parse_url(std::string_view text) {
   const auto scheme_end = text.find("://");
-  if (scheme_end == std::string_view::npos) return bad(text, "expected http://HOST[:PORT][/PATH]");
+  if (scheme_end == std::string_view::npos)
+    return bad(text, "expected http://HOST[:PORT][/PATH] or https://...");
   std::string scheme(text.substr(0, scheme_end));
   for (char& c : scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  if (scheme != "http")
-    return bad(text, "scheme \"" + scheme + "\" is not supported; only http:// is");
+  if (scheme != "http" && scheme != "https")
+    return bad(text, "scheme \"" + scheme + "\" is not supported; only http:// and https:// are");
   std::string_view rest = text.substr(scheme_end + 3);
   const auto path_at = rest.find_first_of("/?#");
   std::string_view authority = rest.substr(0, path_at);
@@ -39,6 +40,8 @@ result<url> parse_url(std::string_view text) {
   if (authority.find('@') != std::string_view::npos)
     return bad(text, "user information is not supported");
   url u;
+  u.tls = scheme == "https";
+  u.port = u.tls ? 443 : 80;
   std::string_view port_text;
   if (!authority.empty() && authority.front() == '[') {
     const auto close = authority.find(']');
