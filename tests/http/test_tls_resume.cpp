@@ -313,6 +313,51 @@ INSTANTIATE_TEST_SUITE_P(KeysFrom, TlsResumeUnderRun, testing::Bool(),
                            return p.param ? "Supervisor" : "AppInFdStore";
                          });
 
+// --tls-ticket-key-rotation: the supervisor appends a key each period; a ticket made before
+// still resumes after one rotation and no longer after two (the app keeps the newest two).
+TEST_F(TlsResume, SupervisorRotatesTheKeys) {
+  auto listener = open_listener(parse_address("127.0.0.1:0").value()).value();
+  const auto port = local_address(listener.get()).value().port;
+  spawn_options o;
+  o.argv = {HANDOFF_TOOL,
+            "run",
+            "--control",
+            dir_ / "c.sock",
+            "--name",
+            "tls",
+            "--tls-ticket-keys",
+            "--tls-ticket-key-rotation",
+            "1s",
+            "--",
+            HANDOFF_EXAMPLE_SERVER,
+            "--threads",
+            "1",
+            "--tls-cert",
+            cert_,
+            "--tls-key",
+            key_};
+  o.fds = {{listener.get(), "https"}};
+  pid_t pid = 0;
+  auto err = spawn_logged(o, pid);
+  err.wait_for("example_server: pid \\d+ version");
+  const auto first = connect(port, cert_, session_, false);
+  ASSERT_TRUE(fresh(first)) << first;
+  // The ticket's key is at most one rotation newer than the last line logged by now (each line
+  // follows its key), so four more lines leave it two keys behind: one more than needed, for a
+  // line still on its way.
+  const auto rotations = [&] {
+    std::size_t n = 0;
+    for (auto at = err.output.find("new session-ticket key"); at != std::string::npos;
+         at = err.output.find("new session-ticket key", at + 1))
+      ++n;
+    return n;
+  };
+  err.wait_for("(new session-ticket key[\\s\\S]*){" + std::to_string(rotations() + 4) + "}");
+  const auto after = connect(port, cert_, session_, true);
+  EXPECT_TRUE(fresh(after)) << "three rotations later the ticket's key is gone\n" << after;
+  EXPECT_THAT(after, HasSubstr("HTTP/1.1 200 OK"));
+}
+
 // example_server upgrading itself on SIGHUP, with no manager: the first generation makes the
 // keys and the upgrader hands them to the second.
 TEST_F(TlsResume, AcrossASelfUpgrade) {
