@@ -12,7 +12,9 @@
 // TLS: the socket named `https` (--listen https=ADDR, or an inherited socket of that name) is
 // served over TLS with --tls-cert and --tls-key, the others in plaintext. The files are read at
 // start, so a new generation (SIGHUP, `handoff reload`) picks up a renewed certificate; one it
-// cannot use fails that generation's start, and the old one keeps serving.
+// cannot use fails that generation's start, and the old one keeps serving. Session tickets are
+// encrypted with the keys inherited as handoff-tls-keys, or made here and handed on by the
+// upgrader (handoff/ticket_keys.hpp): a client resumes its session in the next generation.
 //
 //   GET  /                 "hello from pid N version V"   (and X-Served-By: N)
 //   GET  /realistic        what a small API answer looks like, for bench/http_peers: five header
@@ -221,6 +223,16 @@ int main(int argc, char** argv) {
     // is served but was not inherited, or inherited but not served, must not go unnoticed.
     std::string where;
     const bool tls_given = !tls.certificate_chain_file.empty() || !tls.private_key_file.empty();
+    if (tls_given) {
+      // Session tickets every generation can open: the keys inherited as handoff-tls-keys
+      // (from `handoff run --tls-ticket-keys`, systemd's fd store or the previous generation),
+      // else new ones that this process hands to its successors.
+      if (auto keys = up.hold_ticket_keys())
+        tls.session_ticket_keys_fd = *keys;
+      else
+        fmt::print(stderr, "example_server: {}; sessions will not resume after an upgrade\n",
+                   keys.error().message());
+    }
     bool served_https = false;
     auto serve = [&](int fd, const std::string& name, const char* origin) {
       auto copy = handoff::duplicate_fd(fd).value();  // the upgrader keeps its own

@@ -16,6 +16,7 @@
 #include <utility>
 
 #include "handoff/decimal.hpp"
+#include "handoff/ticket_keys.hpp"
 
 namespace handoff {
 namespace {
@@ -238,7 +239,22 @@ int socket_set::find(const address& where) const noexcept {
   return -1;
 }
 
+unique_fd socket_set::take(std::string_view name) {
+  for (auto it = sockets_.begin(); it != sockets_.end(); ++it)
+    if (it->name == name) {
+      unique_fd fd = std::move(it->fd);
+      sockets_.erase(it);
+      return fd;
+    }
+  return unique_fd();
+}
+
 result<int> socket_set::listen(const address& where, const listen_options& options) {
+  // The keys memfd is not a listener, whatever a command line calls its socket.
+  if (where.name == ticket_keys_name)
+    return error::make(errc::invalid_address, "listen " + where.to_string() + ": the name " +
+                                                  std::string(ticket_keys_name) +
+                                                  " is reserved for the TLS session-ticket keys");
   if (!where.name.empty()) {
     if (const int fd = find(std::string_view(where.name)); fd >= 0) return fd;
   }

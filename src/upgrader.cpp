@@ -12,6 +12,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
+#include <span>
 #include <string_view>
 
 #include "handoff/decimal.hpp"
@@ -181,6 +183,8 @@ result<upgrader> upgrader::create(upgrader_options options) {
   auto sockets = socket_set::from_environment();
   if (!sockets) return sockets.error();
   u.sockets_ = std::move(*sockets);
+  // Not a socket to serve or to close at ready(): kept apart, and handed on.
+  u.ticket_keys_ = u.sockets_.take(ticket_keys_name);
   u.exit_event_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!u.exit_event_) return error::from_errno(errno, "eventfd");
   return u;
@@ -276,6 +280,7 @@ result<pid_t> upgrader::upgrade() {
   spawn_with.argv.push_back(binary_);
   spawn_with.argv.insert(spawn_with.argv.end(), arguments_.begin(), arguments_.end());
   for (const auto& s : sockets_.sockets()) spawn_with.fds.push_back({s.fd.get(), s.name});
+  if (ticket_keys_) spawn_with.fds.push_back({ticket_keys_.get(), std::string(ticket_keys_name)});
   spawn_with.notify_socket = receiver->address();
   std::string draining_pids;
   for (std::size_t i = 0; i < ancestors_.size(); ++i) {
@@ -376,6 +381,33 @@ void upgrader::remove_pid_file() const noexcept {
 
 upgrader::~upgrader() { remove_pid_file(); }
 
+result<int> upgrader::hold_ticket_keys() {
+  if (ticket_keys_) return ticket_keys_.get();
+  auto made = create_ticket_keys();
+  if (!made) return made.error();
+  ticket_keys_ = std::move(*made);
+  // The manager's fd store outlives this process: after a restart the keys come back by
+  // LISTEN_FDS and tickets issued before still resume. A child generation leaves that to the
+  // first one (only the main process may talk to the manager).
+  if (parent_pid_ == 0 && manager_.has_manager()) {
+    const int fd = ticket_keys_.get();
+    (void)manager_.fdstore(std::span<const int>(&fd, 1), ticket_keys_name);
+  }
+  return ticket_keys_.get();
+}
+
+std::chrono::seconds upgrader::rotate_ticket_keys_if_due() {
+  const auto period = std::max(options_.ticket_key_rotation, std::chrono::seconds(1));
+  if (!ticket_keys_ || replaced_) return period;
+  auto keys = read_ticket_keys(ticket_keys_.get());
+  if (!keys) return period;  // not ours to repair; the server reading it says why
+  const auto now = static_cast<std::int64_t>(std::time(nullptr));
+  const auto age = std::chrono::seconds(now - keys->back().created);
+  if (age < period) return period - age;
+  if (!append_ticket_key(ticket_keys_.get())) return period;
+  return period;
+}
+
 void upgrader::block_signals() {
   sigset_t set;
   sigemptyset(&set);
@@ -388,8 +420,17 @@ int upgrader::serve_signals(const std::function<void(const error&)>& on_failure)
   sigemptyset(&set);
   for (int s : {SIGHUP, SIGTERM, SIGINT}) sigaddset(&set, s);
   for (;;) {
+    // With keys to rotate, the wait ends at the next rotation too.
+    const auto next = rotate_ticket_keys_if_due();
     int sig = 0;
-    if (::sigwait(&set, &sig) != 0) continue;
+    if (ticket_keys_) {
+      timespec wait{};
+      wait.tv_sec = static_cast<time_t>(next.count());
+      sig = ::sigtimedwait(&set, nullptr, &wait);
+      if (sig < 0) continue;  // the timeout (EAGAIN) or EINTR: rotate if due, wait again
+    } else if (::sigwait(&set, &sig) != 0) {
+      continue;
+    }
     if (sig != SIGHUP) return sig;
     auto r = upgrade();
     if (r) return sig;

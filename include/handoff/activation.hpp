@@ -73,8 +73,13 @@ class socket_set {
   // The fd of the socket bound to that address (see socket_matches()), or -1.
   int find(const address& where) const noexcept;
 
+  // Removes the inherited fd with that name from the set and gives it to the caller (invalid
+  // when there is none): for fds that are not sockets to serve, such as the TLS keys memfd.
+  unique_fd take(std::string_view name);
+
   // The inherited socket named `where.name` (or, when unnamed or not found by name, bound to
-  // `where`), else a new listener on `where`, which the set then holds under that name.
+  // `where`), else a new listener on `where`, which the set then holds under that name. The name
+  // handoff-tls-keys (ticket_keys_name) is refused: it is reserved for a memfd.
   result<int> listen(const address& where, const listen_options& options = {});
   // Shorthand: parse_address(text), then listen().
   result<int> listen(std::string_view text, const listen_options& options = {});

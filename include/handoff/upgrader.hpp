@@ -18,6 +18,13 @@
 // `systemctl reload` (ExecReload=kill -HUP $MAINPID) covers the whole upgrade, and
 // NotifyAccess=main suffices: only the main process ever writes to the manager.
 //
+// TLS session-ticket keys (ticket_keys.hpp): an inherited memfd named handoff-tls-keys is not
+// one of sockets(); it is kept and handed to the successor with the sockets, so every
+// generation encrypts tickets with the same keys. hold_ticket_keys() makes one when none was
+// inherited (and, under a manager, stores it there with FDSTORE=1, so that a restarted service
+// gets it back); serve_signals() appends a new key every rotation period while this process is
+// the current one.
+//
 // Environment between generations (besides LISTEN_* and NOTIFY_SOCKET):
 //   HANDOFF_PARENT_PID        the generation that started this one
 //   HANDOFF_MANAGER_SOCKET    the manager's NOTIFY_SOCKET, for after the hand-over
@@ -37,6 +44,7 @@
 #include "handoff/activation.hpp"
 #include "handoff/fd.hpp"
 #include "handoff/notify.hpp"
+#include "handoff/ticket_keys.hpp"
 
 namespace handoff {
 
@@ -53,6 +61,8 @@ struct upgrader_options {
   // it) with the pid of the current ready process; removed when the upgrader of the process it
   // names is destroyed (a clean exit), so it never names a dead process for long.
   std::optional<std::string> pid_file;
+  // How often serve_signals() appends a new session-ticket key (when the process holds keys).
+  std::chrono::seconds ticket_key_rotation = handoff::ticket_key_rotation;
 };
 
 class upgrader {
@@ -112,6 +122,16 @@ class upgrader {
 
   const socket_set& sockets() const noexcept { return sockets_; }
 
+  // The session-ticket keys memfd (inherited, or made by hold_ticket_keys()), or -1. The
+  // upgrader keeps the fd; give it to handoff::http::tls_config::session_ticket_keys_fd.
+  int ticket_keys() const noexcept { return ticket_keys_.get(); }
+  // ticket_keys(), made first when none was inherited: a new memfd with one key, offered to the
+  // manager (FDSTORE=1, FDNAME=handoff-tls-keys; systemd needs FileDescriptorStoreMax=) when
+  // this process has one and no parent generation.
+  result<int> hold_ticket_keys();
+  // Appends a new key when the newest one is one rotation period old; the time of the next one.
+  std::chrono::seconds rotate_ticket_keys_if_due();
+
  private:
   upgrader() = default;
   result<void> write_pid_file(pid_t pid) const;
@@ -135,6 +155,7 @@ class upgrader {
   std::string binary_;
   std::vector<std::string> arguments_;
   socket_set sockets_;
+  unique_fd ticket_keys_;
   std::vector<int> claimed_;  // fds returned by listen(), kept by ready()
   notifier manager_, parent_notify_, no_manager_;
   pid_t parent_pid_ = 0;

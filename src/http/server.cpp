@@ -181,7 +181,10 @@ server::~server() {
 void server::add_listener(unique_fd fd) { impl_->listeners.push_back({std::move(fd), nullptr}); }
 
 void server::add_listener(unique_fd fd, const tls_config& tls) {
-  auto context = make_tls_context(tls);  // throws, naming the file, before anything changes
+  // Throws, naming the file, before anything changes.
+  auto context = make_tls_context(tls, [weak = std::weak_ptr<impl>(impl_)](const std::string& m) {
+    if (auto s = weak.lock()) s->report_once(m, m);
+  });
   impl_->listeners.push_back({std::move(fd), std::move(context)});
 }
 

@@ -15,7 +15,8 @@ _handoff_values() {  # COMMAND: the options of COMMAND that take a value
       echo -l --listen --ready --ready-timeout --settle --stop-signal --stop-timeout \
         --processes --restart --max-draining --watchdog --control --name --pid-file \
         --log-format --log-timestamps --proxy --upstream --max-header-size --max-body-size \
-        --header-timeout --idle-timeout --response-timeout --queue-timeout --metrics
+        --header-timeout --idle-timeout --response-timeout --queue-timeout --metrics \
+        --tls-ticket-key-rotation
       ;;
     reload | status | stop) echo --control --name --timeout ;;
     check)
@@ -29,7 +30,7 @@ _handoff_values() {  # COMMAND: the options of COMMAND that take a value
 _handoff_flags() {  # COMMAND (empty: none yet): the options of COMMAND that take no value
   case $1 in
     '') echo -h --help --version ;;
-    run) echo -h --help --version --nonblocking --no-forwarded-headers ;;
+    run) echo -h --help --version --nonblocking --no-forwarded-headers --tls-ticket-keys ;;
     reload | stop) echo -h --help --version ;;
     status) echo -h --help --version --json ;;
     check) echo -h --help --version --fail-on-errors -q --quiet --insecure --tls-resume ;;

@@ -83,7 +83,7 @@ struct run_args {
   sv::run_options o;
   std::string ready = "notify", ready_timeout = "60s", stop_signal = "TERM", stop_timeout = "30s",
               restart = "on-failure", log_format = "text", watchdog = "0", settle = "0",
-              log_timestamps = "auto";
+              log_timestamps = "auto", tls_ticket_key_rotation = "12h";
   std::string proxy, upstream, header_timeout = "10s", idle_timeout = "60s",
                                response_timeout = "60s", queue_timeout = "5s";
   bool no_forwarded = false;
@@ -167,6 +167,8 @@ void run_command(run_args& a) {
   o.ready_timeout = duration_of(a.ready_timeout, "--ready-timeout");
   o.stop_timeout = duration_of(a.stop_timeout, "--stop-timeout");
   o.watchdog = duration_of(a.watchdog, "--watchdog");
+  o.tls_ticket_key_rotation = duration_of(a.tls_ticket_key_rotation, "--tls-ticket-key-rotation");
+  if (o.tls_ticket_key_rotation.count() < 1000) fail(2, "--tls-ticket-key-rotation: at least 1s");
   o.settle = duration_of(a.settle, "--settle");
   o.stop_signal = signal_of(a.stop_signal);
   if (a.restart == "on-failure")
@@ -293,6 +295,14 @@ void add_supervisor_commands(CLI::App& app) {
   run->add_option("--queue-timeout", run_a->queue_timeout,
                   "--proxy: with no generation ready, a request waits this long (then 503)")
       ->capture_default_str();
+  run->add_flag("--tls-ticket-keys", run_a->o.tls_ticket_keys,
+                "hold TLS session-ticket keys for the app (a memfd passed as handoff-tls-keys), so "
+                "that clients resume their sessions in the next generation");
+  run->add_option("--tls-ticket-key-rotation", run_a->tls_ticket_key_rotation,
+                  "with --tls-ticket-keys: a new encryption key this often (the previous one "
+                  "still decrypts)")
+      ->capture_default_str()
+      ->check(duration_check());
   run->add_option("--metrics", run_a->o.metrics,
                   "serve GET /metrics (Prometheus text format) on ADDRESS: host:port or "
                   "unix:PATH");

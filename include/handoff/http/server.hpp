@@ -100,6 +100,12 @@ struct server_options {
 struct tls_config {
   std::string certificate_chain_file;  // the server's certificate first, then intermediates
   std::string private_key_file;        // unencrypted; must match the certificate
+  // The session-ticket keys memfd handed down by LISTEN_FDS as handoff-tls-keys (see
+  // handoff/ticket_keys.hpp; upgrader::ticket_keys() or socket_set::take()), or -1. The
+  // server reads a duplicate; the caller keeps this fd. With it, a client resumes its session
+  // in the next generation too; without it, or when the file is malformed (said once through
+  // server_options::log), the process makes keys of its own and resumption ends at a restart.
+  int session_ticket_keys_fd = -1;
 };
 
 // What a drain did.

@@ -131,6 +131,12 @@ class supervisor_core {
   clock::time_point started_;
   std::vector<held_socket> sockets_;
   std::vector<stored_fd> fdstore_;
+  // The TLS session-ticket keys memfd handed to every generation as handoff-tls-keys (invalid:
+  // none), and when the next key is appended to it.
+  unique_fd ticket_keys_;
+  clock::time_point next_key_rotation_{};
+  void setup_ticket_keys(unique_fd inherited);
+  void rotate_ticket_keys(deadlines& due);
   std::optional<notify_receiver> notify_;
   control_sessions control_;
   std::optional<metrics_server> metrics_server_;  // --metrics

@@ -11,6 +11,7 @@
 
 #include "handoff/listeners.hpp"
 #include "handoff/socket_info.hpp"
+#include "handoff/ticket_keys.hpp"
 #include "supervisor/core.hpp"
 
 namespace handoff::supervisor {
@@ -75,6 +76,7 @@ result<void> supervisor_core::spawn_slot(generation& g, slot& s) {
   else
     for (const auto& h : sockets_) so.fds.push_back({h.fd.get(), h.name});
   for (const auto& f : fdstore_) so.fds.push_back({f.fd.get(), f.name});
+  if (ticket_keys_) so.fds.push_back({ticket_keys_.get(), std::string(ticket_keys_name)});
   if (notify_) so.notify_socket = notify_->address();
   so.group = process_group::new_group;
   // A supervisor killed outright (SIGKILL) takes its children with it rather than leaving

@@ -59,6 +59,10 @@ struct run_options {
   std::optional<bool> log_timestamps;  // text logs; nullopt: on unless stderr is the journal
   proxy_settings proxy;
   std::string metrics;  // --metrics ADDRESS: GET /metrics served there ("": none)
+  // --tls-ticket-keys: hold a TLS session-ticket keys memfd (handoff/ticket_keys.hpp) for the
+  // generations, made at start unless inherited, with a new key every rotation period.
+  bool tls_ticket_keys = false;
+  std::chrono::milliseconds tls_ticket_key_rotation{std::chrono::hours(12)};
 };
 
 }  // namespace handoff::supervisor

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
+#include <span>
 
 #include "supervisor/generation.hpp"
 #include "supervisor/pidfd.hpp"
@@ -91,6 +92,12 @@ std::optional<exit_status> system_os::collect(pid_t pid) {
   } while (got < 0 && errno == EINTR);
   if (got <= 0) return std::nullopt;
   return exit_status::from_wait_status(status);
+}
+
+bool system_os::store_fd(int fd, std::string_view name) {
+  if (!manager_) return false;
+  auto sent = notifier(*manager_).fdstore(std::span<const int>(&fd, 1), name);
+  return sent && *sent == notify_outcome::sent;
 }
 
 void system_os::notify_manager(manager_event event, std::string_view status) {

@@ -53,6 +53,13 @@ class os_env {
   // One notification to our own manager (systemd), if any; never fails the caller and never
   // waits (a manager whose queue is full loses it).
   virtual void notify_manager(manager_event event, std::string_view status = {}) = 0;
+  // FDSTORE=1 + FDNAME=name with `fd` to our own manager, if any (systemd keeps it for our
+  // next start); false when it could not be sent. Once, at setup: it may wait for room.
+  virtual bool store_fd(int fd, std::string_view name) {
+    (void)fd;
+    (void)name;
+    return false;
+  }
 };
 
 // The real system calls; notifications go to NOTIFY_SOCKET as found at construction.
@@ -68,6 +75,7 @@ class system_os final : public os_env {
   std::optional<std::vector<ino_t>> socket_inodes(pid_t pid) override;
   clock::time_point now() override { return clock::now(); }
   void notify_manager(manager_event event, std::string_view status) override;
+  bool store_fd(int fd, std::string_view name) override;
   // Notifications our manager's full queue made us drop (sends never wait).
   std::uint64_t dropped_notifications() const noexcept { return dropped_; }
 

@@ -9,14 +9,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <stdexcept>
 
 #include "handoff/activation.hpp"
 #include "handoff/decimal.hpp"
 #include "handoff/listeners.hpp"
 #include "handoff/socket_info.hpp"
+#include "handoff/ticket_keys.hpp"
 #include "supervisor/core.hpp"
 
 namespace handoff::supervisor {
@@ -150,6 +153,54 @@ void supervisor_core::check_ready_target() const {
   }
 }
 
+// Keys inherited from systemd's fd store are the ones tickets out there were made with: kept
+// when well-formed, whether or not --tls-ticket-keys asked for keys. New ones go to the fd
+// store, so that a `systemctl restart` of the supervisor keeps sessions resumable.
+void supervisor_core::setup_ticket_keys(unique_fd inherited) {
+  if (inherited) {
+    if (auto keys = read_ticket_keys(inherited.get())) {
+      ticket_keys_ = std::move(inherited);
+      log_.log("tls_keys", fmt::format("holding the inherited {} ({} keys)",
+                                       std::string(ticket_keys_name), keys->size()));
+    } else {
+      log_.log("tls_keys", "inherited " + keys.error().message() + "; making new keys");
+    }
+  }
+  if (!ticket_keys_ && (o_.tls_ticket_keys || inherited)) {
+    auto made = create_ticket_keys();
+    if (!made) throw std::runtime_error("--tls-ticket-keys: " + made.error().message());
+    ticket_keys_ = std::move(*made);
+    const bool stored = os_.store_fd(ticket_keys_.get(), ticket_keys_name);
+    log_.log("tls_keys", fmt::format("holding new TLS session-ticket keys ({}){}",
+                                     std::string(ticket_keys_name),
+                                     stored ? ", kept in our manager's fd store" : ""));
+  }
+  if (!ticket_keys_) return;
+  // The first rotation comes one period after the newest key was made (keys from the fd store
+  // may be hours old already).
+  std::chrono::milliseconds wait = o_.tls_ticket_key_rotation;
+  if (auto keys = read_ticket_keys(ticket_keys_.get())) {
+    const auto age =
+        std::chrono::seconds(static_cast<std::int64_t>(std::time(nullptr)) - keys->back().created);
+    wait = std::clamp<std::chrono::milliseconds>(
+        o_.tls_ticket_key_rotation - age, std::chrono::milliseconds(0), o_.tls_ticket_key_rotation);
+  }
+  next_key_rotation_ = os_.now() + wait;
+}
+
+void supervisor_core::rotate_ticket_keys(deadlines& due) {
+  if (!ticket_keys_ || !due.reached(next_key_rotation_)) return;
+  next_key_rotation_ = due.now() + std::max<std::chrono::milliseconds>(
+                                       o_.tls_ticket_key_rotation, std::chrono::milliseconds(1));
+  (void)due.reached(next_key_rotation_);
+  if (auto r = append_ticket_key(ticket_keys_.get()); !r) {
+    log_.log("tls_keys", "rotating the session-ticket keys: " + r.error().message());
+    return;
+  }
+  log_.log("tls_keys", fmt::format("new session-ticket key; the next in {}",
+                                   format_duration(o_.tls_ticket_key_rotation)));
+}
+
 void supervisor_core::setup() {
   check_inherited_fds_open();
   reset_signals();
@@ -188,10 +239,15 @@ void supervisor_core::setup() {
   ::unsetenv("WATCHDOG_USEC");
   ::unsetenv("WATCHDOG_PID");
 
+  unique_fd inherited_keys;
   if (o_.listen.empty()) {
     auto inherited = listen_fds(unset_environment::yes);
     if (!inherited) throw std::runtime_error(inherited.error().message());
     for (auto& s : *inherited) {
+      if (s.name == ticket_keys_name) {  // the keys memfd from systemd's fd store: not a socket
+        inherited_keys = std::move(s.fd);
+        continue;
+      }
       held_socket h;
       h.where = s.info.describe();
       h.name = s.name;
@@ -210,6 +266,7 @@ void supervisor_core::setup() {
     check_unique(wanted);
     auto inherited = socket_set::from_environment(unset_environment::yes);
     if (!inherited) throw std::runtime_error(inherited.error().message());
+    inherited_keys = inherited->take(ticket_keys_name);
     for (const auto& w : wanted) {
       const address* where = &w;
       auto fd = inherited->listen(*where);
@@ -240,6 +297,7 @@ void supervisor_core::setup() {
   if (sockets_.empty())
     log_.log("socket", "no sockets: neither --listen nor LISTEN_FDS; supervising the app anyway");
   check_ready_target();
+  setup_ticket_keys(std::move(inherited_keys));
 
   auto n = notify_receiver::open_unique();
   if (!n) throw std::runtime_error(n.error().message());

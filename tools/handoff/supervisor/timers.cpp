@@ -17,6 +17,7 @@ clock::time_point supervisor_core::on_timers() {
     (void)due.reached(next_ping_);
   }
   remove_gone_generations();
+  rotate_ticket_keys(due);
   if (next_start_ && !stopping_ && due.reached(*next_start_)) {
     next_start_.reset();
     if (pending() == nullptr) {
