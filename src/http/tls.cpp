@@ -1,5 +1,3 @@
-#include "tls.hpp"
-
 #include <fcntl.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -9,6 +7,8 @@
 #include <stdexcept>
 #include <string>
 #include <system_error>
+
+#include "handoff/http/tls_context.hpp"
 
 namespace handoff::http {
 
