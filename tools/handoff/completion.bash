@@ -15,7 +15,8 @@ _handoff_values() {  # COMMAND: the options of COMMAND that take a value
       echo -l --listen --ready --ready-timeout --settle --stop-signal --stop-timeout \
         --processes --restart --max-draining --watchdog --control --name --pid-file \
         --log-format --log-timestamps --proxy --upstream --max-header-size --max-body-size \
-        --header-timeout --idle-timeout --response-timeout --queue-timeout --metrics
+        --header-timeout --idle-timeout --response-timeout --queue-timeout --metrics \
+        --tls-cert --tls-key
       ;;
     reload | status | stop) echo --control --name --timeout ;;
     check)
@@ -134,7 +135,7 @@ _handoff() {
         --restart) candidates=$(compgen -W 'on-failure always never' -- "$cur") ;;
         --log-format) candidates=$(compgen -W 'text json' -- "$cur") ;;
         --log-timestamps) candidates=$(compgen -W 'auto yes no' -- "$cur") ;;
-        --proxy) candidates=$(compgen -W 'http tcp' -- "$cur") ;;
+        --proxy) candidates=$(compgen -W 'http https tcp' -- "$cur") ;;
         --upstream) candidates=$(compgen -W 'fds fds:tcp port' -- "$cur") ;;
         --mode) candidates=$(compgen -W 'keepalive close' -- "$cur") ;;
         --method) candidates=$(compgen -W 'GET POST' -- "$cur") ;;
@@ -142,7 +143,7 @@ _handoff() {
           candidates=$(compgen -W "$(compgen -A signal | sed -n 's/^SIG\([A-Z][A-Z0-9]*\)$/\1/p')" \
             -- "$cur")
           ;;
-        --control | --pid-file | --json | --plot)
+        --control | --pid-file | --json | --plot | --tls-cert | --tls-key)
           compopt -o filenames 2>/dev/null
           candidates=$(compgen -f -- "$cur")
           ;;
