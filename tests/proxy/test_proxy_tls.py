@@ -211,7 +211,7 @@ class ProxyTlsTest(unittest.TestCase):
             ("garbage", lambda: open(self.cert, "w").write("not a certificate\n"),
              "tls certificate " + self.cert),
             ("mismatched", lambda: install(other_cert, self.key_a, self.cert, self.key),
-             "does not match certificate " + self.cert),
+             "tls key " + self.key),
             ("missing", lambda: os.unlink(self.key), "tls key " + self.key),
         ]
         for name, damage, message in cases:

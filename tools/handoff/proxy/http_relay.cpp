@@ -563,25 +563,24 @@ class http_connection : public std::enable_shared_from_this<http_connection<Clie
   // client's own close_notify (async_shutdown reads until it comes, discarding anything else).
   asio::awaitable<void> close_client() {
     boost::system::error_code ec;
+    const auto linger = std::min(options_.header_timeout,
+                                 std::chrono::duration_cast<clock_type::duration>(linger_limit));
     if constexpr (is_tls<Client>) {
-      client_deadline(std::min(options_.header_timeout,
-                               std::chrono::duration_cast<clock_type::duration>(linger_limit)));
+      client_deadline(linger);
       co_await client_.async_shutdown(redirect_error(use_awaitable, ec));
-      socket_of(client_).close(ec);
-      co_return;
-    }
-    client_.shutdown(asio::socket_base::shutdown_send, ec);
-    if (!ec) {
-      client_deadline(std::min(options_.header_timeout,
-                               std::chrono::duration_cast<clock_type::duration>(linger_limit)));
-      while (!ec) {
-        client_in_.clear();
-        const auto n = co_await client_.async_read_some(client_in_.prepare(read_chunk),
-                                                        redirect_error(use_awaitable, ec));
-        client_in_.commit(n);
+    } else {
+      client_.shutdown(asio::socket_base::shutdown_send, ec);
+      if (!ec) {
+        client_deadline(linger);
+        while (!ec) {
+          client_in_.clear();
+          const auto n = co_await client_.async_read_some(client_in_.prepare(read_chunk),
+                                                          redirect_error(use_awaitable, ec));
+          client_in_.commit(n);
+        }
       }
     }
-    client_.close(ec);
+    socket_of(client_).close(ec);
   }
 
   std::shared_ptr<asio::ssl::context> tls_;  // TLS: what client_'s SSL object was made from
