@@ -46,6 +46,11 @@ def install(src_cert, src_key, cert, key):
         os.rename(dst + ".new", dst)
 
 
+def write_file(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def s_client_serial(port, cafile):
     """The serial of the certificate a new `openssl s_client` connection is shown."""
     r = subprocess.run(f"openssl s_client -connect 127.0.0.1:{port} -servername localhost "
@@ -208,7 +213,7 @@ class ProxyTlsTest(unittest.TestCase):
         self.assertTrue(old.get("/").startswith(b"HTTP/1.1 200"))
         other_cert, other_key = make_cert(self.tmp, "c", "c003")
         cases = [
-            ("garbage", lambda: open(self.cert, "w").write("not a certificate\n"),
+            ("garbage", lambda: write_file(self.cert, "not a certificate\n"),
              "tls certificate " + self.cert),
             ("mismatched", lambda: install(other_cert, self.key_a, self.cert, self.key),
              "tls key " + self.key),
