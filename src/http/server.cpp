@@ -14,8 +14,8 @@
 #include <system_error>
 
 #include "connection.hpp"
+#include "handoff/http/tls_context.hpp"
 #include "handoff/socket_info.hpp"
-#include "tls.hpp"
 
 namespace handoff::http {
 

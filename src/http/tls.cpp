@@ -1,5 +1,3 @@
-#include "tls.hpp"
-
 #include <fcntl.h>
 #include <openssl/core_names.h>
 #include <openssl/err.h>
@@ -21,6 +19,8 @@
 
 #include "handoff/fd.hpp"
 #include "handoff/ticket_keys.hpp"
+
+#include "handoff/http/tls_context.hpp"
 
 namespace handoff::http {
 

@@ -7,6 +7,7 @@ Paths: /            200, "PID\\n" (header X-Served-By: PID)
        POST any     200, the number of body bytes read
        /slow?ms=N   answers after N ms
        /die         sends half a response, then the process exits (status 3)
+       /proto       200, the request's X-Forwarded-Proto ("-" without one)
        Upgrade: echo  101, then echoes bytes until the client closes (a WebSocket stand-in)
 
 argv[1] (optional): a mode file; its first line, read at start, says "serve" (default),
@@ -69,6 +70,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.path.startswith("/slow"):
             ms = int(self.path.split("ms=")[1]) if "ms=" in self.path else 500
             time.sleep(ms / 1000)
+        if self.path == "/proto":
+            self.reply(self.headers.get("X-Forwarded-Proto", "-"))
+            return
         if self.path == "/die":
             self.send_response(200)
             self.send_header("Content-Length", "1000")

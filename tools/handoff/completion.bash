@@ -16,7 +16,7 @@ _handoff_values() {  # COMMAND: the options of COMMAND that take a value
         --processes --restart --max-draining --watchdog --control --name --pid-file \
         --log-format --log-timestamps --proxy --upstream --max-header-size --max-body-size \
         --header-timeout --idle-timeout --response-timeout --queue-timeout --metrics \
-        --tls-ticket-key-rotation
+        --tls-ticket-key-rotation --tls-cert --tls-key
       ;;
     reload | status | stop) echo --control --name --timeout ;;
     check)
@@ -135,7 +135,7 @@ _handoff() {
         --restart) candidates=$(compgen -W 'on-failure always never' -- "$cur") ;;
         --log-format) candidates=$(compgen -W 'text json' -- "$cur") ;;
         --log-timestamps) candidates=$(compgen -W 'auto yes no' -- "$cur") ;;
-        --proxy) candidates=$(compgen -W 'http tcp' -- "$cur") ;;
+        --proxy) candidates=$(compgen -W 'http https tcp' -- "$cur") ;;
         --upstream) candidates=$(compgen -W 'fds fds:tcp port' -- "$cur") ;;
         --mode) candidates=$(compgen -W 'keepalive close' -- "$cur") ;;
         --method) candidates=$(compgen -W 'GET POST' -- "$cur") ;;
@@ -143,7 +143,7 @@ _handoff() {
           candidates=$(compgen -W "$(compgen -A signal | sed -n 's/^SIG\([A-Z][A-Z0-9]*\)$/\1/p')" \
             -- "$cur")
           ;;
-        --control | --pid-file | --json | --plot | --cacert)
+        --control | --pid-file | --json | --plot | --cacert | --tls-cert | --tls-key)
           compopt -o filenames 2>/dev/null
           candidates=$(compgen -f -- "$cur")
           ;;

@@ -84,6 +84,7 @@ struct run_args {
   std::string ready = "notify", ready_timeout = "60s", stop_signal = "TERM", stop_timeout = "30s",
               restart = "on-failure", log_format = "text", watchdog = "0", settle = "0",
               log_timestamps = "auto", tls_ticket_key_rotation = "12h";
+  std::string tls_cert, tls_key;
   std::string proxy, upstream, header_timeout = "10s", idle_timeout = "60s",
                                response_timeout = "60s", queue_timeout = "5s";
   bool no_forwarded = false;
@@ -104,10 +105,18 @@ void run_command(run_args& a) {
     p.kind = sv::proxy_kind::none;
   else if (a.proxy == "http")
     p.kind = sv::proxy_kind::http;
+  else if (a.proxy == "https")
+    p.kind = sv::proxy_kind::https;
   else if (a.proxy == "tcp")
     p.kind = sv::proxy_kind::tcp;
   else
-    fail(2, "--proxy: \"" + a.proxy + "\" is not http or tcp");
+    fail(2, "--proxy: \"" + a.proxy + "\" is not http, https or tcp");
+  if (p.kind == sv::proxy_kind::https && (a.tls_cert.empty() || a.tls_key.empty()))
+    fail(2, "--proxy https needs --tls-cert FILE and --tls-key FILE");
+  if (p.kind != sv::proxy_kind::https && (!a.tls_cert.empty() || !a.tls_key.empty()))
+    fail(2, "--tls-cert and --tls-key need --proxy https");
+  p.tls_certificate = a.tls_cert;
+  p.tls_key = a.tls_key;
   if (a.upstream.empty() || a.upstream == "fds")
     p.upstream = sv::upstream_kind::fds_unix;
   else if (a.upstream == "fds:tcp")
@@ -117,7 +126,7 @@ void run_command(run_args& a) {
   else
     fail(2, "--upstream: \"" + a.upstream + "\" is not fds, fds:tcp or port");
   if (!a.upstream.empty() && p.kind == sv::proxy_kind::none)
-    fail(2, "--upstream needs --proxy http or --proxy tcp");
+    fail(2, "--upstream needs --proxy http, https or tcp");
   p.forwarded = !a.no_forwarded;
   p.header_limit = a.max_header;
   p.body_limit = a.max_body;
@@ -270,8 +279,13 @@ void add_supervisor_commands(CLI::App& app) {
   run->add_flag("--nonblocking", run_a->o.nonblocking,
                 "O_NONBLOCK on the sockets handed to the app (systemd's NonBlocking=)");
   run->add_option("--proxy", run_a->proxy,
-                  "http | tcp: the supervisor accepts on the sockets and relays each request "
-                  "(connection) to the generation that serves; the app gets private sockets");
+                  "http | https | tcp: the supervisor accepts on the sockets and relays each "
+                  "request (connection) to the generation that serves; the app gets private "
+                  "sockets (https: TLS ends in the supervisor, plaintext to the app)");
+  run->add_option("--tls-cert", run_a->tls_cert,
+                  "--proxy https: the PEM certificate chain (read again by every reload)");
+  run->add_option("--tls-key", run_a->tls_key,
+                  "--proxy https: the PEM private key of --tls-cert (read again by every reload)");
   run->add_option("--upstream", run_a->upstream,
                   "with --proxy: fds (a unix socket per generation, by LISTEN_FDS; default) | "
                   "fds:tcp (127.0.0.1:0, by LISTEN_FDS) | port (a free port in $PORT)");
@@ -284,7 +298,8 @@ void add_supervisor_commands(CLI::App& app) {
   run->add_option("--max-body-size", run_a->max_body,
                   "--proxy http: a larger request body is answered 413 (default: any)");
   run->add_option("--header-timeout", run_a->header_timeout,
-                  "--proxy http: a request header must arrive within (408)")
+                  "--proxy http: a request header must arrive within (408); https: and the TLS "
+                  "handshake within")
       ->capture_default_str();
   run->add_option("--idle-timeout", run_a->idle_timeout,
                   "--proxy http: an idle client connection is closed after")

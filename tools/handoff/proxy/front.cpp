@@ -69,9 +69,14 @@ struct front::impl {
     ++open_clients;
     asio::co_spawn(
         io,
-        [this, client = std::move(client), listener]() mutable -> asio::awaitable<void> {
+        // The TLS context current at the accept: a set_tls() after it changes nothing here.
+        [this, client = std::move(client), listener,
+         tls = options.tls]() mutable -> asio::awaitable<void> {
           if (options.mode == proxy_mode::tcp)
             co_await relay_tcp(std::move(client), router, listener, tcp_counters_);
+          else if (tls)
+            co_await relay_https(std::move(client), std::move(tls), router, listener, options.relay,
+                                 http_counters);
           else
             co_await relay_http(std::move(client), router, listener, options.relay, http_counters);
         },
@@ -158,6 +163,11 @@ void front::serve(int generation, std::vector<endpoint> upstreams) {
   });
 }
 
+void front::set_tls(std::shared_ptr<asio::ssl::context> tls) {
+  impl* i = impl_.get();
+  asio::post(i->io, [i, tls = std::move(tls)]() mutable { i->options.tls = std::move(tls); });
+}
+
 void front::retire(int generation) {
   impl* i = impl_.get();
   asio::post(i->io, [i, generation] { i->router.retire(generation); });
@@ -193,6 +203,7 @@ front_stats front::stats(std::chrono::milliseconds timeout) const {
       s.unavailable = c.unavailable;
       s.rejected = c.bad_request + c.too_large + c.header_too_large + c.request_timeout;
       s.tunnels = c.tunnels;
+      s.tls_handshake_failures = c.tls_handshake_failures;
     }
     s.client_connections = i->open_clients;
     s.accepted = i->accepted;

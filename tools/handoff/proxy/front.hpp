@@ -1,6 +1,8 @@
-// The front of `handoff run --proxy http|tcp`: it accepts the clients on the public sockets
-// (the supervisor's own sockets; in proxy mode the app never gets them) and relays each
-// request (http) or connection (tcp) to the generation that serves.
+// The front of `handoff run --proxy http|https|tcp`: it accepts the clients on the public
+// sockets (the supervisor's own sockets; in proxy mode the app never gets them) and relays each
+// request (http, https) or connection (tcp) to the generation that serves. https terminates
+// TLS here: each new client connection takes the TLS context current when it was accepted and
+// keeps it to its end, so set_tls() (a rotated certificate) changes only connections to come.
 //
 // Threads: the front runs one io_context on a thread of its own. Its public methods may be
 // called from one other thread (the supervisor's): they post to the io thread and return at
@@ -30,6 +32,8 @@ enum class proxy_mode { http, tcp };
 struct front_options {
   proxy_mode mode = proxy_mode::http;
   relay_options relay;  // http only
+  // https: the TLS context of new connections (null: plaintext). Never modified once given.
+  std::shared_ptr<asio::ssl::context> tls;
   // How long a request (tcp: a connection) waits for a generation to serve when none does.
   std::chrono::milliseconds queue_timeout{std::chrono::seconds(5)};
 };
@@ -44,6 +48,7 @@ struct front_stats {
   std::uint64_t client_connections = 0;  // open now
   std::uint64_t accepted = 0;            // client connections accepted so far
   std::uint64_t connect_failures = 0;    // upstream connects that failed (then tried again)
+  std::uint64_t tls_handshake_failures = 0;  // https: connections that ended in the handshake
 };
 
 class front {
@@ -66,6 +71,9 @@ class front {
   void forget(int generation);
   // The supervisor stops: no more accepting; open client connections end after their request.
   void stop();
+  // https: connections accepted from now on use `tls` (a complete context, never modified
+  // afterwards); those already open keep theirs.
+  void set_tls(std::shared_ptr<asio::ssl::context> tls);
   // A snapshot, taken on the io thread (waits for it at most `timeout`; empty when it did
   // not answer).
   front_stats stats(std::chrono::milliseconds timeout = std::chrono::seconds(2)) const;

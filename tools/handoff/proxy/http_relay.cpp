@@ -10,6 +10,8 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/redirect_error.hpp>
+#include <boost/asio/ssl/error.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
@@ -17,6 +19,7 @@
 #include <boost/beast/http/error.hpp>
 #include <memory>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "proxy/http_framing.hpp"
@@ -59,6 +62,20 @@ std::string peer_address(const stream& s) {
   return {};  // a unix socket: no address to forward
 }
 
+using tls_stream = asio::ssl::stream<stream>;
+template <class S>
+constexpr bool is_tls = std::is_same_v<S, tls_stream>;
+
+// The socket under a client stream: what cancel(), shutdown() and the addresses act on.
+stream& socket_of(stream& s) { return s; }
+stream& socket_of(tls_stream& s) { return s.next_layer(); }
+
+// The end of what `from` sends: a TCP FIN, or a TLS close_notify (eof); a TLS peer that closed
+// its TCP connection without close_notify (stream_truncated) has ended as well.
+bool ended(const boost::system::error_code& ec) {
+  return ec == asio::error::eof || ec == asio::ssl::error::stream_truncated;
+}
+
 // What the relay answers itself. Bodies are empty, so the same text serves HEAD.
 std::string_view canned(int status) {
   switch (status) {
@@ -83,16 +100,20 @@ std::string_view canned(int status) {
 // side, which answers for it).
 enum class body_failure { none, client_gone, refused, upstream_gone };
 
-class http_connection : public std::enable_shared_from_this<http_connection> {
+// Client is `stream` (plaintext) or `tls_stream` (--proxy https, whose handshake is the first
+// phase of run()); the upstream side is plaintext either way.
+template <class Client>
+class http_connection : public std::enable_shared_from_this<http_connection<Client>> {
  public:
-  http_connection(stream client, router& r, std::size_t listener, const relay_options& o,
-                  relay_counters& c)
-      : client_(std::move(client)),
+  http_connection(Client client, std::shared_ptr<asio::ssl::context> tls, router& r,
+                  std::size_t listener, const relay_options& o, relay_counters& c)
+      : tls_(std::move(tls)),
+        client_(std::move(client)),
         router_(r),
         listener_(listener),
         options_(o),
         counters_(c),
-        address_(peer_address(client_)),
+        address_(peer_address(socket_of(client_))),
         timer_(client_.get_executor()),
         task_done_(client_.get_executor()),
         client_in_(o.header_limit + read_chunk),
@@ -104,17 +125,35 @@ class http_connection : public std::enable_shared_from_this<http_connection> {
     request_framing_.client_address = address_;
     tick_ = std::min({o.header_timeout, o.idle_timeout, o.response_timeout,
                       std::chrono::duration_cast<clock_type::duration>(max_tick)});
-    const int family = client_.local_endpoint().protocol().family();
-    if (family == AF_INET || family == AF_INET6) {
+    boost::system::error_code ec;
+    const int family = socket_of(client_).local_endpoint(ec).protocol().family();
+    if (!ec && (family == AF_INET || family == AF_INET6)) {
       // Responses leave as they are written, not when Nagle's algorithm lets them.
       const int one = 1;
-      ::setsockopt(client_.native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+      ::setsockopt(socket_of(client_).native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
   }
 
   // `self` keeps the connection alive for as long as the coroutine runs.
   asio::awaitable<void> run(std::shared_ptr<http_connection> self) {
     asio::co_spawn(client_.get_executor(), watchdog(self), asio::detached);
+    if constexpr (is_tls<Client>) {
+      // The handshake has the watchdog's deadline like any other wait: a client that sends
+      // garbage fails it at once, one that stalls is cut at the deadline; either way only this
+      // connection ends, and without a byte of HTTP or a close_notify.
+      client_deadline(options_.handshake_timeout);
+      boost::system::error_code ec;
+      co_await client_.async_handshake(asio::ssl::stream_base::server,
+                                       redirect_error(use_awaitable, ec));
+      client_deadline(clock_type::duration::max());
+      if (ec) {
+        ++counters_.tls_handshake_failures;
+        socket_of(client_).close(ec);
+        done_ = true;
+        timer_.cancel();
+        co_return;
+      }
+    }
     // GCC 12 miscompiles co_await in a loop or if condition: each result goes to a variable.
     for (;;) {
       const bool more = co_await serve_one();
@@ -158,7 +197,7 @@ class http_connection : public std::enable_shared_from_this<http_connection> {
       if (now >= client_deadline_ || (idle_ && router_.closing())) {
         client_timed_out_ = true;
         client_deadline_ = clock_type::time_point::max();
-        client_.cancel(ec);
+        socket_of(client_).cancel(ec);
       }
       if (upstream_ != nullptr && now >= upstream_deadline_) {
         upstream_timed_out_ = true;
@@ -425,8 +464,11 @@ class http_connection : public std::enable_shared_from_this<http_connection> {
   }
 
   // Bytes from `from` to `to` (starting with what `buffer` holds already) until `from` ends;
-  // then `to` is told no more comes (or, after an error, both are shut).
-  static asio::awaitable<void> copy(stream& from, beast::flat_buffer& buffer, stream& to) {
+  // then `to` is told no more comes (or, after an error, both are shut). A TLS client has no
+  // half-close of its own: when the upstream ends, the client's reads are cancelled instead,
+  // so that the other direction ends too and close_client() sends close_notify.
+  template <class From, class To>
+  static asio::awaitable<void> copy(From& from, beast::flat_buffer& buffer, To& to) {
     boost::system::error_code ec;
     for (;;) {
       if (buffer.size() > 0) {
@@ -440,11 +482,17 @@ class http_connection : public std::enable_shared_from_this<http_connection> {
       buffer.commit(n);
     }
     boost::system::error_code ignored;
-    if (ec == asio::error::eof) {
-      to.shutdown(asio::socket_base::shutdown_send, ignored);
+    if (ended(ec)) {
+      if constexpr (is_tls<To>)
+        socket_of(to).cancel(ignored);
+      else
+        socket_of(to).shutdown(asio::socket_base::shutdown_send, ignored);
+    } else if (is_tls<From> && ec == asio::error::operation_aborted) {
+      // Cancelled by the other direction's end (above): the client's close comes after.
+      socket_of(to).shutdown(asio::socket_base::shutdown_send, ignored);
     } else {
-      from.shutdown(asio::socket_base::shutdown_both, ignored);
-      to.shutdown(asio::socket_base::shutdown_both, ignored);
+      socket_of(from).shutdown(asio::socket_base::shutdown_both, ignored);
+      socket_of(to).shutdown(asio::socket_base::shutdown_both, ignored);
     }
   }
 
@@ -453,7 +501,7 @@ class http_connection : public std::enable_shared_from_this<http_connection> {
   void start_task(asio::awaitable<void> (http_connection::*task)()) {
     task_running_ = true;
     asio::co_spawn(client_.get_executor(), (this->*task)(),
-                   [self = shared_from_this()](const std::exception_ptr&) {
+                   [self = this->shared_from_this()](const std::exception_ptr&) {
                      self->task_running_ = false;
                      self->task_done_.cancel();
                    });
@@ -466,7 +514,7 @@ class http_connection : public std::enable_shared_from_this<http_connection> {
     if (task_running_) {
       // The pump waits either for the client's bytes or for the upstream to take them.
       boost::system::error_code ignored;
-      client_.cancel(ignored);
+      socket_of(client_).cancel(ignored);
       if (upstream_ != nullptr) upstream_->cancel(ignored);
       co_await wait_task();
     }
@@ -511,23 +559,32 @@ class http_connection : public std::enable_shared_from_this<http_connection> {
 
   // Half-close, then read until the client closes too (bounded): closing with unread bytes
   // would reset the connection and could destroy the last response before the client read it.
+  // TLS: close_notify first, after the last response, then the same bounded wait for the
+  // client's own close_notify (async_shutdown reads until it comes, discarding anything else).
   asio::awaitable<void> close_client() {
     boost::system::error_code ec;
-    client_.shutdown(asio::socket_base::shutdown_send, ec);
-    if (!ec) {
-      client_deadline(std::min(options_.header_timeout,
-                               std::chrono::duration_cast<clock_type::duration>(linger_limit)));
-      while (!ec) {
-        client_in_.clear();
-        const auto n = co_await client_.async_read_some(client_in_.prepare(read_chunk),
-                                                        redirect_error(use_awaitable, ec));
-        client_in_.commit(n);
+    const auto linger = std::min(options_.header_timeout,
+                                 std::chrono::duration_cast<clock_type::duration>(linger_limit));
+    if constexpr (is_tls<Client>) {
+      client_deadline(linger);
+      co_await client_.async_shutdown(redirect_error(use_awaitable, ec));
+    } else {
+      client_.shutdown(asio::socket_base::shutdown_send, ec);
+      if (!ec) {
+        client_deadline(linger);
+        while (!ec) {
+          client_in_.clear();
+          const auto n = co_await client_.async_read_some(client_in_.prepare(read_chunk),
+                                                          redirect_error(use_awaitable, ec));
+          client_in_.commit(n);
+        }
       }
     }
-    client_.close(ec);
+    socket_of(client_).close(ec);
   }
 
-  stream client_;
+  std::shared_ptr<asio::ssl::context> tls_;  // TLS: what client_'s SSL object was made from
+  Client client_;
   router& router_;
   std::size_t listener_;
   const relay_options& options_;
@@ -572,8 +629,18 @@ class http_connection : public std::enable_shared_from_this<http_connection> {
 
 asio::awaitable<void> relay_http(stream client, router& r, std::size_t listener,
                                  const relay_options& options, relay_counters& counters) {
-  auto connection =
-      std::make_shared<http_connection>(std::move(client), r, listener, options, counters);
+  auto connection = std::make_shared<http_connection<stream>>(std::move(client), nullptr, r,
+                                                              listener, options, counters);
+  auto* raw = connection.get();
+  return raw->run(std::move(connection));
+}
+
+asio::awaitable<void> relay_https(stream client, std::shared_ptr<asio::ssl::context> tls, router& r,
+                                  std::size_t listener, const relay_options& options,
+                                  relay_counters& counters) {
+  tls_stream s(std::move(client), *tls);
+  auto connection = std::make_shared<http_connection<tls_stream>>(std::move(s), std::move(tls), r,
+                                                                  listener, options, counters);
   auto* raw = connection.get();
   return raw->run(std::move(connection));
 }

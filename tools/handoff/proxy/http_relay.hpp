@@ -1,6 +1,8 @@
-// The HTTP/1.1 relay of `handoff run --proxy http`: serves one client connection, sending each
-// of its requests, re-framed, on an upstream connection the router lends for that request, and
-// each response, re-framed, back (framing rules: http_framing.hpp).
+// The HTTP/1.1 relay of `handoff run --proxy http|https`: serves one client connection, sending
+// each of its requests, re-framed, on an upstream connection the router lends for that request,
+// and each response, re-framed, back (framing rules: http_framing.hpp). With https the client
+// connection is TLS (handshake first, close_notify after the last response) and the upstream
+// side stays plaintext.
 //
 // Invariants:
 // - A request is written upstream at most once; nothing of it is sent again once a byte went.
@@ -15,9 +17,11 @@
 #pragma once
 
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/ssl/context.hpp>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -36,6 +40,8 @@ struct relay_options {
   std::chrono::steady_clock::duration idle_timeout = std::chrono::seconds(60);
   // Each wait for bytes of the upstream's response: 504 if none was sent to the client yet.
   std::chrono::steady_clock::duration response_timeout = std::chrono::seconds(60);
+  // https: from the accept to the end of the TLS handshake; the connection is closed then.
+  std::chrono::steady_clock::duration handshake_timeout = std::chrono::seconds(10);
   bool forwarded = true;        // Forwarded, X-Forwarded-For, X-Forwarded-Proto
   std::string scheme = "http";  // proto= and X-Forwarded-Proto
 };
@@ -50,11 +56,17 @@ struct relay_counters {
   std::uint64_t unavailable = 0;       // 503: no generation
   std::uint64_t gateway_timeout = 0;   // 504
   std::uint64_t tunnels = 0;           // Upgrade / CONNECT tunnels opened
+  std::uint64_t tls_handshake_failures = 0;  // https: refused, not TLS, or cut by the deadline
 };
 
 // Serves `client` until it closes (or must be closed). `options`, `r` and `counters` must
 // outlive the returned awaitable's completion.
 asio::awaitable<void> relay_http(stream client, router& r, std::size_t listener,
                                  const relay_options& options, relay_counters& counters);
+// The same over TLS: the handshake on `client` with `tls` (which the connection keeps alive
+// for as long as it lasts), then as above.
+asio::awaitable<void> relay_https(stream client, std::shared_ptr<asio::ssl::context> tls, router& r,
+                                  std::size_t listener, const relay_options& options,
+                                  relay_counters& counters);
 
 }  // namespace handoff::proxy

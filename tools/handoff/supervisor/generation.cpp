@@ -343,6 +343,17 @@ std::string supervisor_core::request_reload(std::optional<std::uint64_t> waiter)
         "{} old generations are still draining (--max-draining {}); try again once they exit",
         draining, o_.max_draining);
   }
+  if (proxy_) {
+    // --proxy https: the certificate first, so that a reload that cannot read it changes
+    // nothing at all (the app is not restarted either): one clear failure to fix and retry.
+    if (const auto problem = proxy_->reload_tls(); !problem.empty()) {
+      refuse(reload_refusal::certificate);
+      return "--proxy https: " + problem + "; the certificate in use keeps serving";
+    }
+    if (o_.proxy.kind == proxy_kind::https)
+      log_.log("certificate", "--proxy https: read " + o_.proxy.tls_certificate + " and " +
+                                  o_.proxy.tls_key + " again; new connections use them");
+  }
   log_.log("reload", "reload requested");
   next_start_.reset();
   start_generation(false, waiter);

@@ -31,6 +31,8 @@ const char* to_string(reload_refusal r) {
       return "draining";
     case reload_refusal::stopping:
       return "stopping";
+    case reload_refusal::certificate:
+      return "certificate";
   }
   return "?";
 }
@@ -75,7 +77,7 @@ std::string supervisor_core::metrics_text() {
 
   family(out, "handoff_reloads_total", "counter",
          "Reloads by outcome: ok, failed (cause: exited, settle, ready_timeout, spawn) or "
-         "refused (cause: in_progress, draining, stopping).");
+         "refused (cause: in_progress, draining, stopping, certificate).");
   out += fmt::format("handoff_reloads_total{{outcome=\"ok\"}} {}\n", m.reloads_ok);
   for (std::size_t i = 0; i < reload_failure_count; ++i)
     out += fmt::format("handoff_reloads_total{{outcome=\"failed\",cause=\"{}\"}} {}\n",

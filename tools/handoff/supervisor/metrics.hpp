@@ -29,8 +29,8 @@ inline constexpr std::size_t reload_failure_count = 4;
 const char* to_string(reload_failure f);
 
 // Why a reload was refused: the `cause` label of handoff_reloads_total{outcome="refused"}.
-enum class reload_refusal { in_progress, draining, stopping };
-inline constexpr std::size_t reload_refusal_count = 3;
+enum class reload_refusal { in_progress, draining, stopping, certificate };
+inline constexpr std::size_t reload_refusal_count = 4;
 const char* to_string(reload_refusal r);
 
 // Why a notify message was refused: the `reason` label of handoff_notify_refused_total.

@@ -12,12 +12,27 @@ namespace handoff::supervisor {
 enum class ready_mode { notify, http, tcp, delay };
 enum class restart_policy { on_failure, always, never };
 enum class log_format { text, json };
-// --proxy: none (the app gets the public sockets), http or tcp (the supervisor relays).
-enum class proxy_kind { none, http, tcp };
+// --proxy: none (the app gets the public sockets), http, https (TLS terminated by the
+// supervisor, plaintext to the app) or tcp (the supervisor relays).
+enum class proxy_kind { none, http, https, tcp };
 // --upstream: where a generation listens in proxy mode. fds_unix: a unix socket made for it in
 // the runtime directory, fds_tcp: 127.0.0.1:0, both passed by LISTEN_FDS; port: a free
 // loopback port in $PORT that the app binds itself.
 enum class upstream_kind { fds_unix, fds_tcp, port };
+
+inline const char* to_string(proxy_kind k) {
+  switch (k) {
+    case proxy_kind::none:
+      return "none";
+    case proxy_kind::http:
+      return "http";
+    case proxy_kind::https:
+      return "https";
+    case proxy_kind::tcp:
+      return "tcp";
+  }
+  return "?";
+}
 
 struct proxy_settings {
   proxy_kind kind = proxy_kind::none;
@@ -31,6 +46,9 @@ struct proxy_settings {
   // With no generation ready (the first one starting, a crashed one restarting), how long a
   // request or TCP connection waits for one before the 503 (tcp: the close).
   std::chrono::milliseconds queue_timeout{std::chrono::seconds(5)};
+  // https: PEM files, read at start and again by every reload.
+  std::string tls_certificate;
+  std::string tls_key;
 };
 
 struct run_options {

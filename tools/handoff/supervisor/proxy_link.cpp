@@ -10,6 +10,8 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "handoff/http/tls_context.hpp"
+
 namespace handoff::supervisor {
 
 namespace {
@@ -67,12 +69,15 @@ proxy_link::proxy_link(const run_options& o, const std::vector<public_socket>& s
   }
   proxy::front_options fo;
   fo.mode = o.proxy.kind == proxy_kind::tcp ? proxy::proxy_mode::tcp : proxy::proxy_mode::http;
+  if (o.proxy.kind == proxy_kind::https) fo.tls = make_tls();  // throws, naming the file
   fo.relay.forwarded = o.proxy.forwarded;
   fo.relay.header_limit = o.proxy.header_limit;
   fo.relay.body_limit = o.proxy.body_limit;
   fo.relay.header_timeout = o.proxy.header_timeout;
   fo.relay.idle_timeout = o.proxy.idle_timeout;
   fo.relay.response_timeout = o.proxy.response_timeout;
+  fo.relay.handshake_timeout = o.proxy.header_timeout;
+  fo.relay.scheme = o.proxy.kind == proxy_kind::https ? "https" : "http";
   fo.queue_timeout = o.proxy.queue_timeout;
   auto f = proxy::front::start(std::move(copies), std::move(fo));
   if (!f) throw std::runtime_error(f.error().message());
@@ -180,6 +185,20 @@ void proxy_link::forget(int generation) {
 }
 
 void proxy_link::stop() { front_->stop(); }
+
+std::shared_ptr<boost::asio::ssl::context> proxy_link::make_tls() const {
+  return http::make_tls_context({settings_.tls_certificate, settings_.tls_key});
+}
+
+std::string proxy_link::reload_tls() {
+  if (settings_.kind != proxy_kind::https) return {};
+  try {
+    front_->set_tls(make_tls());
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return {};
+}
 
 void proxy_link::on_event() {
   for (const int id : front_->take_drained())

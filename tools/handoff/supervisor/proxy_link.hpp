@@ -51,6 +51,10 @@ class proxy_link {
   bool drained(int generation) const { return drained_.count(generation) != 0; }
   void forget(int generation);
   void stop();
+  // --proxy https: reads the certificate and key again; new client connections use them,
+  // open ones keep the context they began with. "" when done (or not https), else why not
+  // (the files named), and the certificate in use stays.
+  std::string reload_tls();
 
   int event_fd() const noexcept { return front_->event_fd(); }
   void on_event();  // the front said something: drained generations
@@ -66,6 +70,7 @@ class proxy_link {
     proxy::endpoint where;
     int port = 0;
   };
+  std::shared_ptr<boost::asio::ssl::context> make_tls() const;
   std::vector<upstream>* find(int generation);
   const std::vector<upstream>* find(int generation) const;
 

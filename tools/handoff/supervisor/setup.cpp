@@ -340,7 +340,7 @@ void supervisor_core::setup() {
     log_.log("proxy",
              fmt::format("proxy {}: accepting on the public sockets; each generation "
                          "listens on {}",
-                         o_.proxy.kind == proxy_kind::tcp ? "tcp" : "http",
+                         to_string(o_.proxy.kind),
                          o_.proxy.upstream == upstream_kind::fds_unix ? "a unix socket in " + dir
                          : o_.proxy.upstream == upstream_kind::fds_tcp
                              ? std::string("127.0.0.1:0 (LISTEN_FDS)")

@@ -56,8 +56,8 @@ std::string supervisor_core::status_text(bool as_json) const {
       out += fmt::format(
           "proxy {}: {} requests, {} answered 502, {} answered 503, {} client connections open "
           "({} accepted)\n",
-          o_.proxy.kind == proxy_kind::tcp ? "tcp" : "http", front->requests, front->bad_gateway,
-          front->unavailable, front->client_connections, front->accepted);
+          to_string(o_.proxy.kind), front->requests, front->bad_gateway, front->unavailable,
+          front->client_connections, front->accepted);
     if (stopping_) out += "stopping\n";
     out += "last reload: " + (last_reload_.empty() ? std::string("none") : last_reload_) + "\n";
     return out;
@@ -101,7 +101,7 @@ std::string supervisor_core::status_text(bool as_json) const {
   }
   root["generations"] = std::move(generations);
   if (front)
-    root["proxy"] = json::object{{"mode", o_.proxy.kind == proxy_kind::tcp ? "tcp" : "http"},
+    root["proxy"] = json::object{{"mode", to_string(o_.proxy.kind)},
                                  {"requests", front->requests},
                                  {"bad_gateway", front->bad_gateway},
                                  {"unavailable", front->unavailable},
@@ -109,7 +109,8 @@ std::string supervisor_core::status_text(bool as_json) const {
                                  {"tunnels", front->tunnels},
                                  {"client_connections", front->client_connections},
                                  {"accepted", front->accepted},
-                                 {"connect_failures", front->connect_failures}};
+                                 {"connect_failures", front->connect_failures},
+                                 {"tls_handshake_failures", front->tls_handshake_failures}};
   root["last_reload"] = last_reload_;
   return json::serialize(root) + "\n";
 }
