@@ -53,6 +53,8 @@ class os_env {
   // One notification to our own manager (systemd), if any; never fails the caller and never
   // waits (a manager whose queue is full loses it).
   virtual void notify_manager(manager_event event, std::string_view status = {}) = 0;
+  // Our manager's NOTIFY_SOCKET, for the next image of the supervisor (reexec.cpp).
+  virtual std::optional<std::string> manager_socket() const { return std::nullopt; }
 };
 
 // The real system calls; notifications go to NOTIFY_SOCKET as found at construction.
@@ -68,6 +70,7 @@ class system_os final : public os_env {
   std::optional<std::vector<ino_t>> socket_inodes(pid_t pid) override;
   clock::time_point now() override { return clock::now(); }
   void notify_manager(manager_event event, std::string_view status) override;
+  std::optional<std::string> manager_socket() const override { return manager_; }
   // Notifications our manager's full queue made us drop (sends never wait).
   std::uint64_t dropped_notifications() const noexcept { return dropped_; }
 
