@@ -5,9 +5,9 @@
 # builds none.
 #
 # Each page goes through configure_file first (@PROJECT_VERSION@ in its header). A page whose
-# NAME names several commands documents them together: handoff-status(1) and handoff-stop(1)
-# are one-line pages (.so) that man(1) follows to handoff-reload(1). The pages land in
-# ${PROJECT_BINARY_DIR}/man/man1; cmake/install.cmake installs the list in the target's
+# NAME names several commands documents them together: handoff-status(1), handoff-stop(1)
+# and handoff-reexec(1) are one-line pages (.so) that man(1) follows to handoff-reload(1).
+# The pages land in ${PROJECT_BINARY_DIR}/man/man1; cmake/install.cmake installs the list in the target's
 # HANDOFF_PAGES property to share/man/man1.
 set(HANDOFF_MAN AUTO CACHE STRING "Build the man pages with scdoc: AUTO, ON or OFF")
 set_property(CACHE HANDOFF_MAN PROPERTY STRINGS AUTO ON OFF)
@@ -58,7 +58,7 @@ foreach(page handoff handoff-run handoff-check handoff-reload)
     VERBATIM)
   list(APPEND man_pages ${man_dir}/${page}.1)
 endforeach()
-foreach(alias handoff-status handoff-stop)
+foreach(alias handoff-status handoff-stop handoff-reexec)
   file(CONFIGURE OUTPUT ${man_dir}/${alias}.1 CONTENT ".so man1/handoff-reload.1\n")
   list(APPEND man_pages ${man_dir}/${alias}.1)
 endforeach()

@@ -129,6 +129,10 @@ result<notify_receiver> notify_receiver::open(std::string where) {
   return notify_receiver(std::move(*fd), std::move(where), std::move(created));
 }
 
+notify_receiver notify_receiver::adopt(unique_fd fd, std::string address) {
+  return notify_receiver(std::move(fd), std::move(address), {});
+}
+
 result<notify_receiver> notify_receiver::open_unique() {
   auto fd = notify_socket("an autobound notify socket");
   if (!fd) return fd.error();

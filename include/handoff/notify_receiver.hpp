@@ -55,6 +55,9 @@ class notify_receiver {
   static result<notify_receiver> open(std::string where);
   // An abstract socket with a kernel-chosen unique name (autobind), nothing in the file system.
   static result<notify_receiver> open_unique();
+  // Takes over a receiver's socket that this process held before an exec of itself (its fd and
+  // address() as they were). Nothing was created by this receiver, so nothing is removed.
+  static notify_receiver adopt(unique_fd fd, std::string address);
 
   notify_receiver(notify_receiver&&) noexcept;
   notify_receiver& operator=(notify_receiver&&) noexcept;

@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -228,7 +229,7 @@ class Supervisor : public testing::Test {
   // Starts the supervisor without waiting for anything.
   void launch(const std::vector<std::string>& options, const std::vector<std::string>& app) {
     spawn_options o;
-    o.argv = {HANDOFF_TOOL, "run", "--control", control_, "--name", "test"};
+    o.argv = {tool_, "run", "--control", control_, "--name", "test"};
     o.argv.insert(o.argv.end(), options.begin(), options.end());
     o.argv.push_back("--");
     o.argv.insert(o.argv.end(), app.begin(), app.end());
@@ -388,6 +389,7 @@ class Supervisor : public testing::Test {
   }
 
   test::temp_dir dir_;
+  std::string tool_ = HANDOFF_TOOL;  // the supervisor's binary (a copy for the reexec tests)
   unique_fd listener_;
   std::uint16_t port_ = 0;
   std::string control_, modes_, log_path_;
@@ -1320,6 +1322,201 @@ TEST_F(Supervisor, MetricsAddressErrorsEndTheStartWithStatus2) {
   EXPECT_EQ(bad.status.code, 2) << bad.output;
   EXPECT_NE(bad.output.find("99999"), std::string::npos) << bad.output;
 }
+
+// `handoff reexec`: the supervisor runs from a copy of the binary in the test's directory, and
+// each re-exec finds another file renamed over that path, as a package upgrade leaves it.
+class Reexec : public Supervisor {
+ protected:
+  void SetUp() override {
+    Supervisor::SetUp();
+    std::filesystem::create_directories(dir_ / "bin");
+    tool_ = dir_ / "bin/handoff";
+    replace_binary();
+  }
+
+  // Copies the real binary (or writes `script`) next to the path and renames it over it.
+  void replace_binary(const std::string& script = {},
+                      std::filesystem::perms mode = std::filesystem::perms::owner_all) {
+    const std::string next = dir_ / "bin/handoff.next";
+    std::filesystem::remove(next);
+    if (script.empty()) {
+      std::filesystem::copy_file(HANDOFF_TOOL, next);
+    } else {
+      std::ofstream out(next);
+      out << script;
+    }
+    std::filesystem::permissions(next, mode);
+    std::filesystem::rename(next, tool_);
+  }
+
+  cli_result reexec() { return cli({"reexec", "--control", control_}); }
+
+  // The inode of the file the supervisor runs (/proc/PID/exe).
+  ino_t running_inode() const {
+    struct stat st {};
+    const std::string exe = "/proc/" + std::to_string(supervisor_) + "/exe";
+    return ::stat(exe.c_str(), &st) == 0 ? st.st_ino : 0;
+  }
+  static ino_t inode_of(const std::string& path) {
+    struct stat st {};
+    return ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
+  }
+  std::string app_pids() {
+    const std::string json = status_json();
+    static const std::regex pid_re("\"pid\":([0-9]+),\"ready\"");
+    std::string out;
+    for (auto it = std::sregex_iterator(json.begin(), json.end(), pid_re);
+         it != std::sregex_iterator(); ++it)
+      out += (*it)[1].str() + " ";
+    return out;
+  }
+};
+
+TEST_F(Reexec, TenReexecsUnderLoadKeepTheAppAndThePid) {
+  start({"--stop-timeout", "15s"}, example_server_app());
+  const std::string apps = app_pids();
+  ASSERT_FALSE(apps.empty());
+  // Counted after the first re-exec: the old image had also opened its datagram socket to
+  // the manager (on first use), which the new one opens when it next has something to say.
+  std::size_t supervisor_fds = 0;
+  start_load();
+  for (int i = 1; i <= 10; ++i) {
+    wait_for_requests(100);
+    replace_binary();
+    const ino_t fresh = inode_of(tool_);
+    ASSERT_NE(running_inode(), fresh);
+    const auto r = reexec();
+    ASSERT_TRUE(r.status.success()) << r.output;
+    EXPECT_NE(r.output.find("(" + std::to_string(i) + " re-execs)"), std::string::npos) << r.output;
+    EXPECT_EQ(running_inode(), fresh) << "not the binary now at the path";
+    EXPECT_EQ(app_pids(), apps) << "the app was restarted";
+    EXPECT_TRUE(alive(supervisor_));
+    if (i == 1) supervisor_fds = fds_of(supervisor_);
+  }
+  wait_for_requests(100);
+  EXPECT_EQ(fds_of(supervisor_), supervisor_fds) << "the supervisor leaks fds across re-execs";
+  const std::string status = cli({"status", "--control", control_}).output;
+  EXPECT_NE(status.find("re-executed 10 times"), std::string::npos) << status;
+  // The state machine carries on: a reload after the re-execs, then a stop.
+  const auto r = reload();
+  ASSERT_TRUE(r.status.success()) << r.output;
+  note_generations();
+  wait_for_requests(100);
+  stop_load();
+  expect_clean_load();
+  ASSERT_TRUE(wait_generations(1));
+  EXPECT_TRUE(zombies_of(supervisor_).empty());
+  stop_supervisor(0);
+}
+
+TEST_F(Reexec, Sigusr2ReexecsAndAReexecDuringAReloadKeepsItsOutcome) {
+  // Generation 2 is slow to be ready: fault_app's never-ready, cut by --ready-timeout.
+  write_modes("serve\nnever-ready\n");
+  start({"--ready-timeout", "5s", "--stop-timeout", "10s"}, example_server_app());
+  const std::string apps = app_pids();
+  start_load();
+  wait_for_requests(100);
+  // SIGUSR2: a re-exec without an answer; status says it happened.
+  replace_binary();
+  const ino_t fresh = inode_of(tool_);
+  ASSERT_EQ(::kill(supervisor_, SIGUSR2), 0);
+  const auto deadline = clock_type::now() + 20s;
+  while (status_json().find("\"reexecs\":1") == std::string::npos && clock_type::now() < deadline)
+    std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(running_inode(), fresh);
+  EXPECT_EQ(app_pids(), apps);
+  // A reload whose generation is starting when the supervisor re-executes: the new image
+  // keeps the starting generation, its deadline, and the reload's client.
+  cli_result reloaded;
+  std::thread reloader([&] { reloaded = reload(); });
+  while (status_json().find("\"starting\"") == std::string::npos && clock_type::now() < deadline)
+    std::this_thread::sleep_for(5ms);
+  replace_binary();
+  const auto r = reexec();
+  EXPECT_TRUE(r.status.success()) << r.output;
+  EXPECT_NE(status_json().find("\"starting\""), std::string::npos) << "the reload was lost";
+  reloader.join();
+  EXPECT_EQ(reloaded.status.code, 1) << reloaded.output;
+  EXPECT_NE(reloaded.output.find("not ready within 5s"), std::string::npos) << reloaded.output;
+  EXPECT_NE(reloaded.output.find("keeps serving"), std::string::npos) << reloaded.output;
+  ASSERT_TRUE(wait_generations(1));
+  // And the next reload works.
+  const auto again = reload();
+  EXPECT_TRUE(again.status.success()) << again.output;
+  note_generations();
+  wait_for_requests(100);
+  stop_load();
+  expect_clean_load();
+  EXPECT_TRUE(zombies_of(supervisor_).empty());
+  stop_supervisor(0);
+}
+
+struct broken_binary {
+  const char* name;
+  const char* script;  // "" with mode 0644: a copy of handoff that is not executable
+  const char* cause;   // in the answer
+  const char* status;  // in `handoff status --json` (JSON-escaped)
+};
+
+class ReexecBroken : public Reexec, public testing::WithParamInterface<broken_binary> {};
+
+TEST_P(ReexecBroken, TheOldImageKeepsRunningAndSaysWhy) {
+  const auto& param = GetParam();
+  start({"--stop-timeout", "10s"}, example_server_app());
+  const std::string apps = app_pids();
+  const ino_t old = running_inode();
+  start_load();
+  wait_for_requests(100);
+  const std::string name = param.name;
+  if (name == "Missing") {
+    std::filesystem::remove(tool_);
+  } else if (name == "NotExecutable") {
+    replace_binary({}, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+  } else {
+    std::string script = param.script;
+    for (auto at = script.find("REAL"); at != std::string::npos; at = script.find("REAL"))
+      script.replace(at, 4, HANDOFF_TOOL);
+    replace_binary(script);
+  }
+  const auto r = reexec();
+  EXPECT_EQ(r.status.code, 1) << r.output;
+  EXPECT_NE(r.output.find(param.cause), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("keeps running"), std::string::npos) << r.output;
+  EXPECT_EQ(running_inode(), old) << "the old binary must be the one running";
+  EXPECT_EQ(app_pids(), apps);
+  const std::string status = status_json();
+  EXPECT_NE(status.find("\"reexecs\":0"), std::string::npos) << status;
+  EXPECT_NE(status.find(param.status), std::string::npos)
+      << "status has the last reexec: " << status;
+  const auto again = reload();
+  EXPECT_TRUE(again.status.success()) << again.output;
+  note_generations();
+  wait_for_requests(100);
+  stop_load();
+  expect_clean_load();
+  ASSERT_TRUE(wait_generations(1));
+  EXPECT_TRUE(zombies_of(supervisor_).empty());
+  stop_supervisor(0);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Binaries, ReexecBroken,
+    testing::Values(
+        broken_binary{"ExitsAtOnce", "#!/bin/sh\necho 'cannot start' >&2\nexit 3\n",
+                      "exited with status 3 when probed (its last words: \"cannot start\")",
+                      R"(exited with status 3 when probed (its last words: \"cannot start\"))"},
+        broken_binary{"Missing", "", "No such file or directory", "No such file or directory"},
+        broken_binary{"NotExecutable", "", "Permission denied", "Permission denied"},
+        broken_binary{"NotHandoff", "#!/bin/sh\necho hello\n",
+                      "is not a handoff that can re-execute",
+                      "is not a handoff that can re-execute"},
+        // Passes the probe, then refuses the state it is given (as an older build would): the
+        // old image comes back with its state.
+        broken_binary{"RefusesTheState",
+                      "#!/bin/sh\n[ -n \"$HANDOFF_REEXEC_PROBE\" ] && exec REAL\n"
+                      "HANDOFF_STATE_VERSION_MAX=0 exec REAL \"$@\"\n",
+                      "refused the state: state version 1", "refused the state: state version 1"}),
+    [](const auto& test_info) { return std::string(test_info.param.name); });
 
 }  // namespace
 }  // namespace handoff

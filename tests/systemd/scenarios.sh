@@ -190,9 +190,24 @@ check "failed reload: systemctl reload fails, the service stays active, the old 
   "failed active $before" \
   "$([ "$reload_status" != 0 ] && echo failed) $(prop example-run.service ActiveState) $(fetch 127.0.0.1 8081)"
 install -m 0755 /build/examples/example_server /usr/local/bin/example_server
+# A package upgrade of handoff itself: a new file renamed over the path, then handoff reexec.
+app=$(serving_pid)
+for i in 1 2 3; do
+  cp /build/tools/handoff/handoff /usr/local/bin/.handoff.new
+  mv /usr/local/bin/.handoff.new /usr/local/bin/handoff
+  timeout 60 handoff reexec --control /run/handoff/example.sock >/dev/null
+  reexec_status=$?
+  check "reexec $i: the new binary runs, MainPID, service state and the app's pid stay" \
+    "0 $(stat -c %i /usr/local/bin/handoff) $supervisor active $app" \
+    "$reexec_status $(stat -L -c %i /proc/$supervisor/exe) $(prop example-run.service MainPID) $(prop example-run.service ActiveState) $(serving_pid)"
+done
+timeout 60 systemctl reload example-run.service
+check "systemctl reload after the re-execs: succeeds, MainPID stays" "0 $supervisor" \
+  "$? $(prop example-run.service MainPID)"
 kill -TERM $load; wait $load; load_status=$?
 cat /run/load-run.out
-check "no failed request during 5 reloads and a failed one (load_client)" 0 "$load_status"
+check "no failed request during 5 reloads, a failed one and 3 re-execs (load_client)" 0 \
+  "$load_status"
 systemctl restart example-run.service
 check "systemctl restart: active again under a new supervisor" "active changed" \
   "$(prop example-run.service ActiveState) $([ "$(prop example-run.service MainPID)" != "$supervisor" ] && echo changed)"
@@ -224,6 +239,22 @@ done
 check "watchdog: four pings seen, the same supervisor still active, never restarted" \
   "4 active $supervisor 0" \
   "$pings $(prop watchdog-run.service ActiveState) $(prop watchdog-run.service MainPID) $(prop watchdog-run.service NRestarts)"
+# The watchdog and NOTIFY_SOCKET cross a re-exec (SIGUSR2): the pings go on from the new image.
+kill -USR2 "$supervisor"
+for _ in $(seq 1 100); do
+  handoff status --control /run/watchdog-run.sock 2>/dev/null | grep -q "re-executed 1 times" && break
+  sleep 0.1
+done
+pings=0 last=$(prop watchdog-run.service WatchdogTimestampMonotonic)
+for _ in $(seq 1 100); do
+  now=$(prop watchdog-run.service WatchdogTimestampMonotonic)
+  [ "$now" != "$last" ] && pings=$((pings + 1)) last=$now
+  [ "$pings" -ge 4 ] && break
+  sleep 0.1
+done
+check "watchdog after SIGUSR2 re-exec: re-executed, four more pings, same MainPID, never restarted" \
+  "yes 4 active $supervisor 0" \
+  "$(handoff status --control /run/watchdog-run.sock | grep -q 're-executed 1 times' && echo yes) $pings $(prop watchdog-run.service ActiveState) $(prop watchdog-run.service MainPID) $(prop watchdog-run.service NRestarts)"
 systemctl stop watchdog-run.service
 
 echo "systemd scenarios: $passed passed, $failed failed"

@@ -18,7 +18,7 @@ _handoff_values() {  # COMMAND: the options of COMMAND that take a value
         --header-timeout --idle-timeout --response-timeout --queue-timeout --metrics \
         --tls-ticket-key-rotation --tls-cert --tls-key
       ;;
-    reload | status | stop) echo --control --name --timeout ;;
+    reload | status | stop | reexec) echo --control --name --timeout ;;
     check)
       echo --duration -c --connections --threads --rate --mode --method --body-size \
         --connect-timeout --timeout --reload-cmd --reload-every --reload-at --reload-grace \
@@ -31,13 +31,13 @@ _handoff_flags() {  # COMMAND (empty: none yet): the options of COMMAND that tak
   case $1 in
     '') echo -h --help --version ;;
     run) echo -h --help --version --nonblocking --no-forwarded-headers --tls-ticket-keys ;;
-    reload | stop) echo -h --help --version ;;
+    reload | stop | reexec) echo -h --help --version ;;
     status) echo -h --help --version --json ;;
     check) echo -h --help --version --fail-on-errors -q --quiet --insecure --tls-resume ;;
   esac
 }
 
-_handoff_commands='check run reload status stop'
+_handoff_commands='check run reload status stop reexec'
 
 # Supervisors that `--name` can find: NAME.sock in the directory `handoff run` uses by default.
 _handoff_supervisor_names() {

@@ -5,15 +5,17 @@
 // allowed (commands.hpp). --version works at the top and after any command.
 #include <fmt/core.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include "commands.hpp"
+#include "supervisor/state.hpp"
 
 namespace {
 
-constexpr const char* version = "handoff 0.1.0";
+constexpr const char* version = HANDOFF_VERSION_TEXT;
 
 std::string command_names(CLI::App& app) {
   std::string names;
@@ -64,6 +66,12 @@ std::string extras_message(CLI::App& app) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A supervisor about to exec this binary asks which of its states it can read (reexec.cpp).
+  if (std::getenv(handoff::supervisor::env_probe) != nullptr) {
+    fmt::print("handoff-reexec state {} {} {}\n", handoff::supervisor::state_version_min,
+               handoff::supervisor::state_version, version);
+    return 0;
+  }
   CLI::App app{"handoff: zero-downtime restarts and deploys for network servers"};
   app.require_subcommand(1);
   app.set_version_flag("--version", version);

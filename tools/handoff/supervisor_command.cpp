@@ -366,6 +366,25 @@ void add_supervisor_commands(CLI::App& app) {
     fmt::print("{}", answer.text);
   });
 
+  auto [reexec, reexec_a] = add_client(
+      "reexec", "exec the supervisor's binary now on disk, same pid, keeping every generation",
+      "60s");
+  reexec->add_option("--timeout", reexec_a->timeout, "give up waiting after")
+      ->capture_default_str()
+      ->check(duration_check());
+  reexec->callback([a = reexec_a] {
+    const auto answer = call(client_control_path(a->control, a->name), "reexec",
+                             duration_of(a->timeout, "--timeout"));
+    const std::string line = first_line(answer.text);
+    if (line.rfind("ok ", 0) == 0) {
+      fmt::print("{}\n", line.substr(3));
+      return;
+    }
+    if (line.rfind("error ", 0) == 0) fail(1, "reexec: " + line.substr(6));
+    if (!answer.complete) fail(3, "reexec: no outcome within " + a->timeout);
+    fail(1, "reexec: the supervisor closed the connection without an answer");
+  });
+
   auto [stop, stop_a] = add_client("stop", "stop the app gracefully, then the supervisor", "60s");
   stop->add_option("--timeout", stop_a->timeout, "give up waiting after")
       ->capture_default_str()

@@ -7,6 +7,9 @@
 //   status        -> several lines of text
 //   status json   -> one JSON object
 //   stop          -> "ok stopping"; the connection stays open until the supervisor exits
+//   reexec        -> "ok re-executed handoff 0.1.0 as pid 812 (3 re-execs)", sent by the new
+//                    image on the connection the old one accepted (it crosses the exec), or
+//                    "error ... keeps running" (reexec.cpp)
 // Anything else gets "error unknown command ..."; a line over 256 bytes or a peer that says
 // nothing for 5 s is answered with an error and closed. At most control_sessions_max
 // connections are open: a new one beyond that closes the oldest that has not sent its request. Only
@@ -45,6 +48,12 @@ struct control_client {
 class control_server {
  public:
   static result<control_server> open(const std::string& path);
+  // The server this process opened before an exec of itself (reexec.cpp): same fd, same file.
+  static control_server adopt(unique_fd fd, std::string path, dev_t dev, ino_t ino) {
+    return control_server(std::move(fd), std::move(path), dev, ino);
+  }
+  dev_t dev() const noexcept { return dev_; }
+  ino_t ino() const noexcept { return ino_; }
   control_server(control_server&&) noexcept;
   control_server& operator=(control_server&&) noexcept;
   ~control_server();
@@ -93,11 +102,17 @@ class control_sessions {
   void answer_all(const std::string& text);
   std::size_t size() const noexcept { return sessions_.size(); }
 
- private:
+  // Across an exec of the supervisor (state.cpp): the sessions as they are, and back.
   struct session {
     std::uint64_t id = 0;
     control_client conn;
   };
+  const std::vector<session>& sessions() const noexcept { return sessions_; }
+  std::uint64_t next_id() const noexcept { return next_id_; }
+  void adopt(session s) { sessions_.push_back(std::move(s)); }
+  void set_next_id(std::uint64_t id) noexcept { next_id_ = id; }
+
+ private:
   session* find(std::uint64_t id);
   std::optional<control_server> server_;
   std::vector<session> sessions_;

@@ -10,6 +10,8 @@
 //   status.cpp     `handoff status` as text and JSON
 //   metrics.cpp    `GET /metrics` (--metrics; its transport is metrics_http.cpp)
 //   proxy_link.cpp --proxy: each generation's private upstreams, and the front's steps
+//   reexec.cpp     `handoff reexec`: exec the binary on disk with the same pid, and back
+//   state.cpp      the state that travels across that exec (state.hpp)
 //   supervisor.cpp the loop itself
 //
 // Everything runs on one thread. The operating system is reached only through os_env (os.hpp)
@@ -64,8 +66,14 @@ class supervisor_core {
 
   // setup.cpp: the real process's signals, sockets, notify socket, control socket, pid file.
   void setup();
+  // reexec.cpp: instead of setup() in an image started by `handoff reexec`: takes the state
+  // of the image before (HANDOFF_REEXEC_STATE), or execs that image back when it cannot.
+  void restore();
   // supervisor.cpp: runs until finished(); returns the exit code.
   int loop();
+  // reexec.cpp: exec the binary now at our path with our state (control request `id`, or
+  // SIGUSR2 without one). Returns only when it did not happen; the answer is sent by then.
+  void request_reexec(std::optional<std::uint64_t> id);
 
   // The state machine (generation.cpp).
   generation* pending();
@@ -158,6 +166,23 @@ class supervisor_core {
   int reloads_ = 0, reloads_failed_ = 0, restarts_ = 0;
   std::string last_reload_;
   bool pid_file_written_ = false;
+  // reexec.cpp, state.cpp. self_exe_: this image's binary (O_PATH on /proc/self/exe), kept to
+  // exec it back when the next image cannot take the state; self_path_: where it was found
+  // at start, which a package upgrade replaces; self_argv_: our own argv (/proc/self/cmdline).
+  void remember_self();
+  std::string save_state(std::optional<std::uint64_t> waiter) const;
+  // Every fd that save_state names: the ones whose close-on-exec is cleared for the exec.
+  std::vector<int> state_fds() const;
+  // "" when the state was taken; else why not (then nothing of it was touched).
+  std::string check_state(const std::string& text) const;
+  void load_state(const std::string& text);
+  unique_fd self_exe_;
+  std::string self_path_;
+  std::vector<std::string> self_argv_;
+  int reexecs_ = 0;
+  bool restored_ = false;                       // by restore(): the generations are there already
+  std::string last_reexec_;                     // "ok ..." or "error ...", for status
+  std::optional<std::uint64_t> reexec_waiter_;  // to be answered once the loop runs again
   pid_t last_ignored_sender_ = 0;
   // Main processes of ours that exited lately: their last words (STOPPING=1, STATUS=), read
   // after the exit was reaped, are dropped quietly rather than logged as from a stranger.

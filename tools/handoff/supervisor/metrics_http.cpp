@@ -95,6 +95,16 @@ result<metrics_server> metrics_server::open(const std::string& address_text) {
 metrics_server::metrics_server(unique_fd fd, std::string where, std::string path)
     : fd_(std::move(fd)), where_(std::move(where)), path_(std::move(path)) {}
 
+metrics_server metrics_server::adopt(unique_fd fd, std::string where, std::string path) {
+  metrics_server server(std::move(fd), std::move(where), std::move(path));
+  struct stat st {};
+  if (!server.path_.empty() && ::lstat(server.path_.c_str(), &st) == 0) {
+    server.dev_ = st.st_dev;
+    server.ino_ = st.st_ino;
+  }
+  return server;
+}
+
 metrics_server::metrics_server(metrics_server&& other) noexcept
     : fd_(std::move(other.fd_)),
       where_(std::move(other.where_)),

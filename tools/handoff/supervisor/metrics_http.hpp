@@ -43,6 +43,11 @@ class metrics_server {
 
   // Where it listens, as a user writes it ("tcp://127.0.0.1:9100", "unix:/run/m.sock").
   const std::string& where() const noexcept { return where_; }
+  // Across an exec of the supervisor (state.cpp): the listener, and the unix socket file it
+  // created ("" for TCP and abstract sockets). Open connections are not carried over.
+  int listener_fd() const noexcept { return fd_.get(); }
+  const std::string& created_path() const noexcept { return path_; }
+  static metrics_server adopt(unique_fd fd, std::string where, std::string path);
   // The listener's pollfd, then one per connection (POLLIN while reading, POLLOUT while
   // writing), with its id.
   void poll_fds(std::vector<pollfd>& fds, std::vector<std::uint64_t>& ids) const;

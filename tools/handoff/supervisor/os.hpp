@@ -60,6 +60,8 @@ class os_env {
     (void)name;
     return false;
   }
+  // Our manager's NOTIFY_SOCKET, for the next image of the supervisor (reexec.cpp).
+  virtual std::optional<std::string> manager_socket() const { return std::nullopt; }
 };
 
 // The real system calls; notifications go to NOTIFY_SOCKET as found at construction.
@@ -76,6 +78,7 @@ class system_os final : public os_env {
   clock::time_point now() override { return clock::now(); }
   void notify_manager(manager_event event, std::string_view status) override;
   bool store_fd(int fd, std::string_view name) override;
+  std::optional<std::string> manager_socket() const override { return manager_; }
   // Notifications our manager's full queue made us drop (sends never wait).
   std::uint64_t dropped_notifications() const noexcept { return dropped_; }
 

@@ -58,6 +58,7 @@ supervisor_core::~supervisor_core() {
 }
 
 namespace {
+// Forwarded to the serving generation; SIGUSR2 is blocked with them but means reexec.
 constexpr int forwarded_signals[] = {SIGUSR1, SIGUSR2, SIGWINCH, SIGQUIT};
 }  // namespace
 
@@ -346,6 +347,7 @@ void supervisor_core::setup() {
                              ? std::string("127.0.0.1:0 (LISTEN_FDS)")
                              : std::string("a free port in $PORT")));
   }
+  remember_self();
   log_.log("supervisor",
            fmt::format("supervisor pid {} running {}; control {}", ::getpid(), o_.command.at(0),
                        o_.control.empty() ? "none" : o_.control),

@@ -27,6 +27,8 @@ std::string supervisor_core::status_text(bool as_json) const {
         "{}: supervisor pid {}, up {} s, {} reloads ({} failed), {} "
         "restarts\n",
         o_.name, ::getpid(), ms_since(started_, now) / 1000, reloads_, reloads_failed_, restarts_);
+    out += fmt::format("{}, re-executed {} times{}\n", HANDOFF_VERSION_TEXT, reexecs_,
+                       last_reexec_.empty() ? "" : "; last reexec: " + last_reexec_);
     for (const auto& s : sockets_)
       out += fmt::format(
           "socket {}{}{}\n", s.name.empty() ? "" : s.name + "=", s.where,
@@ -65,6 +67,9 @@ std::string supervisor_core::status_text(bool as_json) const {
   json::object root;
   root["name"] = o_.name;
   root["pid"] = ::getpid();
+  root["version"] = HANDOFF_VERSION_TEXT;
+  root["reexecs"] = reexecs_;
+  root["last_reexec"] = last_reexec_;
   root["uptime_ms"] = ms_since(started_, now);
   root["reloads"] = reloads_;
   root["reloads_failed"] = reloads_failed_;

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 
@@ -34,6 +35,10 @@ void supervisor_core::on_signal() {
       case SIGTERM:
       case SIGINT:
         begin_stop(signal_name(sig));
+        break;
+      case SIGUSR2:
+        log_.log("reexec", "SIGUSR2: re-executing");
+        request_reexec(std::nullopt);
         break;
       default:
         if (generation* g = serving())
@@ -77,6 +82,10 @@ void supervisor_core::on_control_request(std::uint64_t id, const std::string& li
     answer(id, status_text(line == "status json"));
     return;
   }
+  if (line == "reexec") {
+    request_reexec(id);
+    return;
+  }
   if (line == "stop") {
     // The connection closes when the supervisor exits.
     control_.reply_and_wait(id, "ok stopping\n");
@@ -85,12 +94,13 @@ void supervisor_core::on_control_request(std::uint64_t id, const std::string& li
   }
   std::string quoted;
   json_string(quoted, printable ? line : std::string("(not printable text)"));
-  answer(id,
-         "error unknown command " + quoted + ": expected reload, status, status json or stop\n");
+  answer(id, "error unknown command " + quoted +
+                 ": expected reload, status, status json, reexec or "
+                 "stop\n");
 }
 
 int supervisor_core::loop() {
-  start_generation(false, std::nullopt);
+  if (!restored_) start_generation(false, std::nullopt);
   std::vector<pollfd> fds;
   // Only ids are kept across the handlers of one round: any handler may end any session or
   // generation, so nothing that points into them survives from before poll().
@@ -183,7 +193,11 @@ int supervisor_core::loop() {
 int run(run_options options) {
   system_os os;
   supervisor_core s(std::move(options), os);
-  s.setup();
+  // An image started by `handoff reexec` takes the state of the one before instead.
+  if (std::getenv("HANDOFF_REEXEC_STATE") != nullptr)
+    s.restore();
+  else
+    s.setup();
   return s.loop();
 }
 

@@ -1,0 +1,343 @@
+// `handoff reexec`: the supervisor execs the binary now at its path, with the same pid, so that
+// its manager's MainPID, its children's parent and every pidfd stay what they were. The state
+// crosses in a memfd (state.hpp); the fds it names keep their numbers.
+//
+// Order of the old image: ask the binary at the path which state versions it reads (a binary
+// that is missing, not executable, exits at once or reads no version of ours is refused here,
+// and this image keeps running); write the state; clear close-on-exec on exactly the fds it
+// names; execve. A failed execve sets every flag back and answers the error. The new image
+// checks the whole state before it uses any of it; if it cannot take it, it execs this image's
+// binary back (an O_PATH fd on /proc/self/exe, kept across the exec) with the same state and
+// the reason, which the old image, restored, logs and answers.
+#include <fcntl.h>
+#include <fmt/core.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+
+#include "handoff/decimal.hpp"
+#include "handoff/spawn.hpp"
+#include "supervisor/core.hpp"
+#include "supervisor/state.hpp"
+
+extern char** environ;
+
+namespace handoff::supervisor {
+
+using namespace std::chrono_literals;
+
+namespace {
+
+// The env var that names the O_PATH fd of the image to come back to.
+constexpr const char* env_self = "HANDOFF_REEXEC_SELF";
+// How long the binary at the path may take to answer which state versions it reads.
+constexpr auto probe_timeout = 5s;
+
+std::string read_all(int fd) {
+  std::string out;
+  char buf[65536];
+  for (off_t at = 0;;) {
+    const ssize_t n = ::pread(fd, buf, sizeof buf, at);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out.append(buf, static_cast<std::size_t>(n));
+    at += n;
+  }
+  return out;
+}
+
+std::vector<std::string> own_argv() {
+  std::vector<std::string> argv;
+  unique_fd fd(::open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC));
+  if (!fd) return argv;
+  std::string text;
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = ::read(fd.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    text.append(buf, static_cast<std::size_t>(n));
+  }
+  for (std::size_t at = 0; at < text.size();) {
+    const auto end = text.find('\0', at);
+    argv.push_back(text.substr(at, end - at));
+    if (end == std::string::npos) break;
+    at = end + 1;
+  }
+  return argv;
+}
+
+// This process's environment without the variables of `drop` (names), plus `add`.
+std::vector<std::string> environment_with(const std::vector<std::string>& drop,
+                                          const std::vector<std::string>& add) {
+  std::vector<std::string> env;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    const std::string_view entry(*e);
+    const auto name = entry.substr(0, entry.find('='));
+    bool dropped = false;
+    for (const auto& d : drop) dropped = dropped || name == d;
+    for (const auto& a : add) dropped = dropped || a.substr(0, a.find('=')) == name;
+    if (!dropped) env.emplace_back(entry);
+  }
+  env.insert(env.end(), add.begin(), add.end());
+  return env;
+}
+
+std::vector<char*> pointers(std::vector<std::string>& v) {
+  std::vector<char*> p;
+  for (auto& s : v) p.push_back(s.data());
+  p.push_back(nullptr);
+  return p;
+}
+
+void set_cloexec(int fd, bool on) {
+  const int flags = ::fcntl(fd, F_GETFD);
+  if (flags >= 0) (void)::fcntl(fd, F_SETFD, on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC);
+}
+
+struct probe_answer {
+  std::string error;    // why the binary is refused ("" when it is not)
+  std::string version;  // what it says it is
+};
+
+// Runs `path` with HANDOFF_REEXEC_PROBE=1: it must print "handoff-reexec state MIN MAX
+// VERSION" and exit 0, with our state_version within MIN..MAX.
+probe_answer probe_binary(const std::string& path) {
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) != 0) return {fmt::format("pipe: {}", std::strerror(errno)), {}};
+  unique_fd read_end(p[0]), write_end(p[1]);
+  spawn_options so;
+  so.argv = {path};
+  so.extra_environment = {std::string(env_probe) + "=1"};
+  so.stdout_fd = so.stderr_fd = write_end.get();
+  auto pid = spawn(so);
+  write_end.reset();
+  if (!pid) return {pid.error().message(), {}};
+  std::string out;
+  const auto deadline = clock::now() + probe_timeout;
+  bool timed_out = false;
+  for (;;) {
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - clock::now());
+    pollfd pfd{read_end.get(), POLLIN, 0};
+    const int ready = left.count() <= 0 ? 0 : ::poll(&pfd, 1, static_cast<int>(left.count()));
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0) {
+      timed_out = true;
+      break;
+    }
+    char buf[1024];
+    const ssize_t n = ::read(read_end.get(), buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    if (out.size() < 4096) out.append(buf, static_cast<std::size_t>(n));
+  }
+  if (timed_out) (void)::kill(*pid, SIGKILL);
+  auto status = wait_exit(*pid, 5s);
+  if (!status) {
+    (void)::kill(*pid, SIGKILL);
+    (void)wait_exit(*pid, 5s);
+  }
+  std::string last;  // its last line of output, to say why it failed
+  {
+    std::string trimmed = out;
+    while (!trimmed.empty() && (trimmed.back() == '\n' || trimmed.back() == '\r'))
+      trimmed.pop_back();
+    last = trimmed.substr(trimmed.rfind('\n') == std::string::npos ? 0 : trimmed.rfind('\n') + 1);
+    if (last.size() > 200) last.resize(200);
+  }
+  const std::string said = last.empty() ? "" : fmt::format(" (its last words: \"{}\")", last);
+  if (timed_out)
+    return {fmt::format("did not answer the probe within {} s", probe_timeout.count()), {}};
+  if (!status || !status->success())
+    return {fmt::format("{} when probed{}",
+                        status ? status->describe() : std::string("did not exit"), said),
+            {}};
+  const std::string tag = "handoff-reexec state ";
+  const auto at = out.find(tag);
+  if (at == std::string::npos)
+    return {fmt::format("is not a handoff that can re-execute: no state versions in its "
+                        "answer{}",
+                        said),
+            {}};
+  int min = 0, max = 0;
+  char version[128] = {};
+  if (std::sscanf(out.c_str() + at + tag.size(), "%d %d %127[^\n]", &min, &max, version) != 3)
+    return {"answered the probe with a damaged line", {}};
+  if (state_version < min || state_version > max)
+    return {fmt::format("{} reads state versions {} to {}; this one writes version {}", version,
+                        min, max, state_version),
+            version};
+  return {{}, version};
+}
+
+}  // namespace
+
+void supervisor_core::remember_self() {
+  self_exe_.reset(::open("/proc/self/exe", O_PATH | O_CLOEXEC));
+  if (self_path_.empty()) {
+    char buf[4096] = {};
+    const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+    if (n > 0) self_path_.assign(buf, static_cast<std::size_t>(n));
+  }
+  self_argv_ = own_argv();
+}
+
+void supervisor_core::request_reexec(std::optional<std::uint64_t> id) {
+  const auto refuse = [&](const std::string& why) {
+    last_reexec_ = "error " + why;
+    log_.log("reexec_failed", "reexec: " + why, {{"cause", why}});
+    if (id) answer(*id, "error " + why + "\n");
+  };
+  if (proxy_)
+    return refuse(
+        "not available with --proxy yet: the client connections it holds cannot be handed over");
+  if (stopping_) return refuse("the supervisor is stopping");
+  if (self_path_.empty() || self_argv_.empty() || !self_exe_)
+    return refuse("the supervisor's own binary or argv is unknown (no /proc?)");
+  const auto probe = probe_binary(self_path_);
+  if (!probe.error.empty())
+    return refuse(
+        fmt::format("{} {}; {} keeps running", self_path_, probe.error, HANDOFF_VERSION_TEXT));
+  if (id) control_.wait(*id);  // answered by the new image, or below
+  unique_fd memfd(::memfd_create("handoff-state", MFD_CLOEXEC));
+  if (!memfd) return refuse(fmt::format("memfd_create: {}", std::strerror(errno)));
+  const std::string state = save_state(id);
+  for (std::size_t sent = 0; sent < state.size();) {
+    const ssize_t n = ::write(memfd.get(), state.data() + sent, state.size() - sent);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return refuse(fmt::format("writing the state: {}", std::strerror(errno)));
+    sent += static_cast<std::size_t>(n);
+  }
+  log_.log("reexec",
+           fmt::format("re-executing {} ({}) as pid {}: {} generations, {} sockets, {} bytes of "
+                       "state",
+                       self_path_, probe.version, ::getpid(), generations_.size(), sockets_.size(),
+                       state.size()),
+           {{"path", self_path_}, {"version", probe.version}});
+  // The lines still buffered would be lost with this image: a short wait for stderr.
+  for (int i = 0; i < 50 && log_.poll_fd() >= 0; ++i) {
+    pollfd p{log_.poll_fd(), POLLOUT, 0};
+    (void)::poll(&p, 1, 10);
+    log_.flush();
+  }
+  auto fds = state_fds();
+  fds.push_back(memfd.get());
+  for (const int fd : fds) set_cloexec(fd, false);
+  std::vector<std::string> argv = self_argv_;
+  std::vector<std::string> add = {fmt::format("{}={}", env_state_fd, memfd.get()),
+                                  fmt::format("{}={}", env_self, self_exe_.get())};
+  if (auto manager = os_.manager_socket()) add.push_back("NOTIFY_SOCKET=" + *manager);
+  auto env = environment_with({env_failed, env_read_max}, add);
+  auto argv_p = pointers(argv);
+  auto env_p = pointers(env);
+  ::execve(self_path_.c_str(), argv_p.data(), env_p.data());
+  const int err = errno;
+  for (const int fd : fds) set_cloexec(fd, true);
+  refuse(fmt::format("execve {}: {}; {} keeps running", self_path_, std::strerror(err),
+                     HANDOFF_VERSION_TEXT));
+}
+
+void supervisor_core::restore() {
+  const char* fd_text = std::getenv(env_state_fd);
+  const char* self_text = std::getenv(env_self);
+  const auto state_fd = parse_decimal<int>(fd_text != nullptr ? fd_text : "", 3);
+  const auto self_fd = parse_decimal<int>(self_text != nullptr ? self_text : "", 3);
+  if (!state_fd || !self_fd)
+    throw std::runtime_error(fmt::format("reexec: {}={} and {}={} do not name fds", env_state_fd,
+                                         fd_text != nullptr ? fd_text : "", env_self,
+                                         self_text != nullptr ? self_text : ""));
+  std::optional<std::string> came_back;
+  if (const char* f = std::getenv(env_failed)) came_back = f;
+  const std::string text = read_all(*state_fd);
+  if (const auto why = check_state(text); !why.empty()) {
+    if (came_back)
+      throw std::runtime_error(
+          fmt::format("reexec: came back after \"{}\" and cannot read its own state either: {}",
+                      *came_back, why));
+    // Nothing was touched yet: every fd is as the old image left it, so it can have it back.
+    std::string self_path = "?";
+    char buf[4096] = {};
+    if (const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1); n > 0)
+      self_path.assign(buf, static_cast<std::size_t>(n));
+    std::vector<std::string> argv = own_argv();
+    auto env = environment_with(
+        {env_read_max}, {fmt::format("{}={} ({}) refused the state: {}", env_failed, self_path,
+                                     HANDOFF_VERSION_TEXT, why)});
+    auto argv_p = pointers(argv);
+    auto env_p = pointers(env);
+    ::syscall(SYS_execveat, *self_fd, "", argv_p.data(), env_p.data(), AT_EMPTY_PATH);
+    throw std::runtime_error(
+        fmt::format("reexec: the state was refused ({}) and the image before "
+                    "could not be exec'd back: {}",
+                    why, std::strerror(errno)));
+  }
+  for (const char* name : {env_state_fd, env_self, env_failed, env_read_max}) ::unsetenv(name);
+  ::close(*state_fd);
+  load_state(text);
+  // Ours alone again: no child of ours may inherit them.
+  for (const int fd : state_fds()) set_cloexec(fd, true);
+  remember_self();
+  restored_ = true;
+
+  log_.start_nonblocking();
+  // The mask survived the exec (and with it any SIGCHLD still pending); blocked again all the
+  // same, in case the image before blocked fewer.
+  sigset_t mask;
+  sigemptyset(&mask);
+  for (int sig : {SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGWINCH, SIGQUIT})
+    sigaddset(&mask, sig);
+  if (::sigprocmask(SIG_BLOCK, &mask, nullptr) != 0)
+    throw std::runtime_error(std::string("sigprocmask: ") + std::strerror(errno));
+  (void)::signal(SIGPIPE, SIG_IGN);
+  signal_fd_.reset(::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
+  if (!signal_fd_) throw std::runtime_error(std::string("signalfd: ") + std::strerror(errno));
+  wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!wake_fd_) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
+  if (::getpid() != 1) (void)::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+
+  // Our children, not reaped (a SIGCHLD of the exec's moment waits in the mask), so each pid
+  // still names its process: a pidfd opened now is the right one.
+  int processes = 0;
+  for (auto& g : generations_)
+    for (auto& s : g.slots) {
+      if (!s.running()) continue;
+      ++processes;
+      s.pidfd = os_.open_pidfd(s.pid);
+      const bool probing = o_.ready == ready_mode::tcp || o_.ready == ready_mode::http;
+      if (probing && !s.ready && g.state == generation_state::starting)
+        s.probe = start_probe(o_.ready == ready_mode::http ? "http" : "tcp", o_.ready_target,
+                              wake_fd_.get(), "");
+    }
+  std::string text_out;
+  if (came_back) {
+    last_reexec_ = "error " + *came_back;
+    text_out = fmt::format("error {}; {} keeps running\n", *came_back, HANDOFF_VERSION_TEXT);
+    log_.log("reexec_failed",
+             fmt::format("reexec: {}; back to {}", *came_back, HANDOFF_VERSION_TEXT),
+             {{"cause", *came_back}});
+  } else {
+    ++reexecs_;
+    last_reexec_ = fmt::format("ok re-executed {} as pid {} ({} re-execs)", HANDOFF_VERSION_TEXT,
+                               ::getpid(), reexecs_);
+    text_out = last_reexec_ + "\n";
+    log_.log(
+        "reexec_done",
+        fmt::format("re-executed: {} ({}), pid {}, {} generations and {} processes kept",
+                    self_path_, HANDOFF_VERSION_TEXT, ::getpid(), generations_.size(), processes),
+        {{"version", std::string(HANDOFF_VERSION_TEXT)},
+         {"reexecs", static_cast<long long>(reexecs_)}});
+  }
+  if (reexec_waiter_) answer(*reexec_waiter_, text_out);
+  reexec_waiter_.reset();
+}
+
+}  // namespace handoff::supervisor
