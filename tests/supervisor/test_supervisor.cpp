@@ -960,6 +960,14 @@ TEST_F(Supervisor, DuplicateListenNamesOrAddressesAreRejectedAtStart) {
   EXPECT_NE(addresses.output.find("the same address twice"), std::string::npos) << addresses.output;
 }
 
+// Words after `--` are the app's even right after `-l ADDR`: CLI11's vector options took them.
+TEST_F(Supervisor, TheAppsOptionsAfterListenAndDashDashAreTheApps) {
+  const auto r = cli({"run", "--control", control_, "--restart", "never", "-l", "127.0.0.1:0", "--",
+                      "/bin/sh", "-c", "exit 7", "--version"});
+  EXPECT_EQ(r.status.code, 7) << r.output;
+  EXPECT_EQ(r.output.find("handoff 0"), std::string::npos) << r.output;
+}
+
 TEST_F(Supervisor, ListenFdsNamingAClosedFdIsAnError) {
   const auto r = cli_sh("exec 3>&-; LISTEN_PID=$$ LISTEN_FDS=1 exec \"$@\"",
                         {"run", "--control", control_, "--", "/bin/true"}, 20s);

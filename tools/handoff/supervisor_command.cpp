@@ -233,8 +233,11 @@ void add_supervisor_commands(CLI::App& app) {
   auto run_a = std::make_shared<run_args>();
   CLI::App* run = app.add_subcommand(
       "run", "supervise an app: hold its sockets, start generations with overlap");
+  // One address per -l: CLI11 lets a vector option take every following word, and with `--`
+  // right after `-l ADDR` the app's own options were then read as ours.
   run->add_option("-l,--listen", run_a->o.listen,
-                  "[NAME=]ADDRESS to listen on (repeatable; default: inherit LISTEN_FDS)");
+                  "[NAME=]ADDRESS to listen on (repeatable; default: inherit LISTEN_FDS)")
+      ->allow_extra_args(false);
   run->add_option("--ready", run_a->ready,
                   "notify | http://HOST:PORT/PATH | tcp[:HOST:PORT] | delay:DURATION")
       ->capture_default_str();
