@@ -18,9 +18,8 @@
 #include <vector>
 
 #include "handoff/fd.hpp"
-#include "handoff/ticket_keys.hpp"
-
 #include "handoff/http/tls_context.hpp"
+#include "handoff/ticket_keys.hpp"
 
 namespace handoff::http {
 
