@@ -313,6 +313,44 @@ INSTANTIATE_TEST_SUITE_P(KeysFrom, TlsResumeUnderRun, testing::Bool(),
                            return p.param ? "Supervisor" : "AppInFdStore";
                          });
 
+// `handoff reexec` between the two generations: the new image of the supervisor holds the same
+// keys (they travel in its state) and hands them to generation 2. Without them in the state, the
+// first reload after a re-exec had no keys to give, and the session did not resume.
+TEST_F(TlsResume, SupervisorKeysSurviveAReexecOfTheSupervisor) {
+  auto listener = open_listener(parse_address("127.0.0.1:0").value()).value();
+  const auto port = local_address(listener.get()).value().port;
+  const std::string control = dir_ / "c.sock";
+  spawn_options o;
+  o.argv = {HANDOFF_TOOL,
+            "run",
+            "--control",
+            control,
+            "--name",
+            "tls",
+            "--tls-ticket-keys",
+            "--",
+            HANDOFF_EXAMPLE_SERVER,
+            "--threads",
+            "1",
+            "--tls-cert",
+            cert_,
+            "--tls-key",
+            key_};
+  o.fds = {{listener.get(), "https"}};
+  pid_t pid = 0;
+  auto err = spawn_logged(o, pid);
+  const std::string first_pid = err.wait_for("example_server: pid (\\d+) version");
+  ASSERT_TRUE(fresh(connect(port, cert_, session_, false)));
+  const auto reexec = run({HANDOFF_TOOL, "reexec", "--control", control});
+  EXPECT_THAT(reexec, HasSubstr("1 re-execs")) << reexec;
+  const auto reload = run({HANDOFF_TOOL, "reload", "--control", control});
+  EXPECT_THAT(reload, HasSubstr("generation 2")) << reload;
+  err.wait_for("example_server: pid " + first_pid + " stopped");
+  const auto second = connect(port, cert_, session_, true);
+  EXPECT_THAT(second, Not(HasSubstr("hello from pid " + first_pid)));
+  EXPECT_TRUE(reused(second)) << second << err.output;
+}
+
 // --tls-ticket-key-rotation: the supervisor appends a key each period; a ticket made before
 // still resumes after one rotation and no longer after two (the app keeps the newest two).
 TEST_F(TlsResume, SupervisorRotatesTheKeys) {

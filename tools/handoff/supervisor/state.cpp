@@ -76,6 +76,7 @@ std::vector<int> supervisor_core::state_fds() const {
   for (const auto& s : control_.sessions()) fds.push_back(s.conn.fd.get());
   if (metrics_server_) fds.push_back(metrics_server_->listener_fd());
   if (self_exe_) fds.push_back(self_exe_.get());
+  if (ticket_keys_) fds.push_back(ticket_keys_.get());
   return fds;
 }
 
@@ -99,6 +100,11 @@ std::string supervisor_core::save_state(std::optional<std::uint64_t> waiter) con
   for (const auto& f : fdstore_)
     store.push_back(json::object{{"fd", f.fd.get()}, {"name", f.name}});
   root["fdstore"] = std::move(store);
+  // The TLS session-ticket keys (--tls-ticket-keys): the next generations must get the same
+  // ones, or every session made so far stops resuming at the first reload after a re-exec.
+  if (ticket_keys_)
+    root["ticket_keys"] =
+        json::object{{"fd", ticket_keys_.get()}, {"next_rotation", ns(next_key_rotation_)}};
   root["notify"] = json::object{{"fd", notify_->fd()}, {"address", notify_->address()}};
   if (const auto* c = control_.server()) {
     json::array sessions;
@@ -223,6 +229,10 @@ std::string supervisor_core::check_state(const std::string& text) const {
     for (const char* key :
          {"sockets", "fdstore", "notify", "core", "metrics_counts", "generations"})
       if (!root.contains(key)) return fmt::format("the state has no \"{}\"", key);
+    if (const auto* k = root.if_contains("ticket_keys")) {
+      (void)k->at("fd").to_number<int>();
+      (void)at(k->at("next_rotation"));
+    }
     for (const auto& g : root.at("generations").as_array()) {
       (void)state_of(str(g.at("state")));
       for (const auto& s : g.at("slots").as_array()) (void)s.at("pid").to_number<pid_t>();
@@ -253,6 +263,11 @@ void supervisor_core::load_state(const std::string& text) {
     f.fd.reset(v.at("fd").to_number<int>());
     f.name = str(v.at("name"));
     fdstore_.push_back(std::move(f));
+  }
+  // Optional: the states of builds before --tls-ticket-keys have none.
+  if (const auto* k = root.if_contains("ticket_keys")) {
+    ticket_keys_.reset(k->at("fd").to_number<int>());
+    next_key_rotation_ = at(k->at("next_rotation"));
   }
   const auto& n = root.at("notify");
   notify_.emplace(
