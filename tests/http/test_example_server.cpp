@@ -188,9 +188,16 @@ TEST_F(ExampleServer, HealthAnswers503DuringTheHealthDelayWhileStillServing) {
     ASSERT_TRUE(m) << m.error().message();
     if (m->pid == pid_ && m->has("STOPPING")) break;
   }
-  raw_connection fresh(port_);
-  auto health = fresh.get("/health");
-  ASSERT_EQ(health.result, outcome::ok) << to_string(health.result);
+  // example_server says STOPPING=1 just before server::drain() turns health to 503, so the
+  // first probe may still see 200; within the 2 s delay it must see 503 on a new connection,
+  // which is still accepted.
+  const auto until = std::chrono::steady_clock::now() + 2s;
+  test::reply health;
+  do {
+    raw_connection fresh(port_);
+    health = fresh.get("/health");
+    ASSERT_EQ(health.result, outcome::ok) << to_string(health.result);
+  } while (health.status == 200 && std::chrono::steady_clock::now() < until);
   EXPECT_EQ(health.status, 503);
   EXPECT_EQ(health.body, "draining\n");
   auto status = wait_exit(pid_, 30s);
