@@ -143,6 +143,7 @@ class supervisor_core {
   // none), and when the next key is appended to it.
   unique_fd ticket_keys_;
   clock::time_point next_key_rotation_{};
+  void open_signal_and_wake_fds();
   void setup_ticket_keys(unique_fd inherited);
   void rotate_ticket_keys(deadlines& due);
   std::optional<notify_receiver> notify_;

@@ -289,20 +289,7 @@ void supervisor_core::restore() {
   restored_ = true;
 
   log_.start_nonblocking();
-  // The mask survived the exec (and with it any SIGCHLD still pending); blocked again all the
-  // same, in case the image before blocked fewer.
-  sigset_t mask;
-  sigemptyset(&mask);
-  for (int sig : {SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGWINCH, SIGQUIT})
-    sigaddset(&mask, sig);
-  if (::sigprocmask(SIG_BLOCK, &mask, nullptr) != 0)
-    throw std::runtime_error(std::string("sigprocmask: ") + std::strerror(errno));
-  (void)::signal(SIGPIPE, SIG_IGN);
-  signal_fd_.reset(::signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
-  if (!signal_fd_) throw std::runtime_error(std::string("signalfd: ") + std::strerror(errno));
-  wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!wake_fd_) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
-  if (::getpid() != 1) (void)::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+  open_signal_and_wake_fds();
 
   // Our children, not reaped (a SIGCHLD of the exec's moment waits in the mask), so each pid
   // still names its process: a pidfd opened now is the right one.

@@ -202,12 +202,12 @@ void supervisor_core::rotate_ticket_keys(deadlines& due) {
                                    format_duration(o_.tls_ticket_key_rotation)));
 }
 
-void supervisor_core::setup() {
-  check_inherited_fds_open();
-  reset_signals();
-  log_.start_nonblocking();
-  // Signals go to the signalfd only. Blocked here, before anything else: spawn() gives each
-  // child a clean mask and default dispositions.
+// Signals go to the signalfd only (blocked first); the wake eventfd; and orphans of the app (a
+// daemonizing child, a forked successor after MAINPID=) re-parented to us and reaped here
+// rather than left to an init that may not reap (PR_SET_CHILD_SUBREAPER). At setup, and again
+// in the image a re-exec starts (reexec.cpp), where the mask survived the exec with any SIGCHLD
+// still pending but is blocked again all the same, in case the image before blocked fewer.
+void supervisor_core::open_signal_and_wake_fds() {
   sigset_t mask;
   sigemptyset(&mask);
   for (int sig : {SIGCHLD, SIGHUP, SIGTERM, SIGINT}) sigaddset(&mask, sig);
@@ -219,10 +219,15 @@ void supervisor_core::setup() {
   if (!signal_fd_) throw std::runtime_error(std::string("signalfd: ") + std::strerror(errno));
   wake_fd_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake_fd_) throw std::runtime_error(std::string("eventfd: ") + std::strerror(errno));
-
-  // Orphans of the app (a daemonizing child, a forked successor after MAINPID=) are re-parented
-  // to us and reaped here rather than left to an init that may not reap (PR_SET_CHILD_SUBREAPER).
   if (::getpid() != 1) (void)::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+}
+
+void supervisor_core::setup() {
+  check_inherited_fds_open();
+  reset_signals();
+  log_.start_nonblocking();
+  // Before anything else: spawn() gives each child a clean mask and default dispositions.
+  open_signal_and_wake_fds();
 
   // systemd's watchdog of this process is ours to answer, not the app's (sd_watchdog_enabled(3):
   // WATCHDOG_PID, when set, must name us).
