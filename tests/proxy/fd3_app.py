@@ -8,6 +8,7 @@ Paths: /            200, "PID\\n" (header X-Served-By: PID)
        /slow?ms=N   answers after N ms
        /die         sends half a response, then the process exits (status 3)
        /proto       200, the request's X-Forwarded-Proto ("-" without one)
+       /fdnames     200, the LISTEN_FDNAMES it was started with ("-" without)
        Upgrade: echo  101, then echoes bytes until the client closes (a WebSocket stand-in)
 
 argv[1] (optional): a mode file; its first line, read at start, says "serve" (default),
@@ -72,6 +73,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(ms / 1000)
         if self.path == "/proto":
             self.reply(self.headers.get("X-Forwarded-Proto", "-"))
+            return
+        if self.path == "/fdnames":
+            self.reply(os.environ.get("LISTEN_FDNAMES", "-"))
             return
         if self.path == "/die":
             self.send_response(200)

@@ -60,6 +60,22 @@ def s_client_serial(port, cafile):
     return r.stdout.strip().lower()
 
 
+def s_client_session(port, cafile, session, resume, version="-tls1_3"):
+    """One `openssl s_client` connection (TLS `version`) sending GET / with Connection: close,
+    its session saved to `session` (resume False) or resumed from it. True when s_client says
+    "Reused,", False for "New,"."""
+    r = subprocess.run(
+        "printf 'GET / HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' | "
+        f"openssl s_client -connect 127.0.0.1:{port} -servername localhost -CAfile {cafile} "
+        f"-verify_return_error -ign_eof {version} {'-sess_in' if resume else '-sess_out'} "
+        f"{session}",
+        shell=True, capture_output=True, text=True, timeout=30)
+    out = r.stdout + r.stderr
+    assert "HTTP/1.1 200" in out, out
+    assert ("\nReused, " in out) != ("\nNew, " in out), out
+    return "\nReused, " in out
+
+
 def read_to_close(s):
     """What `s` receives until the peer closes it (a reset counts as a close)."""
     data = b""
@@ -238,6 +254,37 @@ class ProxyTlsTest(unittest.TestCase):
         self.assertEqual(s_client_serial(sup.port, self.cafile), "serial=b002")
         self.assertTrue(old.get("/").startswith(b"HTTP/1.1 200"))
         old.close()
+
+    def test_sessions_resume_across_reloads(self):
+        # The front makes a new TLS context at each reload; every one encrypts its tickets with
+        # the supervisor's keys, so a session made before a reload resumes after it, also when
+        # the reload rotated the certificate; in TLS 1.3 and 1.2. The keys stay in the supervisor.
+        sup = self.start_https()
+        sup.wait_line(r"holding new TLS session-ticket keys", 10)
+        versions = ("-tls1_3", "-tls1_2")
+        for v in versions:
+            before = os.path.join(self.tmp, f"before{v}.sess")
+            self.assertFalse(s_client_session(sup.port, self.cafile, before, False, v), v)
+            self.assertTrue(s_client_session(sup.port, self.cafile, before, True, v), v)
+        for n, (cert, key) in enumerate([(self.cert_a, self.key_a), (self.cert_b, self.key_b)]):
+            install(cert, key, self.cert, self.key)
+            r = sup.reload()
+            self.assertEqual(r.returncode, 0, r.stderr + sup.log())
+            sup.wait_line(rf"generation {n + 2} took over", 60)
+            for v in versions:
+                before = os.path.join(self.tmp, f"before{v}.sess")
+                self.assertTrue(s_client_session(sup.port, self.cafile, before, True, v),
+                                f"{v} after reload {n + 1}")
+        self.assertEqual(s_client_serial(sup.port, self.cafile), "serial=b002")
+        # A session the new certificate's context made resumes too.
+        after = os.path.join(self.tmp, "after.sess")
+        self.assertFalse(s_client_session(sup.port, self.cafile, after, resume=False))
+        self.assertTrue(s_client_session(sup.port, self.cafile, after, resume=True))
+        # The app behind the front speaks plaintext and is given no keys, only its socket.
+        client = TlsClient(sup.port, self.cafile)
+        names = client.get("/fdnames").rpartition(b"\r\n\r\n")[2]
+        self.assertNotIn(b"handoff-tls-keys", names)
+        client.close()
 
     def test_garbage_and_stalled_handshakes_disturb_no_one(self):
         sup = self.start_https("--header-timeout", "1s")

@@ -313,12 +313,14 @@ void add_supervisor_commands(CLI::App& app) {
   run->add_option("--queue-timeout", run_a->queue_timeout,
                   "--proxy: with no generation ready, a request waits this long (then 503)")
       ->capture_default_str();
-  run->add_flag("--tls-ticket-keys", run_a->o.tls_ticket_keys,
-                "hold TLS session-ticket keys for the app (a memfd passed as handoff-tls-keys), so "
-                "that clients resume their sessions in the next generation");
+  run->add_flag(
+      "--tls-ticket-keys", run_a->o.tls_ticket_keys,
+      "hold TLS session-ticket keys for the app (a memfd passed as handoff-tls-keys), so that "
+      "clients resume their sessions in the next generation (implied by --proxy https, whose "
+      "front keeps them)");
   run->add_option("--tls-ticket-key-rotation", run_a->tls_ticket_key_rotation,
-                  "with --tls-ticket-keys: a new encryption key this often (the previous one "
-                  "still decrypts)")
+                  "with --tls-ticket-keys or --proxy https: a new encryption key this often (the "
+                  "previous one still decrypts)")
       ->capture_default_str()
       ->check(duration_check());
   run->add_option("--metrics", run_a->o.metrics,

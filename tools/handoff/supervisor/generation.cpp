@@ -76,7 +76,9 @@ result<void> supervisor_core::spawn_slot(generation& g, slot& s) {
   else
     for (const auto& h : sockets_) so.fds.push_back({h.fd.get(), h.name});
   for (const auto& f : fdstore_) so.fds.push_back({f.fd.get(), f.name});
-  if (ticket_keys_) so.fds.push_back({ticket_keys_.get(), std::string(ticket_keys_name)});
+  // --proxy https: TLS ends in the supervisor, and so do its keys (the app has no TLS socket).
+  if (ticket_keys_ && o_.proxy.kind != proxy_kind::https)
+    so.fds.push_back({ticket_keys_.get(), std::string(ticket_keys_name)});
   if (notify_) so.notify_socket = notify_->address();
   so.group = process_group::new_group;
   // A supervisor killed outright (SIGKILL) takes its children with it rather than leaving

@@ -78,7 +78,8 @@ struct run_options {
   proxy_settings proxy;
   std::string metrics;  // --metrics ADDRESS: GET /metrics served there ("": none)
   // --tls-ticket-keys: hold a TLS session-ticket keys memfd (handoff/ticket_keys.hpp) for the
-  // generations, made at start unless inherited, with a new key every rotation period.
+  // generations, made at start unless inherited, with a new key every rotation period. Implied
+  // by --proxy https, whose front uses the keys itself and does not pass them to the app.
   bool tls_ticket_keys = false;
   std::chrono::milliseconds tls_ticket_key_rotation{std::chrono::hours(12)};
 };

@@ -11,6 +11,7 @@
 #include <stdexcept>
 
 #include "handoff/http/tls_context.hpp"
+#include "handoff/ticket_keys.hpp"
 
 namespace handoff::supervisor {
 
@@ -55,8 +56,12 @@ std::string port_variable(const std::string& name) {
 }  // namespace
 
 proxy_link::proxy_link(const run_options& o, const std::vector<public_socket>& sockets,
-                       std::string runtime_dir)
-    : settings_(o.proxy), nonblocking_(o.nonblocking), runtime_dir_(std::move(runtime_dir)) {
+                       std::string runtime_dir, int ticket_keys, const logger& log)
+    : settings_(o.proxy),
+      ticket_keys_(ticket_keys),
+      log_(log),
+      nonblocking_(o.nonblocking),
+      runtime_dir_(std::move(runtime_dir)) {
   if (sockets.empty())
     throw std::runtime_error("--proxy: no public socket to accept on (give --listen)");
   prefix_ = runtime_dir_ + "/" + o.name + "." + std::to_string(::getpid());
@@ -186,8 +191,19 @@ void proxy_link::forget(int generation) {
 
 void proxy_link::stop() { front_->stop(); }
 
+// Every context the front makes (at start, at each reload) reads the one keys file, so a ticket
+// issued under the certificate before a reload still opens after it. No log for
+// make_tls_context: it would keep it for the front's thread, which must not use our logger. The
+// file is ours (only appended to, whole lines at a time), so it is checked here instead, once
+// per context: a malformed one leaves that context with OpenSSL's own keys.
 std::shared_ptr<boost::asio::ssl::context> proxy_link::make_tls() const {
-  return http::make_tls_context({settings_.tls_certificate, settings_.tls_key});
+  http::tls_config config{settings_.tls_certificate, settings_.tls_key, ticket_keys_};
+  if (ticket_keys_ >= 0)
+    if (auto keys = read_ticket_keys(ticket_keys_); !keys)
+      log_.log("tls_keys", "--proxy https: " + keys.error().message() +
+                               "; this TLS context makes its own keys (sessions will not resume "
+                               "after the next reload)");
+  return http::make_tls_context(config);
 }
 
 std::string proxy_link::reload_tls() {

@@ -20,6 +20,7 @@
 #include "handoff/fd.hpp"
 #include "handoff/spawn.hpp"
 #include "proxy/front.hpp"
+#include "supervisor/log.hpp"
 #include "supervisor/options.hpp"
 
 namespace handoff::supervisor {
@@ -32,9 +33,12 @@ struct public_socket {
 class proxy_link {
  public:
   // Starts the front on duplicates of `sockets`. `runtime_dir`: where the unix upstream sockets
-  // go (beside the control socket). Throws std::runtime_error with the reason.
+  // go (beside the control socket). `ticket_keys`: the supervisor's handoff-tls-keys memfd
+  // (--proxy https: every context of the front encrypts its session tickets with those keys),
+  // or -1; it must outlive this object. `log`: the supervisor's, used on its thread only.
+  // Throws std::runtime_error with the reason.
   proxy_link(const run_options& o, const std::vector<public_socket>& sockets,
-             std::string runtime_dir);
+             std::string runtime_dir, int ticket_keys, const logger& log);
   ~proxy_link();
   proxy_link(const proxy_link&) = delete;
   proxy_link& operator=(const proxy_link&) = delete;
@@ -54,6 +58,7 @@ class proxy_link {
   // --proxy https: reads the certificate and key again; new client connections use them,
   // open ones keep the context they began with. "" when done (or not https), else why not
   // (the files named), and the certificate in use stays.
+  // The new context takes the same session-ticket keys, so a session made before resumes.
   std::string reload_tls();
 
   int event_fd() const noexcept { return front_->event_fd(); }
@@ -75,6 +80,8 @@ class proxy_link {
   const std::vector<upstream>* find(int generation) const;
 
   proxy_settings settings_;
+  int ticket_keys_ = -1;
+  const logger& log_;
   bool nonblocking_ = false;  // --nonblocking: the private sockets as the public ones would be
   std::vector<std::string> names_;
   std::string runtime_dir_, prefix_;

@@ -156,7 +156,10 @@ void supervisor_core::check_ready_target() const {
 
 // Keys inherited from systemd's fd store are the ones tickets out there were made with: kept
 // when well-formed, whether or not --tls-ticket-keys asked for keys. New ones go to the fd
-// store, so that a `systemctl restart` of the supervisor keeps sessions resumable.
+// store, so that a `systemctl restart` of the supervisor keeps sessions resumable. --proxy
+// https holds keys without being asked: its front makes a new TLS context at every reload (the
+// certificate is read again), and a user of HAProxy or nginx expects sessions to resume across
+// a reload, which only keys kept outside the context give.
 void supervisor_core::setup_ticket_keys(unique_fd inherited) {
   if (inherited) {
     if (auto keys = read_ticket_keys(inherited.get())) {
@@ -167,7 +170,7 @@ void supervisor_core::setup_ticket_keys(unique_fd inherited) {
       log_.log("tls_keys", "inherited " + keys.error().message() + "; making new keys");
     }
   }
-  if (!ticket_keys_ && (o_.tls_ticket_keys || inherited)) {
+  if (!ticket_keys_ && (o_.tls_ticket_keys || o_.proxy.kind == proxy_kind::https || inherited)) {
     auto made = create_ticket_keys();
     if (!made) throw std::runtime_error("--tls-ticket-keys: " + made.error().message());
     ticket_keys_ = std::move(*made);
@@ -341,7 +344,7 @@ void supervisor_core::setup() {
                                                        : o_.control.substr(0, slash);
     // Started after the signal mask is set: the front's thread inherits it, so every signal
     // still reaches the signalfd.
-    proxy_ = std::make_unique<proxy_link>(o_, pub, dir);
+    proxy_ = std::make_unique<proxy_link>(o_, pub, dir, ticket_keys_.get(), log_);
     may_stop_ = [this](const generation& g) { return proxy_->drained(g.id); };
     log_.log("proxy",
              fmt::format("proxy {}: accepting on the public sockets; each generation "
