@@ -285,6 +285,8 @@ class ProxyTlsTest(unittest.TestCase):
         names = client.get("/fdnames").rpartition(b"\r\n\r\n")[2]
         self.assertNotIn(b"handoff-tls-keys", names)
         client.close()
+        # Nor are the public sockets the app's to hold: no "holds no copy of socket" alarm.
+        self.assertNotIn("holds no copy", sup.log())
 
     def test_garbage_and_stalled_handshakes_disturb_no_one(self):
         sup = self.start_https("--header-timeout", "1s")

@@ -214,6 +214,8 @@ void supervisor_core::take_over(generation& g) {
 }
 
 void supervisor_core::check_sockets_served(const generation& g) {
+  // --proxy: the front accepts on the public sockets; the app never gets them.
+  if (proxy_) return;
   std::vector<ino_t> held;
   for (const auto& s : g.slots) {
     if (!s.running()) continue;
