@@ -1,7 +1,8 @@
 #!/bin/bash
 # Runs inside the systemd-harness container (systemd 252 is PID 1). Each scenario sets up units
 # the way a user would, drives them with systemctl, and checks what systemd itself reports.
-# Binaries: /build/examples/hello_activated, /build/tests/notify_probe (handoff::core only).
+# Binaries: /build/examples/hello_activated, /build/tests/notify_probe (handoff::core only),
+# example_server, load_client and handoff; openssl, when the host has it.
 set -uo pipefail
 passed=0 failed=0
 units=/run/systemd/system
@@ -256,6 +257,68 @@ check "watchdog after SIGUSR2 re-exec: re-executed, four more pings, same MainPI
   "yes 4 active $supervisor 0" \
   "$(handoff status --control /run/watchdog-run.sock | grep -q 're-executed 1 times' && echo yes) $pings $(prop watchdog-run.service ActiveState) $(prop watchdog-run.service MainPID) $(prop watchdog-run.service NRestarts)"
 systemctl stop watchdog-run.service
+
+echo "== handoff run --proxy https: session-ticket keys kept in the fd store across systemctl restart"
+# openssl is the host's, bound in by tests/systemd/run (the rootfs has libssl3, not the tool).
+if ! command -v openssl >/dev/null; then
+  echo "SKIPPED: no openssl in the container: the TLS fd-store scenario did not run"
+else
+  mkdir -p /run/tls
+  # The rootfs has no openssl.cnf, which `openssl req` insists on reading.
+  printf '[req]\ndistinguished_name = dn\n[dn]\n' >/run/tls/openssl.cnf
+  export OPENSSL_CONF=/run/tls/openssl.cnf
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
+    -addext subjectAltName=IP:127.0.0.1 -keyout /run/tls/key.pem -out /run/tls/cert.pem 2>/dev/null
+  # One s_client connection sending GET / (Connection: close); the session saved to $1
+  # (-sess_out) or resumed from it (-sess_in). Prints "New" or "Reused" and the response's
+  # status code.
+  tls_session() {
+    printf 'GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n' |
+      timeout 20 openssl s_client -connect 127.0.0.1:8443 -CAfile /run/tls/cert.pem \
+        -verify_return_error -ign_eof "$2" "$1" 2>/dev/null |
+      awk '/^(New|Reused), / {sub(/,.*/, ""); how=$0} /^HTTP\/1.1 / {code=$2} END {print how, code}'
+  }
+  # The public socket is not named https: the app behind the front gets its private socket
+  # under that name, and example_server would speak TLS on a socket named https.
+  cat > $units/tls-run.service <<UNIT
+[Service]
+Type=notify
+FileDescriptorStoreMax=4
+ExecStart=/usr/local/bin/handoff run --name tls --control /run/tls-run.sock \
+    --listen web=127.0.0.1:8443 --proxy https --tls-cert /run/tls/cert.pem \
+    --tls-key /run/tls/key.pem -- /usr/local/bin/example_server
+ExecReload=/usr/local/bin/handoff reload --control /run/tls-run.sock
+KillMode=mixed
+UNIT
+  systemctl daemon-reload
+  systemctl start tls-run.service
+  supervisor=$(prop tls-run.service MainPID)
+  check "the supervisor stored its keys: one fd in systemd's store" "active 1" \
+    "$(prop tls-run.service ActiveState) $(prop tls-run.service NFileDescriptorStore)"
+  check "a first connection: a full handshake, its session saved" "New 200" \
+    "$(tls_session /run/tls/first.sess -sess_out)"
+  check "resumed from the same supervisor" "Reused 200" "$(tls_session /run/tls/first.sess -sess_in)"
+  timeout 60 systemctl reload tls-run.service
+  check "after systemctl reload (a new TLS context): resumed" "Reused 200" \
+    "$(tls_session /run/tls/first.sess -sess_in)"
+  systemctl restart tls-run.service
+  check "systemctl restart: a new supervisor, the stored keys came back (still one fd)" \
+    "changed active 1" \
+    "$([ "$(prop tls-run.service MainPID)" != "$supervisor" ] && echo changed) $(prop tls-run.service ActiveState) $(prop tls-run.service NFileDescriptorStore)"
+  check "the new supervisor says it holds the inherited keys" yes \
+    "$(journalctl -q -o cat _PID="$(prop tls-run.service MainPID)" | grep -q 'holding the inherited handoff-tls-keys' && echo yes)"
+  check "after systemctl restart: the session made before it resumes" "Reused 200" \
+    "$(tls_session /run/tls/first.sess -sess_in)"
+  # systemd 252 empties the store when the service stops with no job queued (systemd.service(5),
+  # FileDescriptorStoreMax=; it has no FileDescriptorStorePreserve=): stop, then start, makes
+  # new keys, and every client does one full handshake.
+  systemctl stop tls-run.service
+  check "systemctl stop: the fd store is emptied" 0 "$(prop tls-run.service NFileDescriptorStore)"
+  systemctl start tls-run.service
+  check "stop, then start: new keys, the old session gets a full handshake" "New 200" \
+    "$(tls_session /run/tls/first.sess -sess_in)"
+  systemctl stop tls-run.service
+fi
 
 echo "systemd scenarios: $passed passed, $failed failed"
 [ "$failed" = 0 ]
