@@ -59,7 +59,7 @@ class basic_connection final : public connection {
  public:
   static constexpr bool is_tls = std::is_same_v<Stream, tls_stream>;
 
-  basic_connection(server::impl& srv, stream_socket socket, asio::ssl::context* tls);
+  basic_connection(server::impl& srv, stream_socket socket, asio::ssl::context* tls, bool tcp);
 
   asio::awaitable<void> run() override;
   void on_drain() override;
@@ -109,7 +109,7 @@ Stream make_stream(stream_socket socket, [[maybe_unused]] asio::ssl::context* tl
 
 template <class Stream>
 basic_connection<Stream>::basic_connection(server::impl& srv, stream_socket sock,
-                                           [[maybe_unused]] asio::ssl::context* tls)
+                                           [[maybe_unused]] asio::ssl::context* tls, bool tcp)
     : connection(srv, sock.get_executor()),
       stream_(make_stream<Stream>(std::move(sock), tls)),
       timer_(executor_) {
@@ -117,8 +117,7 @@ basic_connection<Stream>::basic_connection(server::impl& srv, stream_socket sock
   tick_ = std::min({o.header_timeout, o.body_timeout, o.write_timeout, o.idle_timeout});
   // Small responses must leave at once, not wait for Nagle's algorithm to batch them.
   const int one = 1;
-  if (socket().local_endpoint().protocol().family() != AF_UNIX)
-    ::setsockopt(socket().native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (tcp) ::setsockopt(socket().native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   // Plaintext: Beast's synchronous reads and writes on a non-blocking socket take what is
   // waiting and send what fits without a trip through the reactor (see read_async and write).
   if constexpr (!is_tls) {
@@ -290,12 +289,16 @@ asio::awaitable<void> basic_connection<Stream>::read_async(request_parser_type& 
 // send(2) on the non-blocking socket (Beast's gather write would hand the kernel a dozen small
 // pieces); what the socket does not take at once is kept by the connection (pending_) and
 // written by write_rest. A larger body, or TLS, goes through Beast's serializer as it is.
+namespace {
+
 constexpr std::size_t copy_limit = std::size_t{64} * 1024;
 
 std::string& thread_output() {
   static thread_local std::string out;
   return out;
 }
+
+}  // namespace
 
 template <class Stream>
 template <class Serializer>
@@ -508,9 +511,11 @@ asio::awaitable<void> basic_connection<Stream>::send_chunk(std::string_view data
 }
 
 std::shared_ptr<connection> make_connection(server::impl& srv, stream_socket socket,
-                                            const std::shared_ptr<asio::ssl::context>& tls) {
-  if (tls) return std::make_shared<basic_connection<tls_stream>>(srv, std::move(socket), tls.get());
-  return std::make_shared<basic_connection<stream_socket>>(srv, std::move(socket), nullptr);
+                                            const std::shared_ptr<asio::ssl::context>& tls,
+                                            bool tcp) {
+  if (tls)
+    return std::make_shared<basic_connection<tls_stream>>(srv, std::move(socket), tls.get(), tcp);
+  return std::make_shared<basic_connection<stream_socket>>(srv, std::move(socket), nullptr, tcp);
 }
 
 bool request_context::draining() const noexcept { return conn_.srv().draining(); }
