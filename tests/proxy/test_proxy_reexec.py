@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -25,11 +26,46 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_proxy  # noqa: E402  (its Supervisor and helpers; it reads argv[1] the same way)
-from test_proxy import HANDOFF, PY_APP, GO_APP, read_response  # noqa: E402
+from test_proxy import HANDOFF, PY_APP, GO_APP  # noqa: E402
 
 REEXECS = 10
 # The load's duration: the ten re-execs are done well within it (a few hundred ms each).
 SECONDS = int(os.environ.get("HANDOFF_PROXY_SECONDS", "20"))
+
+
+class Responses:
+    """Responses with a Content-Length body, read in order from one kept connection: bytes
+    that arrive past one response (the next one, sent back to back) wait for the next call."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.pending = b""
+
+    def _fill(self):
+        data = self.sock.recv(65536)
+        if not data:
+            raise AssertionError(f"connection closed; unread: {self.pending!r}")
+        self.pending += data
+
+    def next(self):
+        while b"\r\n\r\n" not in self.pending:
+            self._fill()
+        head, _, rest = self.pending.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        while len(rest) < length:
+            self._fill()
+            head, _, rest = self.pending.partition(b"\r\n\r\n")
+        self.pending = rest[length:]
+        return head + b"\r\n\r\n" + rest[:length]
+
+
+def read_response(s):
+    """One response on a connection with nothing sent behind it."""
+    return Responses(s).next()
 
 
 class ProxyReexecTest(unittest.TestCase):
@@ -163,21 +199,27 @@ echo $((n + 1)) > {count}
         r = self.reexec()
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr + sup.log())
         self.assertIn("(1 re-execs)", r.stdout)
-        first = read_response(s)
+        responses = Responses(s)
+        first = responses.next()
         self.assertTrue(first.startswith(b"HTTP/1.1 200"), first)
         try:
-            second = read_response(s)
+            second = responses.next()
         except TimeoutError:
             self.fail("no second response:\n" + sup.log())
         self.assertTrue(second.startswith(b"HTTP/1.1 200"), second)
         self.assertIn("1 client connections adopted", sup.log())
+        # The second request crossed as bytes read ahead (the relay had read both at once).
+        crossed = re.search(r"1 client connections \((\d+) bytes read ahead\)", sup.log())
+        self.assertTrue(crossed and int(crossed.group(1)) > 0, sup.log())
         # Half a request at the moment of the next re-exec: the rest comes after it.
         s.sendall(b"GET /?third HTTP/1.1\r\nHost: a\r\n")
         self.replace_binary()
         r = self.reexec()
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr + sup.log())
+        self.assertEqual(re.findall(r"\((\d+) bytes read ahead\)", sup.log())[-1],
+                         str(len(b"GET /?third HTTP/1.1\r\nHost: a\r\n")))
         s.sendall(b"\r\n")
-        third = read_response(s)
+        third = responses.next()
         self.assertTrue(third.startswith(b"HTTP/1.1 200"), third)
         s.close()
         self.assertEqual(self.app_pids(), apps)
@@ -213,6 +255,119 @@ echo $((n + 1)) > {count}
         tunnel.close()
         kept.close()
         self.assertEqual(sup.status()["reexecs"], 0)
+
+    def write_binary(self, script):
+        nxt = self.binary + ".next"
+        with open(nxt, "w") as f:
+            f.write(script.replace("REAL", HANDOFF))
+        os.chmod(nxt, 0o755)
+        os.rename(nxt, self.binary)
+
+    def test_a_build_that_reads_version_1_only_is_refused_at_the_probe(self):
+        sup = self.start(["--proxy", "http", "--ready", "http:///"], [sys.executable, PY_APP])
+        s = socket.create_connection(("127.0.0.1", sup.port), timeout=30)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertTrue(read_response(s).startswith(b"HTTP/1.1 200"))
+        # An older build, as its probe answers: it reads version 1 only.
+        self.write_binary("#!/bin/sh\necho 'handoff-reexec state 1 1 handoff 0.0.9'\n")
+        r = self.reexec()
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("handoff 0.0.9 reads state versions 1 to 1; this one writes version 2",
+                      r.stdout + r.stderr)
+        self.assertIn("keeps running", r.stdout + r.stderr)
+        # Refused before anything was parked: the connection goes on at once.
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertTrue(read_response(s).startswith(b"HTTP/1.1 200"))
+        s.close()
+        self.assertNotIn("parking", sup.log())
+
+    def test_a_new_image_that_refuses_the_state_gives_the_connections_back(self):
+        sup = self.start(["--proxy", "http", "--ready", "http:///"], [sys.executable, PY_APP])
+        apps = self.app_pids()
+        old = self.running_inode()
+        s = socket.create_connection(("127.0.0.1", sup.port), timeout=10)
+        s.sendall(b"GET /slow?ms=1000 HTTP/1.1\r\nHost: a\r\n\r\n"
+                  b"GET /?second HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.wait_in_flight(1)
+        # Passes the probe, then refuses the state (as a build that reads version 1 only and
+        # claims more would): the old image comes back with its state and the connections.
+        self.write_binary("#!/bin/sh\n[ -n \"$HANDOFF_REEXEC_PROBE\" ] && exec REAL\n"
+                          "HANDOFF_STATE_VERSION_MAX=1 exec REAL \"$@\"\n")
+        r = self.reexec()
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("refused the state: state version 2", r.stdout + r.stderr)
+        self.assertEqual(self.running_inode(), old)
+        responses = Responses(s)
+        for i in range(2):
+            try:
+                answer = responses.next()
+            except TimeoutError:
+                self.fail(f"no response {i + 1}:\n{sup.log()}")
+            self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertTrue(responses.next().startswith(b"HTTP/1.1 200"))
+        s.close()
+        self.assertEqual(self.app_pids(), apps)
+        self.assertEqual(sup.status()["reexecs"], 0)
+        # And a good binary afterwards re-executes as usual.
+        self.replace_binary()
+        r = self.reexec()
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr + sup.log())
+
+    def test_reexec_during_a_drain(self):
+        sup = self.start(["--proxy", "http", "--ready", "http:///"], [sys.executable, PY_APP])
+        s = socket.create_connection(("127.0.0.1", sup.port), timeout=30)
+        s.sendall(b"GET /slow?ms=2000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.wait_in_flight(1)
+        r = sup.reload()
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        # Generation 1 is retired with our request in flight: it drains while we re-execute.
+        states = {g["id"]: g["state"] for g in sup.status()["generations"]}
+        self.assertEqual(states.get(1), "retiring", states)
+        self.replace_binary()
+        r = self.reexec()
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr + sup.log())
+        answer = Responses(s).next()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer)
+        # Generation 1 drained and went; generation 2 serves the same connection.
+        sup.wait_line(r"generation 1: stopped", 30)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertTrue(Responses(s).next().startswith(b"HTTP/1.1 200"))
+        s.close()
+        gens = sup.status()["generations"]
+        self.assertEqual([(g["id"], g["state"]) for g in gens], [(2, "serving")], gens)
+        self.assertEqual(sup.stop(), 0, sup.log())
+        self.assertEqual([f for f in os.listdir(self.tmp) if ".g" in f], [])
+
+    def test_reexec_while_the_app_crashes_and_restarts(self):
+        modes = os.path.join(self.tmp, "modes")
+        with open(modes, "w") as f:
+            f.write("serve\ncrash\ncrash\nserve\n")
+        sup = self.start(["--proxy", "http", "--ready", "http:///"],
+                         [sys.executable, PY_APP, modes])
+        [first] = self.app_pids()
+        s = socket.create_connection(("127.0.0.1", sup.port), timeout=30)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        responses = Responses(s)
+        self.assertTrue(responses.next().startswith(b"HTTP/1.1 200"))
+        # The app dies unasked; its restarts crash twice (backoff 100 ms, 200 ms) before one
+        # serves again; the re-exec comes in the middle of that.
+        os.kill(first, signal.SIGKILL)
+        sup.wait_line(r"restarting its process in", 20)
+        self.replace_binary()
+        r = self.reexec()
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr + sup.log())
+        # The kept connection's next request waits for the process that serves again.
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        answer = responses.next()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer + sup.log().encode())
+        s.close()
+        gens = sup.status()["generations"]
+        self.assertEqual([(g["id"], g["state"]) for g in gens], [(1, "serving")], gens)
+        [now] = self.app_pids()
+        self.assertNotEqual(now, first)
+        self.assertEqual(gens[0]["processes"][0]["restarts"], 3, gens)
+        self.assertEqual(sup.stop(), 0, sup.log())
 
     def test_tcp_proxy_refuses_reexec(self):
         sup = self.start(["--proxy", "tcp", "--ready", "http:///"], [sys.executable, PY_APP])

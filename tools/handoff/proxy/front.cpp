@@ -325,7 +325,11 @@ result<std::vector<handed_client>> front::hand_over(std::chrono::milliseconds ti
   });
   if (answer.wait_for(timeout) != std::future_status::ready)
     return error::make(errc::timed_out, "proxy: the front did not hand its connections over");
-  return answer.get();
+  try {
+    return answer.get();
+  } catch (const std::future_error&) {
+    return error::make(errc::unsupported, "proxy: the front is gone");
+  }
 }
 
 void front::adopt(std::vector<handed_client> clients) {
@@ -336,7 +340,8 @@ void front::adopt(std::vector<handed_client> clients) {
     for (auto& c : *shared) {
       sockaddr_storage local{};
       socklen_t length = sizeof local;
-      if (!c.fd || ::getsockname(c.fd.get(), reinterpret_cast<sockaddr*>(&local), &length) != 0)
+      if (!c.fd || i->acceptors.empty() ||
+          ::getsockname(c.fd.get(), reinterpret_cast<sockaddr*>(&local), &length) != 0)
         continue;  // not a socket (a damaged state): closed as `c` goes
       const std::size_t listener = std::min(c.listener, i->acceptors.size() - 1);
       boost::system::error_code ec;

@@ -104,8 +104,8 @@ enum class body_failure { none, client_gone, refused, upstream_gone };
 // Client is `stream` (plaintext) or `tls_stream` (--proxy https, whose handshake is the first
 // phase of run()); the upstream side is plaintext either way.
 template <class Client>
-class http_connection : public std::enable_shared_from_this<http_connection<Client>>,
-                        public parking_lot::member {
+class http_connection final : public std::enable_shared_from_this<http_connection<Client>>,
+                              public parking_lot::member {
  public:
   http_connection(Client client, std::shared_ptr<asio::ssl::context> tls, router& r,
                   std::size_t listener, const relay_options& o, relay_counters& c,

@@ -272,11 +272,14 @@ void supervisor_core::exec_image(std::optional<std::uint64_t> id, const std::str
     if (n <= 0) return refuse(fmt::format("writing the state: {}", std::strerror(errno)));
     sent += static_cast<std::size_t>(n);
   }
+  std::size_t read_ahead = 0;
+  for (const auto& c : handed_clients_) read_ahead += c.buffered.size();
   log_.log("reexec",
            fmt::format("re-executing {} ({}) as pid {}: {} generations, {} sockets, {}{} bytes "
                        "of state",
                        self_path_, version, ::getpid(), generations_.size(), sockets_.size(),
-                       proxy_ ? fmt::format("{} client connections, ", handed_clients_.size())
+                       proxy_ ? fmt::format("{} client connections ({} bytes read ahead), ",
+                                            handed_clients_.size(), read_ahead)
                               : std::string(),
                        state.size()),
            {{"path", self_path_}, {"version", version}});
