@@ -175,6 +175,15 @@ echo $((n + 1)) > {count}
     def test_python_close_ten_reexecs(self):
         self.reexecs_under_load(["--ready", "http:///"], [sys.executable, PY_APP], "close")
 
+    # The other kinds of private upstream: a TCP socket passed as fd 3, a port the app binds.
+    def test_python_tcp_upstream_keepalive_ten_reexecs(self):
+        self.reexecs_under_load(["--upstream", "fds:tcp", "--ready", "http:///"],
+                                [sys.executable, PY_APP], "keepalive")
+
+    def test_python_port_upstream_keepalive_ten_reexecs(self):
+        self.reexecs_under_load(["--upstream", "port", "--ready", "tcp"],
+                                [sys.executable, PY_APP, "--port"], "keepalive")
+
     @unittest.skipUnless(GO_APP, "HANDOFF_GO_APP not set (go not installed)")
     def test_go_keepalive_ten_reexecs(self):
         self.reexecs_under_load([], [GO_APP], "keepalive")
