@@ -240,7 +240,10 @@ echo $((n + 1)) > {count}
         self.assertTrue(third.startswith(b"HTTP/1.1 200"), third)
         s.close()
         self.assertEqual(self.app_pids(), apps)
-        self.assertEqual(sup.status()["proxy"]["bad_gateway"], 0)
+        proxy = sup.status()["proxy"]
+        self.assertEqual(proxy["bad_gateway"], 0)
+        # The front's totals go on across the re-execs: three requests, one connection.
+        self.assertEqual((proxy["requests"], proxy["accepted"]), (3, 1), proxy)
 
     def test_a_tunnel_makes_the_reexec_give_up_and_nothing_is_lost(self):
         sup = self.start(["--proxy", "http", "--ready", "http:///"], [sys.executable, PY_APP],

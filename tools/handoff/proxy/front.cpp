@@ -50,6 +50,7 @@ struct front::impl {
   std::chrono::milliseconds park_bound{0};
   bool park_reported = false;
   std::optional<std::string> park_result;  // under drained_mutex
+  front_stats before;                      // the image before's counts (add_to_counts)
 
   // Stops accepting: our duplicates of the public sockets only; the supervisor keeps its own
   // open (never shutdown(2): every holder would see it).
@@ -140,7 +141,7 @@ struct front::impl {
 
   void start_connection(stream client, std::size_t listener, std::string buffered = {},
                         bool adopted = false) {
-    ++accepted;
+    if (!adopted) ++accepted;  // an adopted one was counted by the image that accepted it
     ++open_clients;
     asio::co_spawn(
         io,
@@ -289,6 +290,15 @@ front_stats front::stats(std::chrono::milliseconds timeout) const {
     s.client_connections = i->open_clients;
     s.accepted = i->accepted;
     s.connect_failures = i->router.connect_failures();
+    const auto& b = i->before;
+    s.requests += b.requests;
+    s.bad_gateway += b.bad_gateway;
+    s.unavailable += b.unavailable;
+    s.rejected += b.rejected;
+    s.tunnels += b.tunnels;
+    s.accepted += b.accepted;
+    s.connect_failures += b.connect_failures;
+    s.tls_handshake_failures += b.tls_handshake_failures;
     promise->set_value(std::move(s));
   });
   if (answer.wait_for(timeout) != std::future_status::ready) return {};
@@ -352,6 +362,11 @@ void front::adopt(std::vector<handed_client> clients) {
       i->start_connection(std::move(s), listener, std::move(c.buffered), true);
     }
   });
+}
+
+void front::add_to_counts(const front_stats& before) {
+  impl* i = impl_.get();
+  asio::post(i->io, [i, before] { i->before = before; });
 }
 
 void front::end_park() {

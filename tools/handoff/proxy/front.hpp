@@ -96,6 +96,9 @@ class front {
   void adopt(std::vector<handed_client> clients);
   // Parking ends (a re-exec given up): the parked relays carry on, accepting resumes.
   void end_park();
+  // The counts of the image before (`handoff reexec`): stats() adds them to its own, so that
+  // the totals go on rather than start again (client_connections and generations excepted).
+  void add_to_counts(const front_stats& before);
 
   int event_fd() const noexcept;
   // Generations drained since the last call (reads the eventfd; then take_park_result()).

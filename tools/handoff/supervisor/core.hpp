@@ -209,6 +209,7 @@ class supervisor_core {
   std::vector<proxy::handed_client> handed_clients_;
   std::map<int, std::vector<proxy_link::saved_upstream>> restored_upstreams_;
   std::set<int> restored_drained_;
+  proxy::front_stats restored_counts_;  // the front's totals in the image before
   pid_t last_ignored_sender_ = 0;
   // Main processes of ours that exited lately: their last words (STOPPING=1, STATUS=), read
   // after the exit was reaped, are dropped quietly rather than logged as from a stranger.

@@ -71,6 +71,7 @@ class proxy_link {
   result<std::vector<proxy::handed_client>> hand_over() { return front_->hand_over(); }
   void adopt(std::vector<proxy::handed_client> clients) { front_->adopt(std::move(clients)); }
   void end_park() { front_->end_park(); }
+  void add_to_counts(const proxy::front_stats& before) { front_->add_to_counts(before); }
 
   // What of a generation's private upstreams crosses the exec (state.cpp): the listening
   // socket we hold (-1: none, --upstream port), the unix socket file we made, the port.

@@ -367,6 +367,7 @@ void supervisor_core::restore() {
       if (g.state == generation_state::retiring || g.state == generation_state::draining)
         proxy_->retire(g.id);
     }
+    proxy_->add_to_counts(restored_counts_);
     clients = handed_clients_.size();
     proxy_->adopt(std::exchange(handed_clients_, {}));
   }

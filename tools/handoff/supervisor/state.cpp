@@ -260,9 +260,20 @@ std::string supervisor_core::save_state(std::optional<std::uint64_t> waiter) con
     for (const auto& c : handed_clients_)
       clients.push_back(json::object{
           {"fd", c.fd.get()}, {"listener", c.listener}, {"buffered", to_hex(c.buffered)}});
+    // The front's totals go on in the next image (status, /metrics).
+    const auto f = proxy_->stats();
+    const json::object counts{{"requests", f.requests},
+                              {"bad_gateway", f.bad_gateway},
+                              {"unavailable", f.unavailable},
+                              {"rejected", f.rejected},
+                              {"tunnels", f.tunnels},
+                              {"accepted", f.accepted},
+                              {"connect_failures", f.connect_failures},
+                              {"tls_handshake_failures", f.tls_handshake_failures}};
     root["proxy"] = json::object{{"mode", to_string(o_.proxy.kind)},
                                  {"generations", std::move(upstreams)},
-                                 {"clients", std::move(clients)}};
+                                 {"clients", std::move(clients)},
+                                 {"counts", counts}};
   }
   return fmt::format("{}{}\n{}\n", state_header, version, json::serialize(root));
 }
@@ -315,6 +326,8 @@ std::string supervisor_core::check_state(const std::string& text) const {
           (void)u.at("port").to_number<int>();
         }
       }
+      if (const auto* n = p->as_object().if_contains("counts"))
+        for (const auto& [key, value] : n->as_object()) (void)value.to_number<std::uint64_t>();
       for (const auto& c : p->at("clients").as_array()) {
         (void)c.at("fd").to_number<int>();
         (void)c.at("listener").to_number<std::size_t>();
@@ -338,6 +351,20 @@ void supervisor_core::load_state(const std::string& text) {
         ups.push_back(
             {u.at("fd").to_number<int>(), str(u.at("path")), u.at("port").to_number<int>()});
       if (g.at("drained").as_bool()) restored_drained_.insert(id);
+    }
+    if (const auto* n = p->as_object().if_contains("counts")) {
+      const auto count = [n](const char* key) {
+        const auto* v = n->as_object().if_contains(key);
+        return v != nullptr ? v->to_number<std::uint64_t>() : 0;
+      };
+      restored_counts_.requests = count("requests");
+      restored_counts_.bad_gateway = count("bad_gateway");
+      restored_counts_.unavailable = count("unavailable");
+      restored_counts_.rejected = count("rejected");
+      restored_counts_.tunnels = count("tunnels");
+      restored_counts_.accepted = count("accepted");
+      restored_counts_.connect_failures = count("connect_failures");
+      restored_counts_.tls_handshake_failures = count("tls_handshake_failures");
     }
     for (const auto& c : p->at("clients").as_array()) {
       proxy::handed_client h;
