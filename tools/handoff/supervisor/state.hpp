@@ -12,8 +12,9 @@
 // sessions), the --metrics listener, generations with their processes (pids, process groups,
 // deadlines as CLOCK_MONOTONIC nanoseconds, which an exec does not change), counters.
 // Version 2 adds "proxy" (--proxy http): each generation's private upstreams (the listening
-// socket we hold, the unix socket file we made, the port) and the client connections handed
-// over at a request boundary, each with the bytes read from it ahead (hex). A supervisor
+// socket we hold, the unix socket file we made, the port), the client connections handed
+// over at a request boundary, each with the bytes read from it ahead (hex), and the front's
+// totals ("counts", optional). A supervisor
 // without a front still writes version 1, which every build with `handoff reexec` reads.
 #pragma once
 
