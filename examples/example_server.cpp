@@ -98,19 +98,26 @@ std::string realistic_body() {
   return body;
 }
 
+// A response that is ready: the coroutine a plain answer needs, with a frame of one response.
+boost::asio::awaitable<http::response> ready(http::response res) { co_return res; }
+
 struct app {
   std::string version;
   std::string hello = fmt::format("hello from pid {} version {}\n", ::getpid(), version);
   std::string realistic = realistic_body();
   const http::server* server = nullptr;
 
+  // Not a coroutine itself: it picks one. Asio recycles coroutine frames up to about 1 KiB, and
+  // one coroutine holding the locals of every route (timers, several responses) would be larger
+  // and cost a malloc per request; so each route that waits is a coroutine of its own, and the
+  // others answer through ready().
   boost::asio::awaitable<http::response> operator()(http::request_context& ctx) const {
     const auto& req = ctx.req();
     const std::string_view target = req.target();
     const std::string_view path = target.substr(0, target.find('?'));
     const unsigned v = req.version();
     if (path == "/" && req.method() == bhttp::verb::get) {
-      co_return text(bhttp::status::ok, v, hello);
+      return ready(text(bhttp::status::ok, v, hello));
     }
     if (path == "/realistic" && req.method() == bhttp::verb::get) {
       http::response res{bhttp::status::ok, v};
@@ -120,7 +127,7 @@ struct app {
       res.set("X-Frame-Options", "DENY");
       res.set(bhttp::field::vary, "Accept-Encoding");
       res.body() = realistic;  // a copy into a recycled block, as for the others
-      co_return res;
+      return ready(std::move(res));
     }
     if (path == "/metrics" && req.method() == bhttp::verb::get) {
       std::string body;
@@ -128,43 +135,49 @@ struct app {
       http::response res{bhttp::status::ok, v};
       res.set(bhttp::field::content_type, http::prometheus_content_type);
       res.body() = std::move(body);
-      co_return res;
+      return ready(std::move(res));
     }
     if (path == "/health") {
-      if (server->ready()) co_return text(bhttp::status::ok, v, "ready\n");
-      co_return text(bhttp::status::service_unavailable, v, "draining\n");
+      if (server->ready()) return ready(text(bhttp::status::ok, v, "ready\n"));
+      return ready(text(bhttp::status::service_unavailable, v, "draining\n"));
     }
-    if (path == "/slow") {
-      const auto ms = query_number(target, "ms", 600'000);
-      if (!ms) co_return text(bhttp::status::bad_request, v, "usage: /slow?ms=0..600000\n");
-      // Cancelled (operation_aborted, thrown) when the drain deadline passes.
-      boost::asio::steady_timer timer(ctx.executor(), std::chrono::milliseconds(*ms));
-      co_await timer.async_wait(boost::asio::use_awaitable);
-      co_return text(bhttp::status::ok, v, fmt::format("slept {} ms\n", *ms));
-    }
-    if (path == "/stream") {
-      const auto seconds = query_number(target, "seconds", 3600);
-      if (!seconds) co_return text(bhttp::status::bad_request, v, "usage: /stream?seconds=N\n");
-      http::response_header header;
-      header.result(bhttp::status::ok);
-      header.version(v);
-      header.set(bhttp::field::content_type, "text/plain");
-      co_await ctx.send_header(std::move(header));
-      boost::asio::steady_timer timer(ctx.executor());
-      for (long tick = 0; tick < *seconds * 10; ++tick) {
-        co_await ctx.send_chunk(fmt::format("tick {} from pid {}\n", tick, pid_text()));
-        timer.expires_after(100ms);
-        co_await timer.async_wait(boost::asio::use_awaitable);
-      }
-      co_return http::response{};
-    }
+    if (path == "/slow") return slow(ctx);
+    if (path == "/stream") return stream(ctx);
     if (path == "/echo" && req.method() == bhttp::verb::post) {
       auto res = text(bhttp::status::ok, v, req.body());
       const std::string_view type = req[bhttp::field::content_type];
       res.set(bhttp::field::content_type, type.empty() ? "application/octet-stream" : type);
-      co_return res;
+      return ready(std::move(res));
     }
-    co_return text(bhttp::status::not_found, v, "not found\n");
+    return ready(text(bhttp::status::not_found, v, "not found\n"));
+  }
+
+  static boost::asio::awaitable<http::response> slow(http::request_context& ctx) {
+    const unsigned v = ctx.req().version();
+    const auto ms = query_number(ctx.req().target(), "ms", 600'000);
+    if (!ms) co_return text(bhttp::status::bad_request, v, "usage: /slow?ms=0..600000\n");
+    // Cancelled (operation_aborted, thrown) when the drain deadline passes.
+    boost::asio::steady_timer timer(ctx.executor(), std::chrono::milliseconds(*ms));
+    co_await timer.async_wait(boost::asio::use_awaitable);
+    co_return text(bhttp::status::ok, v, fmt::format("slept {} ms\n", *ms));
+  }
+
+  static boost::asio::awaitable<http::response> stream(http::request_context& ctx) {
+    const unsigned v = ctx.req().version();
+    const auto seconds = query_number(ctx.req().target(), "seconds", 3600);
+    if (!seconds) co_return text(bhttp::status::bad_request, v, "usage: /stream?seconds=N\n");
+    http::response_header header;
+    header.result(bhttp::status::ok);
+    header.version(v);
+    header.set(bhttp::field::content_type, "text/plain");
+    co_await ctx.send_header(std::move(header));
+    boost::asio::steady_timer timer(ctx.executor());
+    for (long tick = 0; tick < *seconds * 10; ++tick) {
+      co_await ctx.send_chunk(fmt::format("tick {} from pid {}\n", tick, pid_text()));
+      timer.expires_after(100ms);
+      co_await timer.async_wait(boost::asio::use_awaitable);
+    }
+    co_return http::response{};
   }
 };
 

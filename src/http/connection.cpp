@@ -8,6 +8,7 @@
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -50,6 +51,7 @@ void add_date(fields& f) {
 }  // namespace
 
 using tls_stream = asio::ssl::stream<stream_socket>;
+using request_parser_type = bhttp::request_parser<bhttp::string_body, field_allocator<char>>;
 
 // One connection over `Stream`: stream_socket (plaintext) or tls_stream.
 template <class Stream>
@@ -57,7 +59,7 @@ class basic_connection final : public connection {
  public:
   static constexpr bool is_tls = std::is_same_v<Stream, tls_stream>;
 
-  basic_connection(server::impl& srv, stream_socket socket, asio::ssl::context* tls);
+  basic_connection(server::impl& srv, stream_socket socket, asio::ssl::context* tls, bool tcp);
 
   asio::awaitable<void> run() override;
   void on_drain() override;
@@ -69,8 +71,16 @@ class basic_connection final : public connection {
   stream_socket& socket() noexcept { return beast::get_lowest_layer(stream_); }
   asio::awaitable<void> watchdog();
   void set_deadline(clock_type::time_point when);
-  asio::awaitable<bool> serve_one();
+  asio::awaitable<void> serve();
   asio::awaitable<void> send_error(beast::http::status status, unsigned version);
+  template <bool Whole>
+  asio::awaitable<void> read_async(request_parser_type& parser, error_code& ec);
+  enum class write_state { done, in_pending, in_serializer };  // what write_now left to write
+  template <class Serializer>
+  write_state write_now(Serializer& sr, bool header_only, std::size_t body_size, error_code& ec);
+  template <class Serializer>
+  asio::awaitable<void> write_rest(Serializer& sr, bool header_only, write_state state,
+                                   error_code& ec);
   asio::awaitable<response> call_handler(request_context& ctx);
   void close();
   void count_timeout();  // the watchdog is closing the connection: say which timeout passed
@@ -81,6 +91,7 @@ class basic_connection final : public connection {
   clock_type::time_point armed_ = clock_type::time_point::max();  // what the watchdog waits for
   clock_type::duration tick_;                                     // the watchdog's longest sleep
   beast::flat_buffer buffer_;
+  std::string pending_;       // the part of a response the socket did not take at once
   bool idle_ = false;         // waiting for the first byte of the next request
   unsigned long served_ = 0;  // requests answered on this connection
   bool busy_ = false;         // a request is being read, handled or answered
@@ -98,7 +109,7 @@ Stream make_stream(stream_socket socket, [[maybe_unused]] asio::ssl::context* tl
 
 template <class Stream>
 basic_connection<Stream>::basic_connection(server::impl& srv, stream_socket sock,
-                                           [[maybe_unused]] asio::ssl::context* tls)
+                                           [[maybe_unused]] asio::ssl::context* tls, bool tcp)
     : connection(srv, sock.get_executor()),
       stream_(make_stream<Stream>(std::move(sock), tls)),
       timer_(executor_) {
@@ -106,8 +117,13 @@ basic_connection<Stream>::basic_connection(server::impl& srv, stream_socket sock
   tick_ = std::min({o.header_timeout, o.body_timeout, o.write_timeout, o.idle_timeout});
   // Small responses must leave at once, not wait for Nagle's algorithm to batch them.
   const int one = 1;
-  if (socket().local_endpoint().protocol().family() != AF_UNIX)
-    ::setsockopt(socket().native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  if (tcp) ::setsockopt(socket().native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  // Plaintext: Beast's synchronous reads and writes on a non-blocking socket take what is
+  // waiting and send what fits without a trip through the reactor (see read_async and write).
+  if constexpr (!is_tls) {
+    error_code ignored;
+    socket().non_blocking(true, ignored);
+  }
 }
 
 template <class Stream>
@@ -194,8 +210,7 @@ asio::awaitable<void> basic_connection<Stream>::run() {
     if (!handshaken) bump(counters->tls_handshake_failures);
   }
   try {
-    bool more = handshaken;
-    while (more) more = co_await serve_one();
+    if (handshaken) co_await serve();
   } catch (const std::exception&) {
     // A failed write of a stream, or a bug in a handler that escaped call_handler: the
     // connection ends, the server goes on.
@@ -230,7 +245,112 @@ asio::awaitable<void> basic_connection<Stream>::send_error(bhttp::status status,
   add_date(res);
   set_deadline(clock_type::now() + srv_.options.write_timeout);
   error_code ec;
-  co_await bhttp::async_write(stream_, res, redirect_error(use_awaitable, ec));
+  bhttp::response_serializer<response_body, fields> sr(res);
+  const auto state = write_now(sr, false, res.body().size(), ec);
+  if (state != write_state::done) co_await write_rest(sr, false, state, ec);
+}
+
+// The part of a request that is not here yet. Plaintext: Beast's synchronous read (on the
+// non-blocking socket) parses what is in buffer_ and reads what is waiting; it stops with
+// would_block when the rest is still on its way, which is then awaited here, and the parse goes
+// on where it stopped (the parser and buffer_ hold its state). Beast's own EOF, limit and error
+// handling thus stay exactly those of its asynchronous read. TLS: Beast's asynchronous read.
+template <class Stream>
+template <bool Whole>
+asio::awaitable<void> basic_connection<Stream>::read_async(request_parser_type& parser,
+                                                           error_code& ec) {
+  if constexpr (is_tls) {
+    if constexpr (Whole) {
+      co_await bhttp::async_read(stream_, buffer_, parser, redirect_error(use_awaitable, ec));
+    } else {
+      co_await bhttp::async_read_header(stream_, buffer_, parser,
+                                        redirect_error(use_awaitable, ec));
+    }
+  } else {
+    while (ec == asio::error::would_block) {
+      ec = {};
+      const std::size_t n = co_await stream_.async_read_some(buffer_.prepare(read_chunk),
+                                                             redirect_error(use_awaitable, ec));
+      buffer_.commit(n);
+      // The client's FIN is Beast's to interpret (end of stream, or a partial message): the
+      // synchronous read below meets it again.
+      if (ec && ec != asio::error::eof) co_return;
+      if constexpr (Whole) {
+        bhttp::read(socket(), buffer_, parser, ec);
+      } else {
+        bhttp::read_header(socket(), buffer_, parser, ec);
+      }
+    }
+  }
+}
+
+// Writing a response, plaintext: at once, as a rule, with no suspension. The serializer's
+// header and a body up to copy_limit are copied into one per-thread buffer and sent with one
+// send(2) on the non-blocking socket (Beast's gather write would hand the kernel a dozen small
+// pieces); what the socket does not take at once is kept by the connection (pending_) and
+// written by write_rest. A larger body, or TLS, goes through Beast's serializer as it is.
+namespace {
+
+constexpr std::size_t copy_limit = std::size_t{64} * 1024;
+
+std::string& thread_output() {
+  static thread_local std::string out;
+  return out;
+}
+
+}  // namespace
+
+template <class Stream>
+template <class Serializer>
+typename basic_connection<Stream>::write_state basic_connection<Stream>::write_now(
+    Serializer& sr, bool header_only, std::size_t body_size, error_code& ec) {
+  if constexpr (is_tls) {
+    return write_state::in_serializer;
+  } else {
+    if (body_size > copy_limit) {
+      if (header_only) {
+        bhttp::write_header(socket(), sr, ec);
+      } else {
+        bhttp::write(socket(), sr, ec);
+      }
+      if (ec != asio::error::would_block) return write_state::done;
+      ec = {};
+      return write_state::in_serializer;
+    }
+    std::string& out = thread_output();
+    out.clear();
+    sr.split(header_only);
+    while (!ec && !(header_only ? sr.is_header_done() : sr.is_done())) {
+      std::size_t n = 0;
+      sr.next(ec, [&](error_code&, const auto& buffers) {
+        for (const auto b : beast::buffers_range_ref(buffers))
+          out.append(static_cast<const char*>(b.data()), b.size());
+        n = beast::buffer_bytes(buffers);
+      });
+      if (!ec) sr.consume(n);
+    }
+    if (ec) return write_state::done;
+    const std::size_t sent = socket().send(asio::buffer(out), 0, ec);
+    if (ec && ec != asio::error::would_block) return write_state::done;
+    ec = {};
+    if (sent == out.size()) return write_state::done;
+    pending_.assign(out, sent);
+    return write_state::in_pending;
+  }
+}
+
+template <class Stream>
+template <class Serializer>
+asio::awaitable<void> basic_connection<Stream>::write_rest(Serializer& sr, bool header_only,
+                                                           write_state state, error_code& ec) {
+  if (state == write_state::in_pending) {
+    co_await asio::async_write(stream_, asio::buffer(pending_), redirect_error(use_awaitable, ec));
+    pending_ = std::string();  // a slow client's leftover is not kept while the connection idles
+  } else if (header_only) {
+    co_await bhttp::async_write_header(stream_, sr, redirect_error(use_awaitable, ec));
+  } else {
+    co_await bhttp::async_write(stream_, sr, redirect_error(use_awaitable, ec));
+  }
 }
 
 template <class Stream>
@@ -248,109 +368,126 @@ asio::awaitable<response> basic_connection<Stream>::call_handler(request_context
   co_return res;
 }
 
-// Serves one request; false when the connection is to be closed.
+// Serves requests until the connection is to be closed. One loop in one coroutine, not a
+// coroutine per request: its frame (parser, request, response, serializer: several KiB) is made
+// once per connection, where a frame per request would be beyond what Asio recycles (about 1 KiB)
+// and cost a malloc and free each time.
 template <class Stream>
-asio::awaitable<bool> basic_connection<Stream>::serve_one() {
-  error_code ec;
+asio::awaitable<void> basic_connection<Stream>::serve() {
   const auto& opts = srv_.options;
-  if (buffer_.size() == 0) {
-    // Idle: wait for the first byte of the next request. While draining, only for the grace.
-    idle_ = true;
-    auto wait = served_ == 0 ? opts.header_timeout : opts.idle_timeout;
-    if (srv_.draining() && served_ > 0) wait = std::min(wait, opts.drain_idle_grace);
-    set_deadline(clock_type::now() + wait);
-    // Reading (not just waiting for readability) lets Asio try the read at once: a keep-alive
-    // client's next request is often already here, and this saves a trip through epoll.
-    const std::size_t n = co_await stream_.async_read_some(buffer_.prepare(read_chunk),
-                                                           redirect_error(use_awaitable, ec));
-    idle_ = false;
-    if (ec || !socket().is_open()) co_return false;  // EOF: the client closed, nothing lost
-    buffer_.commit(n);
-  }
-
-  busy_ = true;
-  set_deadline(clock_type::now() + opts.header_timeout);
-  bhttp::request_parser<bhttp::string_body, field_allocator<char>> parser;
-  parser.header_limit(static_cast<std::uint32_t>(opts.max_header_bytes));
-  parser.body_limit(opts.max_body_bytes);
-  co_await bhttp::async_read_header(stream_, buffer_, parser, redirect_error(use_awaitable, ec));
-  if (ec) {
-    if (ec == bhttp::error::header_limit) {
-      co_await send_error(bhttp::status::request_header_fields_too_large, 11);
-    } else if (ec == bhttp::error::body_limit) {  // a Content-Length over the limit
-      co_await send_error(bhttp::status::payload_too_large, 11);
-    } else if (is_malformed(ec)) {
-      co_await send_error(bhttp::status::bad_request, 11);
+  for (;;) {
+    error_code ec;
+    if (buffer_.size() == 0) {
+      // Idle: wait for the first byte of the next request. While draining, only for the grace.
+      idle_ = true;
+      auto wait = served_ == 0 ? opts.header_timeout : opts.idle_timeout;
+      if (srv_.draining() && served_ > 0) wait = std::min(wait, opts.drain_idle_grace);
+      set_deadline(clock_type::now() + wait);
+      // Reading (not just waiting for readability) lets Asio try the read at once: a keep-alive
+      // client's next request is often already here, and this saves a trip through epoll. It is
+      // rarely here yet the moment the previous response has left: the other connections' work
+      // that is ready goes first, which gives the client that time.
+      if (served_ > 0) co_await asio::post(executor_, use_awaitable);
+      const std::size_t n = co_await stream_.async_read_some(buffer_.prepare(read_chunk),
+                                                             redirect_error(use_awaitable, ec));
+      idle_ = false;
+      if (ec || !socket().is_open()) co_return;  // EOF: the client closed, nothing lost
+      buffer_.commit(n);
     }
-    co_return false;  // closed, timed out, or refused
-  }
 
-  srv_.in_flight.fetch_add(1);
-  struct in_flight_guard {
-    server::impl& srv;
-    ~in_flight_guard() {
-      srv.in_flight.fetch_sub(1);
-      srv.changed.notify_all();
-    }
-  } guard{srv_};
-
-  {
-    const auto& head = parser.get();
-    if (beast::iequals(head[bhttp::field::expect], "100-continue")) {
-      // The client waits for this before it sends the body (RFC 9110 10.1.1).
-      response cont{bhttp::status::continue_, head.version()};
-      co_await bhttp::async_write(stream_, cont, redirect_error(use_awaitable, ec));
-      if (ec) co_return false;
-    }
-  }
-  set_deadline(clock_type::now() + opts.body_timeout);
-  co_await bhttp::async_read(stream_, buffer_, parser, redirect_error(use_awaitable, ec));
-  if (ec) {
-    if (ec == bhttp::error::body_limit) {
-      co_await send_error(bhttp::status::payload_too_large, parser.get().version());
-    } else if (is_malformed(ec)) {
-      co_await send_error(bhttp::status::bad_request, parser.get().version());
-    }
-    co_return false;
-  }
-
-  request req = parser.release();
-  // The handler has as long as it needs (it may watch ctx.deadline()); the watchdog stays off.
-  set_deadline(clock_type::time_point::max());
-  request_context ctx = context_for(req);
-  response res = co_await call_handler(ctx);
-  if (aborted_) co_return false;
-  // Counted before the response leaves: a client that has its answer finds it counted.
-  bump(counters->requests);
-
-  set_deadline(clock_type::now() + opts.write_timeout);
-  bool keep_alive = req.keep_alive() && !srv_.draining();
-  if (ctx.streaming()) {
-    co_await asio::async_write(stream_, bhttp::make_chunk_last(),
-                               redirect_error(use_awaitable, ec));
-    // The stream's header could not know about a drain that began later; the idle grace of
-    // the next round serves a request that is already on its way, with Connection: close.
-    keep_alive = req.keep_alive();
-  } else {
-    res.keep_alive(keep_alive && res.keep_alive());
-    keep_alive = res.keep_alive();
-    if (!keep_alive && req.keep_alive() && srv_.draining())
-      bump(counters->drain_closed_after_response);
-    res.prepare_payload();
-    add_date(res);
-    // A serializer of our own, on this coroutine's (recycled) frame: async_write of a message
-    // would allocate one per response. Header and body leave in one gather write.
-    bhttp::response_serializer<response_body, fields> sr(res);
-    if (req.method() == bhttp::verb::head) {
-      co_await bhttp::async_write_header(stream_, sr, redirect_error(use_awaitable, ec));
+    busy_ = true;
+    set_deadline(clock_type::now() + opts.header_timeout);
+    request_parser_type parser;
+    parser.header_limit(static_cast<std::uint32_t>(opts.max_header_bytes));
+    parser.body_limit(opts.max_body_bytes);
+    // As a rule the whole request is here already: parsed at once, without suspending.
+    if constexpr (is_tls) {
+      ec = asio::error::would_block;
     } else {
-      co_await bhttp::async_write(stream_, sr, redirect_error(use_awaitable, ec));
+      bhttp::read_header(socket(), buffer_, parser, ec);
     }
+    if (ec == asio::error::would_block) co_await read_async<false>(parser, ec);
+    if (ec) {
+      if (ec == bhttp::error::header_limit) {
+        co_await send_error(bhttp::status::request_header_fields_too_large, 11);
+      } else if (ec == bhttp::error::body_limit) {  // a Content-Length over the limit
+        co_await send_error(bhttp::status::payload_too_large, 11);
+      } else if (is_malformed(ec)) {
+        co_await send_error(bhttp::status::bad_request, 11);
+      }
+      co_return;  // closed, timed out, or refused
+    }
+
+    srv_.in_flight.fetch_add(1);
+    struct in_flight_guard {
+      server::impl& srv;
+      ~in_flight_guard() {
+        srv.in_flight.fetch_sub(1);
+        srv.changed.notify_all();
+      }
+    } guard{srv_};
+
+    {
+      const auto& head = parser.get();
+      if (beast::iequals(head[bhttp::field::expect], "100-continue")) {
+        // The client waits for this before it sends the body (RFC 9110 10.1.1).
+        response cont{bhttp::status::continue_, head.version()};
+        co_await bhttp::async_write(stream_, cont, redirect_error(use_awaitable, ec));
+        if (ec) co_return;
+      }
+    }
+    set_deadline(clock_type::now() + opts.body_timeout);
+    if constexpr (is_tls) {
+      ec = asio::error::would_block;
+    } else {
+      bhttp::read(socket(), buffer_, parser, ec);
+    }
+    if (ec == asio::error::would_block) co_await read_async<true>(parser, ec);
+    if (ec) {
+      if (ec == bhttp::error::body_limit) {
+        co_await send_error(bhttp::status::payload_too_large, parser.get().version());
+      } else if (is_malformed(ec)) {
+        co_await send_error(bhttp::status::bad_request, parser.get().version());
+      }
+      co_return;
+    }
+
+    request req = parser.release();
+    // The handler has as long as it needs (it may watch ctx.deadline()); the watchdog stays off.
+    set_deadline(clock_type::time_point::max());
+    request_context ctx = context_for(req);
+    response res = co_await call_handler(ctx);
+    if (aborted_) co_return;
+    // Counted before the response leaves: a client that has its answer finds it counted.
+    bump(counters->requests);
+
+    set_deadline(clock_type::now() + opts.write_timeout);
+    bool keep_alive = req.keep_alive() && !srv_.draining();
+    if (ctx.streaming()) {
+      co_await asio::async_write(stream_, bhttp::make_chunk_last(),
+                                 redirect_error(use_awaitable, ec));
+      // The stream's header could not know about a drain that began later; the idle grace of
+      // the next round serves a request that is already on its way, with Connection: close.
+      keep_alive = req.keep_alive();
+    } else {
+      res.keep_alive(keep_alive && res.keep_alive());
+      keep_alive = res.keep_alive();
+      if (!keep_alive && req.keep_alive() && srv_.draining())
+        bump(counters->drain_closed_after_response);
+      res.prepare_payload();
+      add_date(res);
+      // A serializer of our own, on this coroutine's frame: async_write of a message would
+      // allocate one per response. Header and body leave together (see write_now).
+      bhttp::response_serializer<response_body, fields> sr(res);
+      const bool head = req.method() == bhttp::verb::head;
+      const auto state = write_now(sr, head, res.body().size(), ec);
+      if (state != write_state::done) co_await write_rest(sr, head, state, ec);
+    }
+    if (srv_.draining()) srv_.completed_while_draining.fetch_add(1);
+    ++served_;
+    busy_ = false;
+    if (ec || !keep_alive) co_return;
   }
-  if (srv_.draining()) srv_.completed_while_draining.fetch_add(1);
-  ++served_;
-  busy_ = false;
-  co_return !ec && keep_alive;
 }
 
 template <class Stream>
@@ -374,9 +511,11 @@ asio::awaitable<void> basic_connection<Stream>::send_chunk(std::string_view data
 }
 
 std::shared_ptr<connection> make_connection(server::impl& srv, stream_socket socket,
-                                            const std::shared_ptr<asio::ssl::context>& tls) {
-  if (tls) return std::make_shared<basic_connection<tls_stream>>(srv, std::move(socket), tls.get());
-  return std::make_shared<basic_connection<stream_socket>>(srv, std::move(socket), nullptr);
+                                            const std::shared_ptr<asio::ssl::context>& tls,
+                                            bool tcp) {
+  if (tls)
+    return std::make_shared<basic_connection<tls_stream>>(srv, std::move(socket), tls.get(), tcp);
+  return std::make_shared<basic_connection<stream_socket>>(srv, std::move(socket), nullptr, tcp);
 }
 
 bool request_context::draining() const noexcept { return conn_.srv().draining(); }

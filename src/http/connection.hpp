@@ -75,6 +75,7 @@ struct server::impl {
     bool stopped = false;   // set by drain(): the only way a loop ends
     std::string where;      // the listener's address, for messages
     std::shared_ptr<asio::ssl::context> tls;  // null: plaintext
+    bool tcp = true;                          // else a unix socket (no TCP_NODELAY)
     thread_counters* counters = nullptr;      // the thread's
   };
   // Reports a trouble of kind `kind` once per server: an error that repeats every few hundred
@@ -137,8 +138,11 @@ class connection : public std::enable_shared_from_this<connection> {
   io_executor executor_;
 };
 
-// A plaintext connection when `tls` is null, else a TLS one with that context.
+// A plaintext connection when `tls` is null, else a TLS one with that context. `tcp`: the
+// listener's family is not AF_UNIX (known from the listener: asking the socket costs a
+// getsockname per connection).
 std::shared_ptr<connection> make_connection(server::impl& srv, stream_socket socket,
-                                            const std::shared_ptr<asio::ssl::context>& tls);
+                                            const std::shared_ptr<asio::ssl::context>& tls,
+                                            bool tcp);
 
 }  // namespace handoff::http

@@ -110,7 +110,7 @@ asio::awaitable<void> server::impl::accept(accept_loop& loop) {
         failure = ec.message();
       } else {
         backoff = options.accept_backoff_min;
-        auto conn = make_connection(*this, std::move(socket), loop.tls);
+        auto conn = make_connection(*this, std::move(socket), loop.tls, loop.tcp);
         conn->counters = loop.counters;
         bump(loop.counters->connections_accepted);
         {
@@ -209,6 +209,7 @@ void server::start() {
       loop->where = where ? where->to_string() : "fd " + std::to_string(fd.get());
       loop->acceptor.assign(protocol, copy->release());
       loop->tls = tls;
+      loop->tcp = local.ss_family != AF_UNIX;
       loop->counters = &s.counters[i];
       s.accept_loops.push_back(std::move(loop));
     }

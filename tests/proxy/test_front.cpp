@@ -1,6 +1,7 @@
 // The front (proxy/front.hpp) in-process, against real loopback sockets and a scripted
 // upstream on a thread: pooled connections the app closed are never reused, a retired
-// generation is reported drained once nothing is in flight, forget() cuts a TCP relay.
+// generation is reported drained once nothing is in flight, forget() cuts a TCP relay; a
+// parked connection is handed over with its bytes read ahead and adopted by another front.
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -11,8 +12,11 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <functional>
+#include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "handoff/fd.hpp"
 #include "proxy/front.hpp"
@@ -208,6 +212,123 @@ TEST(Front, ARequestWaitsForAGenerationToServe) {
     f->forget(generation);
   }
   EXPECT_EQ(f->stats().unavailable, 0U);
+}
+
+// ---- handoff reexec: parking, handing over, adopting (handover.hpp) -------------------------
+
+// Waits for the front's event and returns the park outcome ("" when every connection parked).
+std::optional<std::string> park_outcome(front& f, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    if (auto r = f.take_park_result()) return r;
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0 || !wait_readable(f.event_fd(), left)) return std::nullopt;
+    (void)f.take_drained();
+  }
+}
+
+// Answers every request "ok" on each upstream connection (a thread each) until the front
+// closes it; accepts until `stop`.
+void serve_app(int listener, const std::atomic<bool>& stop) {
+  const std::string answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+  std::vector<std::thread> connections;
+  while (!stop) {
+    if (!wait_readable(listener, 50ms)) continue;
+    connections.emplace_back(
+        [&answer](unique_fd c) {
+          std::string in;
+          for (;;) {
+            const auto end = in.find("\r\n\r\n");
+            if (end != std::string::npos) {
+              in.erase(0, end + 4);
+              (void)::send(c.get(), answer.data(), answer.size(), MSG_NOSIGNAL);
+              continue;
+            }
+            if (!wait_readable(c.get(), 10s)) return;
+            char buf[4096];
+            const ssize_t n = ::recv(c.get(), buf, sizeof buf, 0);
+            if (n <= 0) return;
+            in.append(buf, static_cast<std::size_t>(n));
+          }
+        },
+        unique_fd(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC)));
+  }
+  for (auto& t : connections) t.join();
+}
+
+TEST(Front, AParkedConnectionIsHandedOverWithItsBytesAndAdoptedByAnotherFront) {
+  int app_port = 0, public_port = 0;
+  unique_fd app = tcp_listener(app_port);
+  std::atomic<bool> stop{false};
+  std::thread app_thread(serve_app, app.get(), std::cref(stop));
+  unique_fd public_socket = tcp_listener(public_port);
+  auto second_copy = duplicate_fd(public_socket.get());
+  ASSERT_TRUE(second_copy);
+  auto f = start_front(std::move(public_socket), proxy_mode::http);
+  f->serve(1, {loopback(app_port)});
+  unique_fd client = connect_to(public_port);
+  // A request, and half of the next one behind it.
+  const std::string first = "GET /1 HTTP/1.1\r\nHost: x\r\n\r\n";
+  const std::string half = "GET /2 HTTP/1.1\r\nHost: x\r\n";
+  ASSERT_EQ(::send(client.get(), (first + half).data(), first.size() + half.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(first.size() + half.size()));
+  EXPECT_EQ(read_until(client.get(), "ok").rfind("HTTP/1.1 200", 0), 0U);
+  f->park(10s);
+  EXPECT_EQ(park_outcome(*f, 10s), std::optional<std::string>(""));
+  // Accepting paused: a client that comes now waits in the backlog for the next front.
+  unique_fd late = connect_to(public_port);
+  const std::string late_request = "GET /late HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(::send(late.get(), late_request.data(), late_request.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(late_request.size()));
+  auto handed = f->hand_over();
+  ASSERT_TRUE(handed) << handed.error().message();
+  ASSERT_EQ(handed->size(), 1U);
+  EXPECT_EQ(handed->front().buffered, half);
+  EXPECT_EQ(handed->front().listener, 0U);
+  f.reset();  // as the exec does: the connection is ours alone now
+  auto next = start_front(std::move(*second_copy), proxy_mode::http);
+  next->serve(1, {loopback(app_port)});
+  next->adopt(std::move(*handed));
+  EXPECT_EQ(read_until(late.get(), "ok").rfind("HTTP/1.1 200", 0), 0U);
+  ASSERT_EQ(::send(client.get(), "\r\n", 2, MSG_NOSIGNAL), 2);
+  EXPECT_EQ(read_until(client.get(), "ok").rfind("HTTP/1.1 200", 0), 0U);
+  const auto s = next->stats();
+  EXPECT_EQ(s.requests, 2U);
+  EXPECT_EQ(s.bad_gateway, 0U);
+  next.reset();  // closes our upstream connections: the app's threads end
+  stop = true;
+  app_thread.join();
+}
+
+TEST(Front, AParkThatTimesOutLetsEveryConnectionCarryOn) {
+  int app_port = 0, public_port = 0;
+  unique_fd app = tcp_listener(app_port);
+  auto f = start_front(tcp_listener(public_port), proxy_mode::http);
+  f->serve(1, {loopback(app_port)});
+  // One connection idle (parks at once), one with a request the app does not answer yet.
+  unique_fd idle = connect_to(public_port);
+  unique_fd busy = connect_to(public_port);
+  const std::string request = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(::send(busy.get(), request.data(), request.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(request.size()));
+  ASSERT_TRUE(wait_readable(app.get(), 10s));
+  unique_fd upstream(::accept4(app.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  (void)read_until(upstream.get(), "\r\n\r\n");
+  f->park(200ms);
+  const auto outcome = park_outcome(*f, 10s);
+  ASSERT_TRUE(outcome);
+  EXPECT_NE(outcome->find("1 of 2 client connections still inside a request"), std::string::npos)
+      << *outcome;
+  // Both carry on: the busy one gets its answer, the idle one is served on the same upstream.
+  const std::string answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+  ASSERT_EQ(::send(upstream.get(), answer.data(), answer.size(), MSG_NOSIGNAL), 40);
+  EXPECT_EQ(read_until(busy.get(), "ok").rfind("HTTP/1.1 200", 0), 0U);
+  ASSERT_EQ(::send(idle.get(), request.data(), request.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(request.size()));
+  (void)read_until(upstream.get(), "\r\n\r\n");
+  ASSERT_EQ(::send(upstream.get(), answer.data(), answer.size(), MSG_NOSIGNAL), 40);
+  EXPECT_EQ(read_until(idle.get(), "ok").rfind("HTTP/1.1 200", 0), 0U);
 }
 
 }  // namespace

@@ -33,13 +33,14 @@ CONNECTIONS = 10
 class Supervisor:
     """`handoff run` in its own session; its log read line by line on a thread."""
 
-    def __init__(self, tmp, args, command, port_args=("-l", "127.0.0.1:0")):
+    def __init__(self, tmp, args, command, port_args=("-l", "127.0.0.1:0"), binary=None,
+                 stop_timeout="10s"):
         self.control = os.path.join(tmp, "control.sock")
         self.lines = []
         self.cond = threading.Condition()
         self.proc = subprocess.Popen(
-            [HANDOFF, "run", "--name", "proxytest", "--control", self.control,
-             "--stop-timeout", "10s", *port_args, *args, "--", *command],
+            [binary or HANDOFF, "run", "--name", "proxytest", "--control", self.control,
+             "--stop-timeout", stop_timeout, *port_args, *args, "--", *command],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             text=True, start_new_session=True)
         threading.Thread(target=self._read, daemon=True).start()

@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <boost/asio/basic_socket_acceptor.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/executor_work_guard.hpp>
@@ -17,6 +18,7 @@
 #include <mutex>
 #include <thread>
 
+#include "proxy/handover.hpp"
 #include "proxy/tcp_relay.hpp"
 
 namespace handoff::proxy {
@@ -36,9 +38,19 @@ struct front::impl {
   std::thread thread;
   std::uint64_t accepted = 0, open_clients = 0;
   bool stopped = false;
+  // Accept loops of another epoch end (paused, then started again).
+  std::uint64_t accept_epoch = 0;
+  bool accept_paused = false;
   unique_fd event;
   std::mutex drained_mutex;
   std::vector<int> drained;
+  // park(): the relays parked at request boundaries (handover.hpp), bounded by park_timer.
+  parking_lot lot{[this] { check_parked(); }};
+  asio::steady_timer park_timer{io};
+  std::chrono::milliseconds park_bound{0};
+  bool park_reported = false;
+  std::optional<std::string> park_result;  // under drained_mutex
+  front_stats before;                      // the image before's counts (add_to_counts)
 
   // Stops accepting: our duplicates of the public sockets only; the supervisor keeps its own
   // open (never shutdown(2): every holder would see it).
@@ -55,33 +67,101 @@ struct front::impl {
         router(
             io.get_executor(), [this](int id) { on_drained(id); }, options.queue_timeout) {}
 
+  void signal_event() {
+    const std::uint64_t one = 1;
+    (void)!::write(event.get(), &one, sizeof one);
+  }
+
   void on_drained(int id) {
     {
       const std::lock_guard lock(drained_mutex);
       drained.push_back(id);
     }
-    const std::uint64_t one = 1;
-    (void)!::write(event.get(), &one, sizeof one);
+    signal_event();
   }
 
-  void start_connection(stream client, std::size_t listener) {
-    ++accepted;
+  void report_park(std::string result) {
+    {
+      const std::lock_guard lock(drained_mutex);
+      park_result = std::move(result);
+    }
+    signal_event();
+  }
+
+  // Every client connection parked (open_clients counts those accepted whose relay has not
+  // run yet, too): no more accepting, so that none comes between this and the handover; the
+  // backlog keeps the new ones for the next image.
+  void check_parked() {
+    if (!lot.parking() || park_reported || lot.parked() != open_clients) return;
+    park_reported = true;
+    pause_accepting();
+    park_timer.cancel();
+    report_park({});
+  }
+
+  void start_park(std::chrono::milliseconds bound) {
+    park_bound = bound;
+    park_reported = false;
+    lot.start();
+    park_timer.expires_after(bound);
+    park_timer.async_wait([this](const boost::system::error_code& ec) {
+      if (ec || park_reported || !lot.parking()) return;
+      park_reported = true;
+      const auto busy = open_clients - lot.parked();
+      lot.resume();
+      report_park(std::to_string(busy) + " of " + std::to_string(open_clients) +
+                  " client connections still inside a request or a tunnel after " +
+                  std::to_string(park_bound.count()) + " ms");
+    });
+    check_parked();
+  }
+
+  void end_park() {
+    park_timer.cancel();
+    park_reported = false;
+    lot.resume();
+    resume_accepting();
+  }
+
+  void pause_accepting() {
+    accept_paused = true;
+    ++accept_epoch;
+    for (auto& a : acceptors) {
+      boost::system::error_code ignored;
+      a->cancel(ignored);
+    }
+  }
+
+  void resume_accepting() {
+    if (!accept_paused || stopped) return;
+    accept_paused = false;
+    for (std::size_t n = 0; n < acceptors.size(); ++n)
+      asio::co_spawn(io, accept_loop(n), [](const std::exception_ptr&) {});
+  }
+
+  void start_connection(stream client, std::size_t listener, std::string buffered = {},
+                        bool adopted = false) {
+    if (!adopted) ++accepted;  // an adopted one was counted by the image that accepted it
     ++open_clients;
     asio::co_spawn(
         io,
         // The TLS context current at the accept: a set_tls() after it changes nothing here.
-        [this, client = std::move(client), listener,
-         tls = options.tls]() mutable -> asio::awaitable<void> {
+        [this, client = std::move(client), listener, tls = options.tls,
+         buffered = std::move(buffered), adopted]() mutable -> asio::awaitable<void> {
           if (options.mode == proxy_mode::tcp)
             co_await relay_tcp(std::move(client), router, listener, tcp_counters_);
           else if (tls)
             co_await relay_https(std::move(client), std::move(tls), router, listener, options.relay,
                                  http_counters);
           else
-            co_await relay_http(std::move(client), router, listener, options.relay, http_counters);
+            co_await relay_http(std::move(client), router, listener, options.relay, http_counters,
+                                &lot, buffered, adopted);
         },
         // A relay that throws (out of memory) loses its one connection, never the front.
-        [this](const std::exception_ptr&) { --open_clients; });
+        [this](const std::exception_ptr&) {
+          --open_clients;
+          check_parked();
+        });
   }
 
   asio::awaitable<void> accept_loop(std::size_t index) {
@@ -89,13 +169,15 @@ struct front::impl {
     const auto protocol = a.local_endpoint().protocol();
     asio::steady_timer pause(io);
     boost::system::error_code ec;
-    while (!stopped) {
+    const auto epoch = accept_epoch;
+    const auto running = [&] { return !stopped && epoch == accept_epoch; };
+    while (running()) {
       co_await a.async_wait(asio::socket_base::wait_read,
                             asio::redirect_error(asio::use_awaitable, ec));
-      if (ec || stopped) co_return;  // closed by stop()
+      if (ec || !running()) co_return;  // closed by stop(), or paused
       // accept4: the connection is born close-on-exec (the supervisor's thread forks) and
       // non-blocking (the TCP relay splices without blocking).
-      for (int taken = 0; taken < 64 && !stopped; ++taken) {
+      for (int taken = 0; taken < 64 && running(); ++taken) {
         const int fd = ::accept4(a.native_handle(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (fd >= 0) {
           start_connection(stream(io, protocol, fd), index);
@@ -208,6 +290,15 @@ front_stats front::stats(std::chrono::milliseconds timeout) const {
     s.client_connections = i->open_clients;
     s.accepted = i->accepted;
     s.connect_failures = i->router.connect_failures();
+    const auto& b = i->before;
+    s.requests += b.requests;
+    s.bad_gateway += b.bad_gateway;
+    s.unavailable += b.unavailable;
+    s.rejected += b.rejected;
+    s.tunnels += b.tunnels;
+    s.accepted += b.accepted;
+    s.connect_failures += b.connect_failures;
+    s.tls_handshake_failures += b.tls_handshake_failures;
     promise->set_value(std::move(s));
   });
   if (answer.wait_for(timeout) != std::future_status::ready) return {};
@@ -216,6 +307,71 @@ front_stats front::stats(std::chrono::milliseconds timeout) const {
   } catch (const std::future_error&) {
     return {};  // the io thread is gone: nothing to report
   }
+}
+
+void front::park(std::chrono::milliseconds bound) {
+  impl* i = impl_.get();
+  asio::post(i->io, [i, bound] { i->start_park(bound); });
+}
+
+std::optional<std::string> front::take_park_result() {
+  const std::lock_guard lock(impl_->drained_mutex);
+  return std::exchange(impl_->park_result, std::nullopt);
+}
+
+result<std::vector<handed_client>> front::hand_over(std::chrono::milliseconds timeout) {
+  impl* i = impl_.get();
+  auto promise = std::make_shared<std::promise<result<std::vector<handed_client>>>>();
+  auto answer = promise->get_future();
+  asio::post(i->io, [i, promise] {
+    if (!i->lot.parking() || !i->park_reported || i->lot.parked() != i->open_clients) {
+      promise->set_value(
+          error::make(errc::unsupported, "proxy: the client connections are not all parked"));
+      return;
+    }
+    auto clients = i->lot.take();
+    i->park_reported = false;
+    promise->set_value(std::move(clients));
+  });
+  if (answer.wait_for(timeout) != std::future_status::ready)
+    return error::make(errc::timed_out, "proxy: the front did not hand its connections over");
+  try {
+    return answer.get();
+  } catch (const std::future_error&) {
+    return error::make(errc::unsupported, "proxy: the front is gone");
+  }
+}
+
+void front::adopt(std::vector<handed_client> clients) {
+  impl* i = impl_.get();
+  auto shared = std::make_shared<std::vector<handed_client>>(std::move(clients));
+  asio::post(i->io, [i, shared] {
+    i->end_park();
+    for (auto& c : *shared) {
+      sockaddr_storage local{};
+      socklen_t length = sizeof local;
+      if (!c.fd || i->acceptors.empty() ||
+          ::getsockname(c.fd.get(), reinterpret_cast<sockaddr*>(&local), &length) != 0)
+        continue;  // not a socket (a damaged state): closed as `c` goes
+      const std::size_t listener = std::min(c.listener, i->acceptors.size() - 1);
+      boost::system::error_code ec;
+      stream s(i->io);
+      s.assign(asio::generic::stream_protocol(local.ss_family, 0), c.fd.get(), ec);
+      if (ec) continue;
+      (void)c.fd.release();
+      i->start_connection(std::move(s), listener, std::move(c.buffered), true);
+    }
+  });
+}
+
+void front::add_to_counts(const front_stats& before) {
+  impl* i = impl_.get();
+  asio::post(i->io, [i, before] { i->before = before; });
+}
+
+void front::end_park() {
+  impl* i = impl_.get();
+  asio::post(i->io, [i] { i->end_park(); });
 }
 
 int front::event_fd() const noexcept { return impl_->event.get(); }

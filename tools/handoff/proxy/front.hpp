@@ -18,10 +18,13 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "handoff/error.hpp"
 #include "handoff/fd.hpp"
+#include "proxy/handover.hpp"
 #include "proxy/http_relay.hpp"
 #include "proxy/upstream.hpp"
 
@@ -78,8 +81,27 @@ class front {
   // not answer).
   front_stats stats(std::chrono::milliseconds timeout = std::chrono::seconds(2)) const;
 
+  // `handoff reexec` (handover.hpp): parks every HTTP relay at its next request boundary;
+  // new connections are still accepted (and parked at once) until every one is parked, then
+  // accepting pauses. The outcome comes through event_fd(): take_park_result() gives "" (all
+  // parked: hand_over() may follow) or why not after `bound` (then every relay carries on).
+  void park(std::chrono::milliseconds bound);
+  std::optional<std::string> take_park_result();
+  // All parked: every client connection's socket and bytes read ahead; their relays end
+  // without closing them. Waits for the io thread at most `timeout`.
+  result<std::vector<handed_client>> hand_over(
+      std::chrono::milliseconds timeout = std::chrono::seconds(5));
+  // Serves `clients` as if just accepted, their buffered bytes first (the connections of the
+  // image before, or ours back after a failed exec); ends parking and accepts again.
+  void adopt(std::vector<handed_client> clients);
+  // Parking ends (a re-exec given up): the parked relays carry on, accepting resumes.
+  void end_park();
+  // The counts of the image before (`handoff reexec`): stats() adds them to its own, so that
+  // the totals go on rather than start again (client_connections and generations excepted).
+  void add_to_counts(const front_stats& before);
+
   int event_fd() const noexcept;
-  // Generations drained since the last call (reads the eventfd).
+  // Generations drained since the last call (reads the eventfd; then take_park_result()).
   std::vector<int> take_drained();
 
   struct impl;

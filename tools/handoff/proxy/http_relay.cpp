@@ -17,6 +17,7 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http/error.hpp>
+#include <cstring>
 #include <memory>
 #include <string_view>
 #include <type_traits>
@@ -103,11 +104,14 @@ enum class body_failure { none, client_gone, refused, upstream_gone };
 // Client is `stream` (plaintext) or `tls_stream` (--proxy https, whose handshake is the first
 // phase of run()); the upstream side is plaintext either way.
 template <class Client>
-class http_connection : public std::enable_shared_from_this<http_connection<Client>> {
+class http_connection final : public std::enable_shared_from_this<http_connection<Client>>,
+                              public parking_lot::member {
  public:
   http_connection(Client client, std::shared_ptr<asio::ssl::context> tls, router& r,
-                  std::size_t listener, const relay_options& o, relay_counters& c)
-      : tls_(std::move(tls)),
+                  std::size_t listener, const relay_options& o, relay_counters& c,
+                  parking_lot* lot = nullptr, std::string_view buffered = {}, bool adopted = false)
+      : lot_(lot),
+        tls_(std::move(tls)),
         client_(std::move(client)),
         router_(r),
         listener_(listener),
@@ -116,13 +120,22 @@ class http_connection : public std::enable_shared_from_this<http_connection<Clie
         address_(peer_address(socket_of(client_))),
         timer_(client_.get_executor()),
         task_done_(client_.get_executor()),
-        client_in_(o.header_limit + read_chunk),
+        gate_(client_.get_executor()),
+        client_in_(std::max<std::size_t>(o.header_limit, buffered.size()) + read_chunk),
         upstream_in_(o.response_header_limit + read_chunk) {
     request_framing_.header_limit = o.header_limit;
     request_framing_.body_limit = o.body_limit;
     request_framing_.forwarded = o.forwarded;
     request_framing_.scheme = options_.scheme;
     request_framing_.client_address = address_;
+    // Adopted from the image before (handover.hpp): its bytes come first, and it is a
+    // keep-alive connection that has been served already, so it gets the idle timeout.
+    if (!buffered.empty()) {
+      const auto room = client_in_.prepare(buffered.size());
+      std::memcpy(room.data(), buffered.data(), buffered.size());
+      client_in_.commit(buffered.size());
+    }
+    if (adopted) served_ = 1;
     tick_ = std::min({o.header_timeout, o.idle_timeout, o.response_timeout,
                       std::chrono::duration_cast<clock_type::duration>(max_tick)});
     boost::system::error_code ec;
@@ -154,14 +167,45 @@ class http_connection : public std::enable_shared_from_this<http_connection<Clie
         co_return;
       }
     }
+    if (lot_ != nullptr) ticket_ = lot_->join(this);
     // GCC 12 miscompiles co_await in a loop or if condition: each result goes to a variable.
     for (;;) {
       const bool more = co_await serve_one();
       if (!more) break;
     }
-    co_await close_client();
+    if (lot_ != nullptr) lot_->leave(ticket_);
+    // Handed over: the socket is the next image's now; not a byte, not a FIN from us.
+    if (!handed_) co_await close_client();
     done_ = true;
     timer_.cancel();
+  }
+
+  // ---- parking_lot::member (handover.hpp) --------------------------------------------------
+
+  void parking_started() override {
+    // Waiting for the next request or the rest of its header: that wait ends
+    // (operation_aborted) and the relay parks. Anywhere else it parks when it reaches the next
+    // request boundary.
+    boost::system::error_code ignored;
+    if (idle_ || header_wait_) socket_of(client_).cancel(ignored);
+  }
+  void resume() override {
+    parked_ = false;
+    gate_.cancel();
+  }
+  handed_client hand_over() override {
+    handed_client h;
+    if constexpr (!is_tls<Client>) {
+      h.listener = listener_;
+      h.buffered.assign(view(client_in_));
+      client_in_.clear();
+      boost::system::error_code ec;
+      h.fd.reset(client_.release(ec));
+    }
+    handed_ = true;
+    parked_ = false;
+    gate_.cancel();
+    return h;
   }
 
  private:
@@ -209,17 +253,41 @@ class http_connection : public std::enable_shared_from_this<http_connection<Clie
 
   // ---- one request -----------------------------------------------------------------------
 
+  // A request boundary while the front parks its relays: wait to be resumed or handed over.
+  // True when handed over.
+  asio::awaitable<bool> park() {
+    client_deadline(clock_type::duration::max());
+    parked_ = true;
+    lot_->park(this);
+    boost::system::error_code ec;
+    while (parked_) {
+      gate_.expires_at(clock_type::time_point::max());
+      co_await gate_.async_wait(redirect_error(use_awaitable, ec));
+    }
+    co_return handed_;
+  }
+
   asio::awaitable<bool> serve_one() {
     boost::system::error_code ec;
-    if (client_in_.size() == 0) {
+    for (;;) {
+      if (lot_ != nullptr && lot_->parking()) {
+        const bool handed = co_await park();
+        if (handed) co_return false;
+      }
+      if (client_in_.size() != 0) break;
       if (router_.closing()) co_return false;
       idle_ = true;
       client_deadline(served_ == 0 ? options_.header_timeout : options_.idle_timeout);
       const auto n = co_await client_.async_read_some(client_in_.prepare(read_chunk),
                                                       redirect_error(use_awaitable, ec));
       idle_ = false;
+      // Cut by parking_started(): nothing was read, the relay parks.
+      if (ec == asio::error::operation_aborted && !client_timed_out_ && lot_ != nullptr &&
+          lot_->parking())
+        continue;
       if (ec) co_return false;  // the client closed, or stayed idle too long: nothing lost
       client_in_.commit(n);
+      break;
     }
 
     client_deadline(options_.header_timeout);
@@ -237,8 +305,20 @@ class http_connection : public std::enable_shared_from_this<http_connection<Clie
         co_await refuse(refusal::header_too_large);
         co_return false;
       }
+      // The rest of a header still to come: none of it is used yet (the framer takes a header
+      // only whole), so the relay can park here too, with the part it has.
+      if (lot_ != nullptr && lot_->parking()) {
+        const bool handed = co_await park();
+        if (handed) co_return false;
+        client_deadline(options_.header_timeout);
+      }
+      header_wait_ = true;
       const auto n = co_await client_.async_read_some(client_in_.prepare(read_chunk),
                                                       redirect_error(use_awaitable, ec));
+      header_wait_ = false;
+      if (ec == asio::error::operation_aborted && !client_timed_out_ && lot_ != nullptr &&
+          lot_->parking())
+        continue;  // cut by parking_started(): parks above
       if (ec) {
         // A header cut by the deadline is answered; one cut by the client is not.
         if (client_timed_out_) {
@@ -583,6 +663,10 @@ class http_connection : public std::enable_shared_from_this<http_connection<Clie
     socket_of(client_).close(ec);
   }
 
+  parking_lot* lot_;  // null: never parked (https)
+  parking_lot::ticket ticket_{};
+  bool parked_ = false;
+  bool handed_ = false;
   std::shared_ptr<asio::ssl::context> tls_;  // TLS: what client_'s SSL object was made from
   Client client_;
   router& router_;
@@ -595,6 +679,7 @@ class http_connection : public std::enable_shared_from_this<http_connection<Clie
 
   asio::steady_timer timer_;
   asio::steady_timer task_done_;
+  asio::steady_timer gate_;  // a parked relay waits on it
   clock_type::duration tick_{};
   clock_type::time_point armed_ = clock_type::time_point::max();
   clock_type::time_point client_deadline_ = clock_type::time_point::max();
@@ -602,6 +687,7 @@ class http_connection : public std::enable_shared_from_this<http_connection<Clie
   bool client_timed_out_ = false;
   bool upstream_timed_out_ = false;
   bool idle_ = false;
+  bool header_wait_ = false;  // reading the rest of a request header
   bool done_ = false;
   bool task_running_ = false;
 
@@ -628,9 +714,10 @@ class http_connection : public std::enable_shared_from_this<http_connection<Clie
 }  // namespace
 
 asio::awaitable<void> relay_http(stream client, router& r, std::size_t listener,
-                                 const relay_options& options, relay_counters& counters) {
-  auto connection = std::make_shared<http_connection<stream>>(std::move(client), nullptr, r,
-                                                              listener, options, counters);
+                                 const relay_options& options, relay_counters& counters,
+                                 parking_lot* lot, std::string_view buffered, bool adopted) {
+  auto connection = std::make_shared<http_connection<stream>>(
+      std::move(client), nullptr, r, listener, options, counters, lot, buffered, adopted);
   auto* raw = connection.get();
   return raw->run(std::move(connection));
 }

@@ -24,7 +24,9 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
+#include "proxy/handover.hpp"
 #include "proxy/router.hpp"
 
 namespace handoff::proxy {
@@ -60,9 +62,13 @@ struct relay_counters {
 };
 
 // Serves `client` until it closes (or must be closed). `options`, `r` and `counters` must
-// outlive the returned awaitable's completion.
+// outlive the returned awaitable's completion. `lot`: where the relay parks between requests
+// when the front hands its connections over (handover.hpp); `buffered`: bytes already read from
+// the client by the image before, served first; `adopted`: a connection of the image before.
 asio::awaitable<void> relay_http(stream client, router& r, std::size_t listener,
-                                 const relay_options& options, relay_counters& counters);
+                                 const relay_options& options, relay_counters& counters,
+                                 parking_lot* lot = nullptr, std::string_view buffered = {},
+                                 bool adopted = false);
 // The same over TLS: the handshake on `client` with `tls` (which the connection keeps alive
 // for as long as it lasts), then as above.
 asio::awaitable<void> relay_https(stream client, std::shared_ptr<asio::ssl::context> tls, router& r,

@@ -25,8 +25,10 @@
 #include <cstdint>
 #include <functional>
 #include <list>
+#include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -171,6 +173,18 @@ class supervisor_core {
   // exec it back when the next image cannot take the state; self_path_: where it was found
   // at start, which a package upgrade replaces; self_argv_: our own argv (/proc/self/cmdline).
   void remember_self();
+  // The front (--proxy), on duplicates of the public sockets: at setup, and in the image a
+  // re-exec starts.
+  void start_proxy();
+  // The old image's half of a re-exec once the binary passed the probe: write the state, exec.
+  // With --proxy http, first park the client connections (on_parked() goes on).
+  void exec_image(std::optional<std::uint64_t> id, const std::string& version);
+  void on_parked(const std::string& outcome);
+  void refuse_reexec(std::optional<std::uint64_t> id, const std::string& why);
+  // The version of the state this image writes: the lowest that carries it (version 1 when
+  // there is no front), so that a build before the front's handover still takes a state of
+  // direct mode.
+  int state_version_written() const;
   std::string save_state(std::optional<std::uint64_t> waiter) const;
   // Every fd that save_state names: the ones whose close-on-exec is cleared for the exec.
   std::vector<int> state_fds() const;
@@ -184,6 +198,18 @@ class supervisor_core {
   bool restored_ = false;                       // by restore(): the generations are there already
   std::string last_reexec_;                     // "ok ..." or "error ...", for status
   std::optional<std::uint64_t> reexec_waiter_;  // to be answered once the loop runs again
+  // --proxy http: a re-exec waiting for the client connections to park (front.hpp).
+  struct pending_reexec {
+    std::optional<std::uint64_t> id;
+    std::string version;  // of the binary at the path, as it answered the probe
+  };
+  std::optional<pending_reexec> reexec_pending_;
+  // The client connections crossing the exec (handed over by the front, or read from the
+  // state), and the private upstreams read from the state until the front is started again.
+  std::vector<proxy::handed_client> handed_clients_;
+  std::map<int, std::vector<proxy_link::saved_upstream>> restored_upstreams_;
+  std::set<int> restored_drained_;
+  proxy::front_stats restored_counts_;  // the front's totals in the image before
   pid_t last_ignored_sender_ = 0;
   // Main processes of ours that exited lately: their last words (STOPPING=1, STATUS=), read
   // after the exit was reaped, are dropped quietly rather than logged as from a stranger.

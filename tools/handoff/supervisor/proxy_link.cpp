@@ -6,6 +6,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstring>
 #include <stdexcept>
@@ -214,6 +215,43 @@ std::string proxy_link::reload_tls() {
     return e.what();
   }
   return {};
+}
+
+std::map<int, std::vector<proxy_link::saved_upstream>> proxy_link::saved_upstreams() const {
+  std::map<int, std::vector<saved_upstream>> out;
+  for (const auto& [id, ups] : generations_)
+    for (const auto& u : ups) out[id].push_back({u.fd ? u.fd.get() : -1, u.path, u.port});
+  return out;
+}
+
+void proxy_link::restore_generation(int generation, const std::vector<saved_upstream>& saved,
+                                    bool drained) {
+  std::vector<upstream> ups;
+  for (const auto& v : saved) {
+    upstream u;
+    if (v.fd >= 0) u.fd.reset(v.fd);
+    u.path = v.path;
+    u.port = v.port;
+    if (!u.path.empty()) {
+      sockaddr_un a{};
+      a.sun_family = AF_UNIX;
+      std::memcpy(a.sun_path, u.path.c_str(), std::min(u.path.size() + 1, sizeof a.sun_path));
+      u.where = proxy::endpoint(&a, sizeof a);
+    } else {
+      u.where = loopback_endpoint(u.port);
+    }
+    ups.push_back(std::move(u));
+  }
+  generations_[generation] = std::move(ups);
+  if (drained) drained_.insert(generation);
+}
+
+std::vector<int> proxy_link::upstream_fds() const {
+  std::vector<int> fds;
+  for (const auto& [id, ups] : generations_)
+    for (const auto& u : ups)
+      if (u.fd) fds.push_back(u.fd.get());
+  return fds;
 }
 
 void proxy_link::on_event() {

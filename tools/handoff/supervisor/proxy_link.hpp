@@ -12,6 +12,7 @@
 #include <chrono>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -67,6 +68,30 @@ class proxy_link {
   proxy::front_stats stats(std::chrono::milliseconds timeout = std::chrono::seconds(2)) const {
     return front_->stats(timeout);
   }
+
+  // `handoff reexec` (front.hpp, handover.hpp): park the relays, then hand the client
+  // connections over, or take them (back) in.
+  void park(std::chrono::milliseconds bound) { front_->park(bound); }
+  std::optional<std::string> take_park_result() { return front_->take_park_result(); }
+  result<std::vector<proxy::handed_client>> hand_over() { return front_->hand_over(); }
+  void adopt(std::vector<proxy::handed_client> clients) { front_->adopt(std::move(clients)); }
+  void end_park() { front_->end_park(); }
+  void add_to_counts(const proxy::front_stats& before) { front_->add_to_counts(before); }
+
+  // What of a generation's private upstreams crosses the exec (state.cpp): the listening
+  // socket we hold (-1: none, --upstream port), the unix socket file we made, the port.
+  struct saved_upstream {
+    int fd = -1;
+    std::string path;
+    int port = 0;
+  };
+  std::map<int, std::vector<saved_upstream>> saved_upstreams() const;
+  const std::set<int>& drained_generations() const noexcept { return drained_; }
+  // In the image after the exec: a generation's upstreams as saved (their fds now ours), and
+  // whether it had drained.
+  void restore_generation(int generation, const std::vector<saved_upstream>& saved, bool drained);
+  // The fds of every generation's private listening sockets.
+  std::vector<int> upstream_fds() const;
 
  private:
   struct upstream {

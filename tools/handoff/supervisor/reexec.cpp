@@ -110,8 +110,8 @@ struct probe_answer {
 };
 
 // Runs `path` with HANDOFF_REEXEC_PROBE=1: it must print "handoff-reexec state MIN MAX
-// VERSION" and exit 0, with our state_version within MIN..MAX.
-probe_answer probe_binary(const std::string& path) {
+// VERSION" and exit 0, with the version we write within MIN..MAX.
+probe_answer probe_binary(const std::string& path, int version_written) {
   int p[2];
   if (::pipe2(p, O_CLOEXEC) != 0) return {fmt::format("pipe: {}", std::strerror(errno)), {}};
   unique_fd read_end(p[0]), write_end(p[1]);
@@ -172,9 +172,9 @@ probe_answer probe_binary(const std::string& path) {
   char version[128] = {};
   if (std::sscanf(out.c_str() + at + tag.size(), "%d %d %127[^\n]", &min, &max, version) != 3)
     return {"answered the probe with a damaged line", {}};
-  if (state_version < min || state_version > max)
+  if (version_written < min || version_written > max)
     return {fmt::format("{} reads state versions {} to {}; this one writes version {}", version,
-                        min, max, state_version),
+                        min, max, version_written),
             version};
   return {{}, version};
 }
@@ -191,23 +191,78 @@ void supervisor_core::remember_self() {
   self_argv_ = own_argv();
 }
 
+void supervisor_core::refuse_reexec(std::optional<std::uint64_t> id, const std::string& why) {
+  last_reexec_ = "error " + why;
+  log_.log("reexec_failed", "reexec: " + why, {{"cause", why}});
+  if (id) answer(*id, "error " + why + "\n");
+}
+
 void supervisor_core::request_reexec(std::optional<std::uint64_t> id) {
-  const auto refuse = [&](const std::string& why) {
-    last_reexec_ = "error " + why;
-    log_.log("reexec_failed", "reexec: " + why, {{"cause", why}});
-    if (id) answer(*id, "error " + why + "\n");
-  };
-  if (proxy_)
-    return refuse(
-        "not available with --proxy yet: the client connections it holds cannot be handed over");
-  if (stopping_) return refuse("the supervisor is stopping");
+  if (reexec_pending_)
+    return refuse_reexec(id, "a re-exec is under way already (waiting for the requests in flight)");
+  if (o_.proxy.kind == proxy_kind::https)
+    return refuse_reexec(
+        id,
+        "not available with --proxy https: the TLS state of a client connection (keys, "
+        "sequence numbers) lives in this process's OpenSSL objects and cannot cross an exec; "
+        "restart the service instead (clients reconnect and resume their TLS sessions)");
+  if (o_.proxy.kind == proxy_kind::tcp)
+    return refuse_reexec(
+        id,
+        "not available with --proxy tcp: the relayed connections have no boundary at which to "
+        "hand them over; restart the service instead");
+  if (stopping_) return refuse_reexec(id, "the supervisor is stopping");
   if (self_path_.empty() || self_argv_.empty() || !self_exe_)
-    return refuse("the supervisor's own binary or argv is unknown (no /proc?)");
-  const auto probe = probe_binary(self_path_);
+    return refuse_reexec(id, "the supervisor's own binary or argv is unknown (no /proc?)");
+  const auto probe = probe_binary(self_path_, state_version_written());
   if (!probe.error.empty())
-    return refuse(
-        fmt::format("{} {}; {} keeps running", self_path_, probe.error, HANDOFF_VERSION_TEXT));
+    return refuse_reexec(
+        id, fmt::format("{} {}; {} keeps running", self_path_, probe.error, HANDOFF_VERSION_TEXT));
   if (id) control_.wait(*id);  // answered by the new image, or below
+  if (proxy_) {
+    // The client connections cross at request boundaries: every relay finishes the request
+    // it is in (bounded like a retired generation's drain) and parks; on_parked() goes on.
+    reexec_pending_ = pending_reexec{id, probe.version};
+    log_.log("reexec",
+             fmt::format("reexec: parking the client connections at their next request boundary "
+                         "(at most {})",
+                         format_duration(o_.stop_timeout)));
+    proxy_->park(o_.stop_timeout);
+    return;
+  }
+  exec_image(id, probe.version);
+}
+
+void supervisor_core::on_parked(const std::string& outcome) {
+  if (!reexec_pending_) {
+    proxy_->end_park();
+    return;
+  }
+  const auto p = *std::exchange(reexec_pending_, std::nullopt);
+  if (!outcome.empty())
+    return refuse_reexec(p.id, fmt::format("--proxy http: {}; every connection carries on and {} "
+                                           "keeps running",
+                                           outcome, HANDOFF_VERSION_TEXT));
+  if (stopping_) {
+    proxy_->end_park();
+    return refuse_reexec(p.id, "the supervisor is stopping");
+  }
+  auto clients = proxy_->hand_over();
+  if (!clients) {
+    proxy_->end_park();
+    return refuse_reexec(
+        p.id, clients.error().message() + "; " + HANDOFF_VERSION_TEXT + " keeps running");
+  }
+  handed_clients_ = std::move(*clients);
+  exec_image(p.id, p.version);
+}
+
+void supervisor_core::exec_image(std::optional<std::uint64_t> id, const std::string& version) {
+  // Whatever fails from here on, the client connections handed over come back to our front.
+  const auto refuse = [&](const std::string& why) {
+    if (proxy_) proxy_->adopt(std::exchange(handed_clients_, {}));
+    refuse_reexec(id, why);
+  };
   unique_fd memfd(::memfd_create("handoff-state", MFD_CLOEXEC));
   if (!memfd) return refuse(fmt::format("memfd_create: {}", std::strerror(errno)));
   const std::string state = save_state(id);
@@ -217,12 +272,17 @@ void supervisor_core::request_reexec(std::optional<std::uint64_t> id) {
     if (n <= 0) return refuse(fmt::format("writing the state: {}", std::strerror(errno)));
     sent += static_cast<std::size_t>(n);
   }
+  std::size_t read_ahead = 0;
+  for (const auto& c : handed_clients_) read_ahead += c.buffered.size();
   log_.log("reexec",
-           fmt::format("re-executing {} ({}) as pid {}: {} generations, {} sockets, {} bytes of "
-                       "state",
-                       self_path_, probe.version, ::getpid(), generations_.size(), sockets_.size(),
+           fmt::format("re-executing {} ({}) as pid {}: {} generations, {} sockets, {}{} bytes "
+                       "of state",
+                       self_path_, version, ::getpid(), generations_.size(), sockets_.size(),
+                       proxy_ ? fmt::format("{} client connections ({} bytes read ahead), ",
+                                            handed_clients_.size(), read_ahead)
+                              : std::string(),
                        state.size()),
-           {{"path", self_path_}, {"version", probe.version}});
+           {{"path", self_path_}, {"version", version}});
   // The lines still buffered would be lost with this image: a short wait for stderr.
   for (int i = 0; i < 50 && log_.poll_fd() >= 0; ++i) {
     pollfd p{log_.poll_fd(), POLLOUT, 0};
@@ -291,6 +351,27 @@ void supervisor_core::restore() {
   log_.start_nonblocking();
   open_signal_and_wake_fds();
 
+  std::size_t clients = 0;
+  if (o_.proxy.kind != proxy_kind::none) {
+    // A front of our own on the same public sockets, told what the one before knew: each
+    // generation's upstreams, which one serves, which are retired (none has a request of ours
+    // in flight: they were all parked). Its pools are empty: connections to the serving
+    // generation are opened anew. Then the client connections, their bytes read ahead first.
+    start_proxy();
+    for (const auto& [id, ups] : restored_upstreams_)
+      proxy_->restore_generation(id, ups, restored_drained_.count(id) != 0);
+    restored_upstreams_.clear();
+    restored_drained_.clear();
+    for (const auto& g : generations_) {
+      if (g.state == generation_state::serving) proxy_->serve(g.id);
+      if (g.state == generation_state::retiring || g.state == generation_state::draining)
+        proxy_->retire(g.id);
+    }
+    proxy_->add_to_counts(restored_counts_);
+    clients = handed_clients_.size();
+    proxy_->adopt(std::exchange(handed_clients_, {}));
+  }
+
   // Our children, not reaped (a SIGCHLD of the exec's moment waits in the mask), so each pid
   // still names its process: a pidfd opened now is the right one.
   int processes = 0;
@@ -318,8 +399,9 @@ void supervisor_core::restore() {
     text_out = last_reexec_ + "\n";
     log_.log(
         "reexec_done",
-        fmt::format("re-executed: {} ({}), pid {}, {} generations and {} processes kept",
-                    self_path_, HANDOFF_VERSION_TEXT, ::getpid(), generations_.size(), processes),
+        fmt::format("re-executed: {} ({}), pid {}, {} generations and {} processes kept{}",
+                    self_path_, HANDOFF_VERSION_TEXT, ::getpid(), generations_.size(), processes,
+                    proxy_ ? fmt::format(", {} client connections adopted", clients) : ""),
         {{"version", std::string(HANDOFF_VERSION_TEXT)},
          {"reexecs", static_cast<long long>(reexecs_)}});
   }

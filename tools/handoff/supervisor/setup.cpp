@@ -335,31 +335,33 @@ void supervisor_core::setup() {
     if (!ok) throw std::runtime_error("pid file " + o_.pid_file + ": short write");
     pid_file_written_ = true;
   }
-  if (o_.proxy.kind != proxy_kind::none) {
-    std::vector<public_socket> pub;
-    for (const auto& s : sockets_) pub.push_back({s.fd.get(), s.name});
-    const auto slash = o_.control.rfind('/');
-    const std::string dir = slash == std::string::npos ? std::string(".")
-                            : slash == 0               ? std::string("/")
-                                                       : o_.control.substr(0, slash);
-    // Started after the signal mask is set: the front's thread inherits it, so every signal
-    // still reaches the signalfd.
-    proxy_ = std::make_unique<proxy_link>(o_, pub, dir, ticket_keys_.get(), log_);
-    may_stop_ = [this](const generation& g) { return proxy_->drained(g.id); };
-    log_.log("proxy",
-             fmt::format("proxy {}: accepting on the public sockets; each generation "
-                         "listens on {}",
-                         to_string(o_.proxy.kind),
-                         o_.proxy.upstream == upstream_kind::fds_unix ? "a unix socket in " + dir
-                         : o_.proxy.upstream == upstream_kind::fds_tcp
-                             ? std::string("127.0.0.1:0 (LISTEN_FDS)")
-                             : std::string("a free port in $PORT")));
-  }
+  if (o_.proxy.kind != proxy_kind::none) start_proxy();
   remember_self();
   log_.log("supervisor",
            fmt::format("supervisor pid {} running {}; control {}", ::getpid(), o_.command.at(0),
                        o_.control.empty() ? "none" : o_.control),
            {{"pid", static_cast<long long>(::getpid())}, {"control", o_.control}});
+}
+
+void supervisor_core::start_proxy() {
+  std::vector<public_socket> pub;
+  for (const auto& s : sockets_) pub.push_back({s.fd.get(), s.name});
+  const auto slash = o_.control.rfind('/');
+  const std::string dir = slash == std::string::npos ? std::string(".")
+                          : slash == 0               ? std::string("/")
+                                                     : o_.control.substr(0, slash);
+  // Started after the signal mask is set: the front's thread inherits it, so every signal
+  // still reaches the signalfd.
+  proxy_ = std::make_unique<proxy_link>(o_, pub, dir, ticket_keys_.get(), log_);
+  may_stop_ = [this](const generation& g) { return proxy_->drained(g.id); };
+  log_.log("proxy",
+           fmt::format("proxy {}: accepting on the public sockets; each generation "
+                       "listens on {}",
+                       to_string(o_.proxy.kind),
+                       o_.proxy.upstream == upstream_kind::fds_unix ? "a unix socket in " + dir
+                       : o_.proxy.upstream == upstream_kind::fds_tcp
+                           ? std::string("127.0.0.1:0 (LISTEN_FDS)")
+                           : std::string("a free port in $PORT")));
 }
 
 }  // namespace handoff::supervisor

@@ -7,6 +7,8 @@
 
 #include <boost/json.hpp>
 #include <cstdlib>
+#include <optional>
+#include <string_view>
 
 #include "handoff/decimal.hpp"
 #include "supervisor/core.hpp"
@@ -65,6 +67,35 @@ std::string str(const json::value& v) {
   return {s.data(), s.size()};
 }
 
+std::string to_hex(std::string_view bytes) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (const char c : bytes) {
+    const auto b = static_cast<unsigned char>(c);
+    out += digits[b >> 4];
+    out += digits[b & 0xf];
+  }
+  return out;
+}
+
+std::optional<std::string> from_hex(std::string_view hex) {
+  if (hex.size() % 2 != 0) return std::nullopt;
+  const auto nibble = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+  };
+  std::string out;
+  out.reserve(hex.size() / 2);
+  for (std::size_t i = 0; i < hex.size(); i += 2) {
+    const int hi = nibble(hex[i]), lo = nibble(hex[i + 1]);
+    if (hi < 0 || lo < 0) return std::nullopt;
+    out += static_cast<char>(hi << 4 | lo);
+  }
+  return out;
+}
+
 }  // namespace
 
 std::vector<int> supervisor_core::state_fds() const {
@@ -77,12 +108,23 @@ std::vector<int> supervisor_core::state_fds() const {
   if (metrics_server_) fds.push_back(metrics_server_->listener_fd());
   if (self_exe_) fds.push_back(self_exe_.get());
   if (ticket_keys_) fds.push_back(ticket_keys_.get());
+  if (proxy_) {
+    const auto ups = proxy_->upstream_fds();
+    fds.insert(fds.end(), ups.begin(), ups.end());
+  }
+  for (const auto& [id, ups] : restored_upstreams_)
+    for (const auto& u : ups)
+      if (u.fd >= 0) fds.push_back(u.fd);
+  for (const auto& c : handed_clients_) fds.push_back(c.fd.get());
   return fds;
 }
 
+int supervisor_core::state_version_written() const { return proxy_ ? 2 : 1; }
+
 std::string supervisor_core::save_state(std::optional<std::uint64_t> waiter) const {
   json::object root;
-  root["version"] = state_version;
+  const int version = state_version_written();
+  root["version"] = version;
   root["handoff"] = HANDOFF_VERSION_TEXT;
   root["reexecs"] = reexecs_;
   root["self_exe"] = self_exe_.get();
@@ -202,7 +244,38 @@ std::string supervisor_core::save_state(std::optional<std::uint64_t> waiter) con
                                        {"slots", std::move(slots)}});
   }
   root["generations"] = std::move(generations);
-  return fmt::format("{}{}\n{}\n", state_header, state_version, json::serialize(root));
+  if (proxy_) {
+    // Version 2: each generation's private upstreams, and the client connections handed over
+    // at a request boundary with the bytes read ahead (hex: JSON strings must be UTF-8).
+    json::array upstreams;
+    for (const auto& [id, ups] : proxy_->saved_upstreams()) {
+      json::array list;
+      for (const auto& u : ups)
+        list.push_back(json::object{{"fd", u.fd}, {"path", u.path}, {"port", u.port}});
+      upstreams.push_back(json::object{{"generation", id},
+                                       {"drained", proxy_->drained_generations().count(id) != 0},
+                                       {"upstreams", std::move(list)}});
+    }
+    json::array clients;
+    for (const auto& c : handed_clients_)
+      clients.push_back(json::object{
+          {"fd", c.fd.get()}, {"listener", c.listener}, {"buffered", to_hex(c.buffered)}});
+    // The front's totals go on in the next image (status, /metrics).
+    const auto f = proxy_->stats();
+    const json::object counts{{"requests", f.requests},
+                              {"bad_gateway", f.bad_gateway},
+                              {"unavailable", f.unavailable},
+                              {"rejected", f.rejected},
+                              {"tunnels", f.tunnels},
+                              {"accepted", f.accepted},
+                              {"connect_failures", f.connect_failures},
+                              {"tls_handshake_failures", f.tls_handshake_failures}};
+    root["proxy"] = json::object{{"mode", to_string(o_.proxy.kind)},
+                                 {"generations", std::move(upstreams)},
+                                 {"clients", std::move(clients)},
+                                 {"counts", counts}};
+  }
+  return fmt::format("{}{}\n{}\n", state_header, version, json::serialize(root));
 }
 
 std::string supervisor_core::check_state(const std::string& text) const {
@@ -237,6 +310,31 @@ std::string supervisor_core::check_state(const std::string& text) const {
       (void)state_of(str(g.at("state")));
       for (const auto& s : g.at("slots").as_array()) (void)s.at("pid").to_number<pid_t>();
     }
+    const auto* p = root.if_contains("proxy");
+    const std::string mode = p != nullptr ? str(p->at("mode")) : "none";
+    // The same command line on both sides: a front of another kind would be a damaged state.
+    if (mode != to_string(o_.proxy.kind) && (p != nullptr || *version >= 2))
+      return fmt::format("the state's front is \"{}\", this supervisor's \"{}\"", mode,
+                         to_string(o_.proxy.kind));
+    if (p != nullptr) {
+      for (const auto& g : p->at("generations").as_array()) {
+        (void)g.at("generation").to_number<int>();
+        (void)g.at("drained").as_bool();
+        for (const auto& u : g.at("upstreams").as_array()) {
+          (void)u.at("fd").to_number<int>();
+          (void)str(u.at("path"));
+          (void)u.at("port").to_number<int>();
+        }
+      }
+      if (const auto* n = p->as_object().if_contains("counts"))
+        for (const auto& [key, value] : n->as_object()) (void)value.to_number<std::uint64_t>();
+      for (const auto& c : p->at("clients").as_array()) {
+        (void)c.at("fd").to_number<int>();
+        (void)c.at("listener").to_number<std::size_t>();
+        if (!from_hex(str(c.at("buffered"))))
+          return "the state is damaged: a client's buffered bytes are not hex";
+      }
+    }
   } catch (const std::exception& e) {
     return std::string("the state is damaged: ") + e.what();
   }
@@ -245,6 +343,37 @@ std::string supervisor_core::check_state(const std::string& text) const {
 
 void supervisor_core::load_state(const std::string& text) {
   const auto root = json::parse(std::string_view(text).substr(text.find('\n') + 1)).as_object();
+  if (const auto* p = root.if_contains("proxy")) {
+    for (const auto& g : p->at("generations").as_array()) {
+      const int id = g.at("generation").to_number<int>();
+      auto& ups = restored_upstreams_[id];
+      for (const auto& u : g.at("upstreams").as_array())
+        ups.push_back(
+            {u.at("fd").to_number<int>(), str(u.at("path")), u.at("port").to_number<int>()});
+      if (g.at("drained").as_bool()) restored_drained_.insert(id);
+    }
+    if (const auto* n = p->as_object().if_contains("counts")) {
+      const auto count = [n](const char* key) {
+        const auto* v = n->as_object().if_contains(key);
+        return v != nullptr ? v->to_number<std::uint64_t>() : 0;
+      };
+      restored_counts_.requests = count("requests");
+      restored_counts_.bad_gateway = count("bad_gateway");
+      restored_counts_.unavailable = count("unavailable");
+      restored_counts_.rejected = count("rejected");
+      restored_counts_.tunnels = count("tunnels");
+      restored_counts_.accepted = count("accepted");
+      restored_counts_.connect_failures = count("connect_failures");
+      restored_counts_.tls_handshake_failures = count("tls_handshake_failures");
+    }
+    for (const auto& c : p->at("clients").as_array()) {
+      proxy::handed_client h;
+      h.fd.reset(c.at("fd").to_number<int>());
+      h.listener = c.at("listener").to_number<std::size_t>();
+      h.buffered = *from_hex(str(c.at("buffered")));
+      handed_clients_.push_back(std::move(h));
+    }
+  }
   reexecs_ = root.at("reexecs").to_number<int>();
   self_exe_.reset(root.at("self_exe").to_number<int>());
   self_path_ = str(root.at("self_path"));

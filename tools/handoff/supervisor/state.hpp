@@ -11,11 +11,16 @@
 // Version 1: sockets, FDSTORE fds, the notify and control sockets (with their control
 // sessions), the --metrics listener, generations with their processes (pids, process groups,
 // deadlines as CLOCK_MONOTONIC nanoseconds, which an exec does not change), counters.
+// Version 2 adds "proxy" (--proxy http): each generation's private upstreams (the listening
+// socket we hold, the unix socket file we made, the port), the client connections handed
+// over at a request boundary, each with the bytes read from it ahead (hex), and the front's
+// totals ("counts", optional). A supervisor
+// without a front still writes version 1, which every build with `handoff reexec` reads.
 #pragma once
 
 namespace handoff::supervisor {
 
-inline constexpr int state_version = 1;
+inline constexpr int state_version = 2;
 inline constexpr int state_version_min = 1;
 inline constexpr const char* state_header = "handoff-state ";
 

@@ -170,7 +170,11 @@ int supervisor_core::loop() {
       }
     }
     // A generation drained: the timers, run first thing next round, send its stop signal.
-    if (proxy_ && fds[proxy_at].revents != 0) proxy_->on_event();
+    if (proxy_ && fds[proxy_at].revents != 0) {
+      proxy_->on_event();
+      // A re-exec waiting for the client connections to park.
+      if (auto parked = proxy_->take_park_result()) on_parked(*parked);
+    }
     for (std::size_t i = 0; i < session_ids.size(); ++i) {
       if (fds[first_control + 1 + i].revents == 0) continue;
       if (auto line = control_.read(session_ids[i])) on_control_request(session_ids[i], *line);
