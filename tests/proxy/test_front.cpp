@@ -74,8 +74,11 @@ std::string read_until(int fd, const std::string& end) {
   return out;
 }
 
+// A client may be accepted before the serve() a test calls right after this has reached the
+// front's thread (the accept loop takes what is queued as soon as it runs): as in production, it
+// waits for a generation, here up to 10 s, unless a test wants the timeout itself.
 std::unique_ptr<front> start_front(unique_fd public_socket, proxy_mode mode,
-                                   std::chrono::milliseconds queue_timeout = 0ms) {
+                                   std::chrono::milliseconds queue_timeout = 10s) {
   std::vector<unique_fd> listeners;
   listeners.push_back(std::move(public_socket));
   front_options o;

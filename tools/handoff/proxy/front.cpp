@@ -171,13 +171,16 @@ struct front::impl {
     boost::system::error_code ec;
     const auto epoch = accept_epoch;
     const auto running = [&] { return !stopped && epoch == accept_epoch; };
+    // Accept first, wait after: the public socket may have connections queued before this
+    // loop runs (a new front after a re-exec, a resumed one), and epoll is edge-triggered: the
+    // edge of those was seen by the reactor before this wait existed, and no other comes until
+    // the next client connects. So the loop waits only once accept4 said the queue is empty;
+    // nothing runs on this front's one thread between that EAGAIN and the wait.
     while (running()) {
-      co_await a.async_wait(asio::socket_base::wait_read,
-                            asio::redirect_error(asio::use_awaitable, ec));
-      if (ec || !running()) co_return;  // closed by stop(), or paused
-      // accept4: the connection is born close-on-exec (the supervisor's thread forks) and
-      // non-blocking (the TCP relay splices without blocking).
+      bool empty = false;
       for (int taken = 0; taken < 64 && running(); ++taken) {
+        // accept4: the connection is born close-on-exec (the supervisor's thread forks) and
+        // non-blocking (the TCP relay splices without blocking).
         const int fd = ::accept4(a.native_handle(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (fd >= 0) {
           start_connection(stream(io, protocol, fd), index);
@@ -188,8 +191,19 @@ struct front::impl {
           // Out of fds or memory: the queued clients wait in the backlog until some close.
           pause.expires_after(std::chrono::milliseconds(50));
           co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        } else {
+          empty = true;  // EAGAIN (or the socket failed: the wait below says so)
         }
-        break;  // EAGAIN: the queue is empty
+        break;
+      }
+      if (!running()) co_return;
+      if (empty) {
+        co_await a.async_wait(asio::socket_base::wait_read,
+                              asio::redirect_error(asio::use_awaitable, ec));
+        if (ec) co_return;  // closed by stop(), or paused
+      } else {
+        // 64 taken, or a pause for fds: more may be queued, and no new edge will say so.
+        co_await asio::post(io, asio::use_awaitable);
       }
     }
   }
