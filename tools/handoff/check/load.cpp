@@ -133,10 +133,11 @@ class connection final : public slot {
   bool reused_ = false;
   bool timed_out_ = false;
   bool opened_before_ = false;  // this slot had a connection before (reconnect accounting)
+  bool connected_ = false;      // the socket is connected (its loss dates the reconnect)
   bool handshake_done_ = false;
   bool session_taken_ = false;  // the session of this connection was kept for the next one
   tls_session session_;         // --tls-resume: offered on the next connection
-  clock_type::time_point attempt_start_, deadline_;
+  clock_type::time_point attempt_start_, deadline_, lost_at_;
 };
 
 class engine {
@@ -173,6 +174,9 @@ class engine {
     io_.run();
     out_.load_us = micros(options_.duration);
     out_.elapsed_us = micros(clock_type::now() - start_);
+    // Reconnects are dated by a loss that came before their connect: back in time order.
+    std::sort(out_.opened_us.begin(), out_.opened_us.end());
+    std::sort(out_.reconnect_us.begin(), out_.reconnect_us.end());
     if (options_.progress) fmt::print(stderr, "\r\033[K");
     return std::move(out_);
   }
@@ -224,8 +228,9 @@ class engine {
     last_served_ = out_.served_by.size() - 1;
   }
   void connection_done() { --active_; }
-  void connection_opened(bool reconnect) {
-    const auto at = micros(clock_type::now() - start_);
+  // `lost` is when the slot's previous connection was lost (reconnects only).
+  void connection_opened(bool reconnect, clock_type::time_point lost) {
+    const auto at = micros((reconnect ? lost : clock_type::now()) - start_);
     out_.opened_us.push_back(at);
     if (reconnect) out_.reconnect_us.push_back(at);
   }
@@ -420,6 +425,8 @@ connection<Tls>::connection(engine& e, asio::io_context& io) : engine_(e), io_(i
 
 template <bool Tls>
 void connection<Tls>::reset_socket() {
+  if (connected_) lost_at_ = clock_type::now();
+  connected_ = false;
   if constexpr (Tls) {
     if (stream_ && handshake_done_) {
       // OpenSSL forgets (marks not resumable) the session of an SSL object freed without
@@ -459,9 +466,10 @@ void connection<Tls>::connect() {
   }
   socket().async_connect(engine_.endpoint(), [this](const boost::system::error_code& ec) {
     if (ec) return fail(ec);
-    engine_.connection_opened(opened_before_ &&
-                              engine_.options().mode == connection_mode::keepalive);
+    engine_.connection_opened(
+        opened_before_ && engine_.options().mode == connection_mode::keepalive, lost_at_);
     opened_before_ = true;
+    connected_ = true;
     boost::system::error_code ignored;
     socket().set_option(tcp::no_delay(true), ignored);
     if constexpr (Tls) {

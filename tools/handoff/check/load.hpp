@@ -30,6 +30,9 @@
 //   a slot that had one before is a reconnect: its previous connection was closed (by the
 //   server, a failure or a timeout), since the client never closes a healthy one. In close mode
 //   every request opens a connection by design, so there are no reconnects to count.
+//   A reconnect is dated by the loss of the connection it replaces, not by its connect: the
+//   restart that cut a connection caused the reconnect, however long the new generation took to
+//   listen (a connect that succeeds just after the traffic is steady again is still its own).
 #pragma once
 
 #include <chrono>
@@ -86,7 +89,8 @@ struct run_result {
   std::vector<request_record> requests;  // in the order of their outcome
   std::vector<restart_record> restarts;
   std::vector<std::pair<std::string, std::uint64_t>> served_by;  // X-Served-By -> responses
-  std::vector<std::int64_t> opened_us;     // when each connection was opened, in order
+  // When each connection was opened, in order; a reconnect by when its predecessor was lost.
+  std::vector<std::int64_t> opened_us;
   std::vector<std::int64_t> reconnect_us;  // those of them that were reconnects (keep-alive)
   std::int64_t load_us = 0;                // how long requests were started (the duration)
   std::int64_t elapsed_us = 0;             // until the last request and command ended

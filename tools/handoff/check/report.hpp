@@ -11,7 +11,8 @@
 // queue during a stall count for the restart even when they complete after it); the timeline
 // places requests by the time of their outcome.
 // "Steady state" is everything outside the windows. A connection the client opened belongs to
-// the window it was opened in (the counts of reconnects: see load.hpp).
+// the window it was opened in, a reconnect to the window in which the connection it replaces
+// was lost (see load.hpp).
 #pragma once
 
 #include <array>
