@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""`handoff reexec` with --proxy http: the supervisor runs from a copy of the binary in the
-test's directory, and each re-exec finds another copy renamed over that path, as a package
+"""`handoff reexec` with --proxy http and tcp: the supervisor runs from a copy of the binary in
+the test's directory, and each re-exec finds another copy renamed over that path, as a package
 upgrade leaves it. The client connections cross the exec at a request boundary, with the bytes
-read from them ahead; the app notices nothing.
+read from them ahead (tcp: once nothing is in flight inside the relay, with their upstream
+connections); the app notices nothing.
 
 Usage: test_proxy_reexec.py HANDOFF [unittest arguments, e.g. -k keepalive]
 Environment: HANDOFF_GO_APP (the built tests/proxy/go_app; its tests are skipped without it),
@@ -124,8 +125,8 @@ echo $((n + 1)) > {count}
         os.chmod(script, 0o755)
         return script, count
 
-    def reexecs_under_load(self, args, command, mode):
-        sup = self.start(["--proxy", "http", *args], command)
+    def reexecs_under_load(self, args, command, mode, proxy="http"):
+        sup = self.start(["--proxy", proxy, *args], command)
         apps = self.app_pids()
         self.assertTrue(apps)
         url = f"http://127.0.0.1:{sup.port}/"
@@ -390,12 +391,101 @@ echo $((n + 1)) > {count}
         self.assertEqual(gens[0]["processes"][0]["restarts"], 3, gens)
         self.assertEqual(sup.stop(), 0, sup.log())
 
-    def test_tcp_proxy_refuses_reexec(self):
+    # --proxy tcp: each client connection crosses with its upstream connection to the app.
+    def test_tcp_python_keepalive_ten_reexecs(self):
+        self.reexecs_under_load(["--ready", "http:///"], [sys.executable, PY_APP], "keepalive",
+                                proxy="tcp")
+
+    @unittest.skipUnless(GO_APP, "HANDOFF_GO_APP not set (go not installed)")
+    def test_tcp_go_close_ten_reexecs(self):
+        self.reexecs_under_load([], [GO_APP], "close", proxy="tcp")
+
+    def test_tcp_requests_in_flight_and_half_closes_cross_a_reexec(self):
         sup = self.start(["--proxy", "tcp", "--ready", "http:///"], [sys.executable, PY_APP])
+        apps = self.app_pids()
+        # A slow request with another behind it: the relay passes both on at once (it knows no
+        # requests) and is idle both ways while the app works; the answers come after the
+        # re-exec on the same two connections, now the new image's.
+        kept = socket.create_connection(("127.0.0.1", sup.port), timeout=30)
+        kept.sendall(b"GET /slow?ms=3000 HTTP/1.1\r\nHost: a\r\n\r\n"
+                     b"GET /?second HTTP/1.1\r\nHost: a\r\n\r\n")
+        # The client is done sending (FIN, passed on to the app as a half-close); the answer
+        # still has to come back to it through the relay's other direction.
+        half = socket.create_connection(("127.0.0.1", sup.port), timeout=30)
+        half.sendall(b"GET /slow?ms=3000 HTTP/1.0\r\nHost: a\r\n\r\n")
+        half.shutdown(socket.SHUT_WR)
+        self.wait_in_flight(2)
+        self.replace_binary()
         r = self.reexec()
-        self.assertNotEqual(r.returncode, 0, r.stdout)
-        self.assertIn("not available with --proxy tcp", r.stdout + r.stderr)
-        self.assertIsNone(sup.proc.poll())
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr + sup.log())
+        self.assertIn("2 client connections adopted", sup.log())
+        responses = Responses(kept)
+        for i in range(2):
+            try:
+                answer = responses.next()
+            except TimeoutError:
+                self.fail(f"no response {i + 1}:\n{sup.log()}")
+            self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer)
+        whole = b""
+        while True:
+            data = half.recv(65536)
+            if not data:
+                break
+            whole += data
+        self.assertTrue(re.match(rb"HTTP/1\.[01] 200 .*\r\n\r\n", whole, re.S), whole)
+        half.close()
+        # A new image that refuses the state (a version-2 reader; --proxy tcp writes 3): the
+        # old image comes back with its connections, upstream connections included.
+        kept.sendall(b"GET /slow?ms=2000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.wait_in_flight(1)
+        self.write_binary("#!/bin/sh\n[ -n \"$HANDOFF_REEXEC_PROBE\" ] && exec REAL\n"
+                          "HANDOFF_STATE_VERSION_MAX=2 exec REAL \"$@\"\n")
+        r = self.reexec()
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn("refused the state: state version 3", r.stdout + r.stderr)
+        try:
+            answer = responses.next()
+        except TimeoutError:
+            self.fail("no response after the refused state:\n" + sup.log())
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer)
+        kept.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertTrue(responses.next().startswith(b"HTTP/1.1 200"))
+        kept.close()
+        self.assertEqual(self.app_pids(), apps)
+        proxy = sup.status()["proxy"]
+        # Two connections relayed, counted once each across the re-exec and the way back.
+        self.assertEqual((proxy["requests"], proxy["accepted"]), (2, 2), proxy)
+        self.assertEqual(sup.status()["reexecs"], 1)
+        self.assertEqual(sup.stop(), 0, sup.log())
+
+    def test_tcp_reexec_during_a_drain(self):
+        sup = self.start(["--proxy", "tcp", "--ready", "http:///"], [sys.executable, PY_APP])
+        s = socket.create_connection(("127.0.0.1", sup.port), timeout=30)
+        s.sendall(b"GET /slow?ms=4000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.wait_in_flight(1)
+        r = sup.reload()
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        # Generation 1 is retired with a relay to it open: the relay crosses, and the new
+        # image waits for it before generation 1 counts as drained.
+        states = {g["id"]: g["state"] for g in sup.status()["generations"]}
+        self.assertEqual(states.get(1), "retiring", states)
+        self.replace_binary()
+        r = self.reexec()
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr + sup.log())
+        states = {g["id"]: g["state"] for g in sup.status()["generations"]}
+        self.assertEqual(states.get(1), "retiring", (states, sup.log()))
+        responses = Responses(s)
+        answer = responses.next()
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer)
+        # The connection stays with generation 1 (a TCP relay never changes its upstream); it
+        # drains once the client closes it, then generation 1 goes.
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertTrue(responses.next().startswith(b"HTTP/1.1 200"))
+        s.close()
+        sup.wait_line(r"generation 1: stopped", 30)
+        gens = sup.status()["generations"]
+        self.assertEqual([(g["id"], g["state"]) for g in gens], [(2, "serving")], gens)
+        self.assertEqual(sup.stop(), 0, sup.log())
 
 
 if __name__ == "__main__":

@@ -110,7 +110,9 @@ struct front::impl {
       const auto busy = open_clients - lot.parked();
       lot.resume();
       report_park(std::to_string(busy) + " of " + std::to_string(open_clients) +
-                  " client connections still inside a request or a tunnel after " +
+                  (options.mode == proxy_mode::tcp
+                       ? " client connections still moving bytes after "
+                       : " client connections still inside a request or a tunnel after ") +
                   std::to_string(park_bound.count()) + " ms");
     });
     check_parked();
@@ -142,26 +144,42 @@ struct front::impl {
   void start_connection(stream client, std::size_t listener, std::string buffered = {},
                         bool adopted = false) {
     if (!adopted) ++accepted;  // an adopted one was counted by the image that accepted it
-    ++open_clients;
-    asio::co_spawn(
-        io,
+    spawn_relay(
         // The TLS context current at the accept: a set_tls() after it changes nothing here.
         [this, client = std::move(client), listener, tls = options.tls,
          buffered = std::move(buffered), adopted]() mutable -> asio::awaitable<void> {
           if (options.mode == proxy_mode::tcp)
-            co_await relay_tcp(std::move(client), router, listener, tcp_counters_);
+            co_await relay_tcp(std::move(client), router, listener, tcp_counters_, &lot);
           else if (tls)
             co_await relay_https(std::move(client), std::move(tls), router, listener, options.relay,
                                  http_counters);
           else
             co_await relay_http(std::move(client), router, listener, options.relay, http_counters,
                                 &lot, buffered, adopted);
-        },
-        // A relay that throws (out of memory) loses its one connection, never the front.
-        [this](const std::exception_ptr&) {
-          --open_clients;
-          check_parked();
         });
+  }
+
+  // A TCP relay of the image before (handover.hpp), its upstream connection lent again.
+  void resume_connection(stream client, stream upstream, const handed_client& c,
+                         std::size_t listener) {
+    spawn_relay([this, client = std::move(client),
+                 up = router.adopt(c.generation, listener, std::move(upstream)), listener,
+                 client_done = c.client_done,
+                 upstream_done = c.upstream_done]() mutable -> asio::awaitable<void> {
+      co_await resume_tcp(std::move(client), std::move(up), router, listener, client_done,
+                          upstream_done, &lot);
+    });
+  }
+
+  template <typename Relay>
+  void spawn_relay(Relay relay) {
+    ++open_clients;
+    asio::co_spawn(io, std::move(relay),
+                   // A relay that throws (out of memory) loses its one connection, never the front.
+                   [this](const std::exception_ptr&) {
+                     --open_clients;
+                     check_parked();
+                   });
   }
 
   asio::awaitable<void> accept_loop(std::size_t index) {
@@ -373,7 +391,22 @@ void front::adopt(std::vector<handed_client> clients) {
       s.assign(asio::generic::stream_protocol(local.ss_family, 0), c.fd.get(), ec);
       if (ec) continue;
       (void)c.fd.release();
-      i->start_connection(std::move(s), listener, std::move(c.buffered), true);
+      if (i->options.mode != proxy_mode::tcp) {
+        i->start_connection(std::move(s), listener, std::move(c.buffered), true);
+        continue;
+      }
+      // tcp: the upstream connection crossed too; without it (a damaged state) the client's
+      // connection closes, as one whose generation went away would.
+      sockaddr_storage peer{};
+      length = sizeof peer;
+      if (!c.upstream ||
+          ::getsockname(c.upstream.get(), reinterpret_cast<sockaddr*>(&peer), &length) != 0)
+        continue;
+      stream up(i->io);
+      up.assign(asio::generic::stream_protocol(peer.ss_family, 0), c.upstream.get(), ec);
+      if (ec) continue;
+      (void)c.upstream.release();
+      i->resume_connection(std::move(s), std::move(up), c, listener);
     }
   });
 }

@@ -81,7 +81,8 @@ class front {
   // not answer).
   front_stats stats(std::chrono::milliseconds timeout = std::chrono::seconds(2)) const;
 
-  // `handoff reexec` (handover.hpp): parks every HTTP relay at its next request boundary;
+  // `handoff reexec` (handover.hpp): parks every relay at its next request boundary (tcp:
+  // once both of its directions are idle);
   // new connections are still accepted (and parked at once) until every one is parked, then
   // accepting pauses. The outcome comes through event_fd(): take_park_result() gives "" (all
   // parked: hand_over() may follow) or why not after `bound` (then every relay carries on).

@@ -6,10 +6,14 @@
 // (never reused) when the relay ends; a half-close is passed on as a half-close; an error on
 // either side, or forget() of the generation, shuts both connections down. Bytes move with
 // splice(2) through a pipe per direction, so they are not copied through user space.
+// While the front parks its relays (`handoff reexec`, handover.hpp), a direction whose pipe is
+// empty reads nothing more; once both are so, the relay parks, and it may be handed over with
+// both of its sockets, closing neither.
 #pragma once
 
 #include <cstdint>
 
+#include "proxy/handover.hpp"
 #include "proxy/upstream.hpp"
 
 namespace handoff::proxy {
@@ -19,8 +23,14 @@ struct tcp_counters {
   std::uint64_t unavailable = 0;  // closed at once: no generation ready or reachable
 };
 
-// `client` must be non-blocking (as the front accepts it).
+// `client` must be non-blocking (as the front accepts it). `lot`: null when never parked.
 asio::awaitable<void> relay_tcp(stream client, upstream_router& r, std::size_t listener,
-                                tcp_counters& counters);
+                                tcp_counters& counters, parking_lot* lot);
+
+// A relay handed over by the image before (handover.hpp): `client` and `upstream` (already
+// lent by r.adopt()) carry on where they stopped, the directions that ended stay ended.
+asio::awaitable<void> resume_tcp(stream client, upstream_connection upstream, upstream_router& r,
+                                 std::size_t listener, bool client_done, bool upstream_done,
+                                 parking_lot* lot);
 
 }  // namespace handoff::proxy

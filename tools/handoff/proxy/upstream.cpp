@@ -118,6 +118,24 @@ void upstream_router::release(upstream_connection c, bool reusable) {
   check_drained(c.generation);
 }
 
+void upstream_router::disown(int generation, int fd) {
+  generation_state* g = find(generation);
+  if (g == nullptr) return;
+  g->lent.erase(fd);
+  if (g->in_flight > 0) --g->in_flight;
+  if (g->open > 0) --g->open;
+}
+
+upstream_connection upstream_router::adopt(int generation, std::size_t listener, stream s) {
+  auto& g = generations_[generation];
+  g.id = generation;
+  if (g.idle.size() <= listener) g.idle.resize(listener + 1);
+  ++g.in_flight;
+  ++g.open;
+  g.lent[s.native_handle()] = {listener, -1};
+  return upstream_connection{std::move(s), generation, false};
+}
+
 void upstream_router::close_idle(generation_state& g) {
   for (auto& pool : g.idle) {
     g.open -= std::min(g.open, pool.size());

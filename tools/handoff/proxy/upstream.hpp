@@ -60,6 +60,13 @@ class upstream_router final : public router {
   void stop();
   // A TCP relay's client socket, cut with its upstream connection by forget().
   void attach_client(upstream_connection& c, int client_fd);
+  // `handoff reexec` (handover.hpp): a lent connection (`fd` while it was ours) leaves with its
+  // relay for the next image: out of the counts, its socket not closed (released already), and no
+  // drain is reported for it (the generation still has it, in the next image). adopt() is the other
+  // end: a connection to `generation` lent as if just acquired; the generation is known from
+  // then on even before serve() or retire() (which the next image calls after adopting).
+  void disown(int generation, int fd);
+  upstream_connection adopt(int generation, std::size_t listener, stream s);
   std::vector<generation_stats> stats() const;
   std::uint64_t connect_failures() const noexcept { return connect_failures_; }
 

@@ -206,11 +206,6 @@ void supervisor_core::request_reexec(std::optional<std::uint64_t> id) {
         "not available with --proxy https: the TLS state of a client connection (keys, "
         "sequence numbers) lives in this process's OpenSSL objects and cannot cross an exec; "
         "restart the service instead (clients reconnect and resume their TLS sessions)");
-  if (o_.proxy.kind == proxy_kind::tcp)
-    return refuse_reexec(
-        id,
-        "not available with --proxy tcp: the relayed connections have no boundary at which to "
-        "hand them over; restart the service instead");
   if (stopping_) return refuse_reexec(id, "the supervisor is stopping");
   if (self_path_.empty() || self_argv_.empty() || !self_exe_)
     return refuse_reexec(id, "the supervisor's own binary or argv is unknown (no /proc?)");
@@ -220,12 +215,14 @@ void supervisor_core::request_reexec(std::optional<std::uint64_t> id) {
         id, fmt::format("{} {}; {} keeps running", self_path_, probe.error, HANDOFF_VERSION_TEXT));
   if (id) control_.wait(*id);  // answered by the new image, or below
   if (proxy_) {
-    // The client connections cross at request boundaries: every relay finishes the request
-    // it is in (bounded like a retired generation's drain) and parks; on_parked() goes on.
+    // The client connections cross at request boundaries (tcp: once the bytes read from
+    // either side are written to the other): every relay finishes the request it is in
+    // (bounded like a retired generation's drain) and parks; on_parked() goes on.
     reexec_pending_ = pending_reexec{id, probe.version};
     log_.log("reexec",
-             fmt::format("reexec: parking the client connections at their next request boundary "
+             fmt::format("reexec: parking the client connections at their next {} "
                          "(at most {})",
+                         o_.proxy.kind == proxy_kind::tcp ? "idle moment" : "request boundary",
                          format_duration(o_.stop_timeout)));
     proxy_->park(o_.stop_timeout);
     return;
@@ -240,9 +237,10 @@ void supervisor_core::on_parked(const std::string& outcome) {
   }
   const auto p = *std::exchange(reexec_pending_, std::nullopt);
   if (!outcome.empty())
-    return refuse_reexec(p.id, fmt::format("--proxy http: {}; every connection carries on and {} "
-                                           "keeps running",
-                                           outcome, HANDOFF_VERSION_TEXT));
+    return refuse_reexec(p.id,
+                         fmt::format("--proxy {}: {}; every connection carries on and {} "
+                                     "keeps running",
+                                     to_string(o_.proxy.kind), outcome, HANDOFF_VERSION_TEXT));
   if (stopping_) {
     proxy_->end_park();
     return refuse_reexec(p.id, "the supervisor is stopping");
@@ -354,22 +352,24 @@ void supervisor_core::restore() {
   std::size_t clients = 0;
   if (o_.proxy.kind != proxy_kind::none) {
     // A front of our own on the same public sockets, told what the one before knew: each
-    // generation's upstreams, which one serves, which are retired (none has a request of ours
-    // in flight: they were all parked). Its pools are empty: connections to the serving
-    // generation are opened anew. Then the client connections, their bytes read ahead first.
+    // generation's upstreams, which one serves, which are retired. Its pools are empty:
+    // connections to the serving generation are opened anew. The client connections come
+    // first (the front does in order what it is told): an HTTP one, its bytes read ahead
+    // first, waits for serve() like any request; a TCP one brings its upstream connection,
+    // which a retired generation must count before retire() looks whether it has drained.
     start_proxy();
     for (const auto& [id, ups] : restored_upstreams_)
       proxy_->restore_generation(id, ups, restored_drained_.count(id) != 0);
     restored_upstreams_.clear();
     restored_drained_.clear();
+    proxy_->add_to_counts(restored_counts_);
+    clients = handed_clients_.size();
+    proxy_->adopt(std::exchange(handed_clients_, {}));
     for (const auto& g : generations_) {
       if (g.state == generation_state::serving) proxy_->serve(g.id);
       if (g.state == generation_state::retiring || g.state == generation_state::draining)
         proxy_->retire(g.id);
     }
-    proxy_->add_to_counts(restored_counts_);
-    clients = handed_clients_.size();
-    proxy_->adopt(std::exchange(handed_clients_, {}));
   }
 
   // Our children, not reaped (a SIGCHLD of the exec's moment waits in the mask), so each pid

@@ -115,11 +115,17 @@ std::vector<int> supervisor_core::state_fds() const {
   for (const auto& [id, ups] : restored_upstreams_)
     for (const auto& u : ups)
       if (u.fd >= 0) fds.push_back(u.fd);
-  for (const auto& c : handed_clients_) fds.push_back(c.fd.get());
+  for (const auto& c : handed_clients_) {
+    fds.push_back(c.fd.get());
+    if (c.upstream) fds.push_back(c.upstream.get());
+  }
   return fds;
 }
 
-int supervisor_core::state_version_written() const { return proxy_ ? 2 : 1; }
+int supervisor_core::state_version_written() const {
+  if (!proxy_) return 1;
+  return o_.proxy.kind == proxy_kind::tcp ? 3 : 2;
+}
 
 std::string supervisor_core::save_state(std::optional<std::uint64_t> waiter) const {
   json::object root;
@@ -257,9 +263,17 @@ std::string supervisor_core::save_state(std::optional<std::uint64_t> waiter) con
                                        {"upstreams", std::move(list)}});
     }
     json::array clients;
-    for (const auto& c : handed_clients_)
-      clients.push_back(json::object{
-          {"fd", c.fd.get()}, {"listener", c.listener}, {"buffered", to_hex(c.buffered)}});
+    for (const auto& c : handed_clients_) {
+      json::object client{
+          {"fd", c.fd.get()}, {"listener", c.listener}, {"buffered", to_hex(c.buffered)}};
+      if (version >= 3) {
+        client["upstream"] = c.upstream ? c.upstream.get() : -1;
+        client["generation"] = c.generation;
+        client["client_done"] = c.client_done;
+        client["upstream_done"] = c.upstream_done;
+      }
+      clients.push_back(std::move(client));
+    }
     // The front's totals go on in the next image (status, /metrics).
     const auto f = proxy_->stats();
     const json::object counts{{"requests", f.requests},
@@ -333,6 +347,12 @@ std::string supervisor_core::check_state(const std::string& text) const {
         (void)c.at("listener").to_number<std::size_t>();
         if (!from_hex(str(c.at("buffered"))))
           return "the state is damaged: a client's buffered bytes are not hex";
+        if (*version >= 3) {
+          (void)c.at("upstream").to_number<int>();
+          (void)c.at("generation").to_number<int>();
+          (void)c.at("client_done").as_bool();
+          (void)c.at("upstream_done").as_bool();
+        }
       }
     }
   } catch (const std::exception& e) {
@@ -371,6 +391,12 @@ void supervisor_core::load_state(const std::string& text) {
       h.fd.reset(c.at("fd").to_number<int>());
       h.listener = c.at("listener").to_number<std::size_t>();
       h.buffered = *from_hex(str(c.at("buffered")));
+      if (const auto* u = c.as_object().if_contains("upstream")) {
+        if (const int fd = u->to_number<int>(); fd >= 0) h.upstream.reset(fd);
+        h.generation = c.at("generation").to_number<int>();
+        h.client_done = c.at("client_done").as_bool();
+        h.upstream_done = c.at("upstream_done").as_bool();
+      }
       handed_clients_.push_back(std::move(h));
     }
   }

@@ -14,13 +14,16 @@
 // Version 2 adds "proxy" (--proxy http): each generation's private upstreams (the listening
 // socket we hold, the unix socket file we made, the port), the client connections handed
 // over at a request boundary, each with the bytes read from it ahead (hex), and the front's
-// totals ("counts", optional). A supervisor
+// totals ("counts", optional). Version 3 (--proxy tcp) adds to each client connection its
+// upstream connection to the app ("upstream": its fd), the generation it relays to, and which
+// directions ended ("client_done", "upstream_done"); a build that reads only up to version 2
+// would take such a connection for an HTTP client, so only --proxy tcp writes 3. A supervisor
 // without a front still writes version 1, which every build with `handoff reexec` reads.
 #pragma once
 
 namespace handoff::supervisor {
 
-inline constexpr int state_version = 2;
+inline constexpr int state_version = 3;
 inline constexpr int state_version_min = 1;
 inline constexpr const char* state_header = "handoff-state ";
 
