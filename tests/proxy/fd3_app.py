@@ -2,6 +2,9 @@
 """A plain HTTP app that knows nothing of handoff: it serves on the socket it finds on fd 3
 (unix or TCP, as systemd's LISTEN_FDS passes it), sends no READY=1, and exits at once on
 SIGTERM, dropping whatever it was doing. With --port it binds 127.0.0.1:$PORT itself instead.
+With FD3_APP_NOTIFY=1 in its environment it sends READY=1 to NOTIFY_SOCKET once it serves (for
+`handoff run` without --proxy, where --ready cannot probe the sockets the supervisor holds; an
+environment variable, as handoff 3103c1e refused app arguments that begin with "--").
 
 Paths: /            200, "PID\\n" (header X-Served-By: PID)
        POST any     200, the number of body bytes read
@@ -109,4 +112,11 @@ else:
     Server.address_family = sock.family
     server = Server(sock.getsockname(), Handler, bind_and_activate=False)
     server.socket = sock
+if os.environ.get("FD3_APP_NOTIFY") == "1" and os.environ.get("NOTIFY_SOCKET"):
+    address = os.environ["NOTIFY_SOCKET"]
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(address)
+        s.sendall(b"READY=1")
 server.serve_forever()

@@ -258,6 +258,62 @@ check "watchdog after SIGUSR2 re-exec: re-executed, four more pings, same MainPI
   "$(handoff status --control /run/watchdog-run.sock | grep -q 're-executed 1 times' && echo yes) $pings $(prop watchdog-run.service ActiveState) $(prop watchdog-run.service MainPID) $(prop watchdog-run.service NRestarts)"
 systemctl stop watchdog-run.service
 
+echo "== handoff run --proxy http: handoff reexec under a keep-alive load (handoff check)"
+# The client connections cross each exec inside the supervisor; systemd sees one main process
+# all along. The load is handoff check, a client that never retries: a connection the front
+# dropped would show as a reconnect, a lost request as a failure.
+cat > $units/proxy-run.service <<UNIT
+[Service]
+Type=notify
+ExecStart=/usr/local/bin/handoff run --name proxy --control /run/proxy-run.sock \
+    --listen 127.0.0.1:8082 --proxy http -- /usr/local/bin/example_server
+ExecReload=/usr/local/bin/handoff reload --control /run/proxy-run.sock
+KillMode=mixed
+UNIT
+systemctl daemon-reload
+systemctl start proxy-run.service
+supervisor=$(prop proxy-run.service MainPID)
+proxy_app() {
+  handoff status --control /run/proxy-run.sock | awk '$1 == "pid" && $3 == "ready," {print $2}'
+}
+app=$(proxy_app)
+check "the supervisor is active, its app ready" "active yes" \
+  "$(prop proxy-run.service ActiveState) $([ -n "$app" ] && echo yes)"
+# check's restart command: a new binary renamed over the path, then handoff reexec; three times,
+# one after the other, then nothing.
+cat > /run/proxy-reexec.sh <<'SCRIPT'
+#!/bin/sh
+n=$(cat /run/proxy-reexec.count 2>/dev/null || echo 0)
+[ "$n" -ge 3 ] && exit 0
+cp /build/tools/handoff/handoff /usr/local/bin/.handoff.new || exit 1
+mv /usr/local/bin/.handoff.new /usr/local/bin/handoff || exit 1
+handoff reexec --control /run/proxy-run.sock >>/run/proxy-reexec.out 2>&1 || exit 1
+echo $((n + 1)) >/run/proxy-reexec.count
+SCRIPT
+chmod +x /run/proxy-reexec.sh
+timeout 120 handoff check http://127.0.0.1:8082/ --duration 8s -c 10 --rate 500 --mode keepalive \
+  --json /run/proxy-check.json -q --reload-cmd /run/proxy-reexec.sh --reload-every 100ms \
+  >/run/proxy-check.out 2>&1
+check_status=$?
+# check's totals (its list of restarts is long: the script runs every 100 ms, idle after three).
+head -n 6 /run/proxy-check.out
+cat /run/proxy-reexec.out 2>/dev/null
+check "three re-execs under load, each ok (check's exit status 0)" "3 0" \
+  "$(cat /run/proxy-reexec.count 2>/dev/null) $check_status"
+check "re-execs: the new binary runs, MainPID, service state and the app's pid stay" \
+  "$(stat -c %i /usr/local/bin/handoff) $supervisor active $app" \
+  "$(stat -L -c %i /proc/$supervisor/exe) $(prop proxy-run.service MainPID) $(prop proxy-run.service ActiveState) $(proxy_app)"
+check "handoff check: requests served, 0 failed, 0 reconnects, no failed restart" "yes 0 0 0" \
+  "$(python3 -c 'import json, sys
+r = json.load(open(sys.argv[1]))
+print("yes" if r["requests"] > 0 else "no", r["failed"], r["reconnects"],
+      len([x for x in r["restarts"] if not x["success"]]))' /run/proxy-check.json 2>&1)"
+check "the supervisor counts the re-execs" yes \
+  "$(handoff status --control /run/proxy-run.sock | grep -q 're-executed 3 times' && echo yes)"
+systemctl stop proxy-run.service
+check "stop: clean, the supervisor and its app gone" "success " \
+  "$(prop proxy-run.service Result) $(pgrep -f 'handoff run --name proxy')"
+
 echo "== handoff run --proxy https: session-ticket keys kept in the fd store across systemctl restart"
 # openssl is the host's, bound in by tests/systemd/run (the rootfs has libssl3, not the tool).
 if ! command -v openssl >/dev/null; then
