@@ -69,7 +69,9 @@ class basic_connection final : public connection {
 
  private:
   stream_socket& socket() noexcept { return beast::get_lowest_layer(stream_); }
-  asio::awaitable<void> watchdog();
+  void watch();  // before the first suspension on I/O: the watchdog starts (once)
+  void arm_watchdog();
+  void on_watchdog();
   void set_deadline(clock_type::time_point when);
   asio::awaitable<void> serve();
   asio::awaitable<void> send_error(beast::http::status status, unsigned version);
@@ -96,6 +98,7 @@ class basic_connection final : public connection {
   unsigned long served_ = 0;  // requests answered on this connection
   bool busy_ = false;         // a request is being read, handled or answered
   bool aborted_ = false;
+  bool watched_ = false;  // the watchdog runs
 };
 
 template <class Stream>
@@ -115,7 +118,8 @@ basic_connection<Stream>::basic_connection(server::impl& srv, stream_socket sock
       timer_(executor_) {
   const auto& o = srv.options;
   tick_ = std::min({o.header_timeout, o.body_timeout, o.write_timeout, o.idle_timeout});
-  // Small responses must leave at once, not wait for Nagle's algorithm to batch them.
+  // Small responses must leave at once, not wait for Nagle's algorithm to batch them (`tcp`:
+  // the connection did not get TCP_NODELAY from its listener, server.cpp).
   const int one = 1;
   if (tcp) ::setsockopt(socket().native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   // Plaintext: Beast's synchronous reads and writes on a non-blocking socket take what is
@@ -131,33 +135,47 @@ void basic_connection<Stream>::set_deadline(clock_type::time_point when) {
   deadline_ = when;
   // Only a deadline nearer than the one the watchdog waits for needs it woken; a later one is
   // picked up when it wakes. This keeps timer operations off the path of most requests.
-  if (when < armed_) timer_.cancel();
+  if (watched_ && when < armed_) timer_.cancel();
+}
+
+// A deadline matters only while the connection waits for its peer. A connection that never
+// waits (a new one whose request is here at once and whose response the socket takes whole, as
+// with a client that opens a connection per request) needs no watchdog: none is started, which
+// spares it the timerfd update of a timer that would be the earliest. The watchdog is a chain
+// of timer waits, not a coroutine: watch() is called from inside the connection's coroutine,
+// and a coroutine spawned there would start at once, nested in it.
+template <class Stream>
+void basic_connection<Stream>::watch() {
+  if (watched_) return;
+  watched_ = true;
+  arm_watchdog();
 }
 
 template <class Stream>
-asio::awaitable<void> basic_connection<Stream>::watchdog() {
-  auto self = shared_from_this();
-  while (socket().is_open()) {
-    // Wake at least every `tick` (the shortest timeout): a new phase's deadline then never
-    // lies before the armed one, so set_deadline() need not cancel the timer per request.
-    armed_ = std::min(deadline_, clock_type::now() + tick_);
-    timer_.expires_at(armed_);
-    error_code ec;
-    co_await timer_.async_wait(redirect_error(use_awaitable, ec));
-    if (!socket().is_open()) break;
-    if (clock_type::now() >= deadline_) {
-      // An idle connection whose next request has arrived meanwhile is not idle: under load the
-      // timer and the read can complete together, and the request must win.
-      int pending = 0;
-      if (idle_ && ::ioctl(socket().native_handle(), FIONREAD, &pending) == 0 && pending > 0) {
-        deadline_ = clock_type::now() + srv_.options.header_timeout;
-        continue;
-      }
+void basic_connection<Stream>::arm_watchdog() {
+  // Wake at least every `tick` (the shortest timeout): a new phase's deadline then never lies
+  // before the armed one, so set_deadline() need not cancel the timer per request.
+  armed_ = std::min(deadline_, clock_type::now() + tick_);
+  timer_.expires_at(armed_);
+  timer_.async_wait([self = shared_from_this(), this](const error_code&) { on_watchdog(); });
+}
+
+template <class Stream>
+void basic_connection<Stream>::on_watchdog() {
+  if (!socket().is_open()) return;
+  if (clock_type::now() >= deadline_) {
+    // An idle connection whose next request has arrived meanwhile is not idle: under load the
+    // timer and the read can complete together, and the request must win.
+    int pending = 0;
+    if (idle_ && ::ioctl(socket().native_handle(), FIONREAD, &pending) == 0 && pending > 0) {
+      deadline_ = clock_type::now() + srv_.options.header_timeout;
+    } else {
       count_timeout();
       close();  // ends the pending read or write of run() with an error
-      break;
+      return;
     }
   }
+  arm_watchdog();
 }
 
 template <class Stream>
@@ -197,9 +215,9 @@ void basic_connection<Stream>::abort() {
 template <class Stream>
 asio::awaitable<void> basic_connection<Stream>::run() {
   auto self = shared_from_this();
-  asio::co_spawn(executor_, watchdog(), asio::detached);
   bool handshaken = true;
   if constexpr (is_tls) {
+    watch();
     // Garbage instead of a ClientHello fails here; a client that stalls is closed by the
     // watchdog at the deadline. Either way only this connection ends.
     set_deadline(clock_type::now() + srv_.options.tls_handshake_timeout);
@@ -222,6 +240,7 @@ asio::awaitable<void> basic_connection<Stream>::run() {
     // draining server must not be held open by a client that keeps the connection.
     if (handshaken && !aborted_ && socket().is_open()) {
       set_deadline(clock_type::now() + srv_.options.tls_shutdown_timeout);
+      watch();
       error_code ec;
       co_await stream_.async_shutdown(redirect_error(use_awaitable, ec));
     }
@@ -267,6 +286,7 @@ asio::awaitable<void> basic_connection<Stream>::read_async(request_parser_type& 
                                         redirect_error(use_awaitable, ec));
     }
   } else {
+    watch();
     while (ec == asio::error::would_block) {
       ec = {};
       const std::size_t n = co_await stream_.async_read_some(buffer_.prepare(read_chunk),
@@ -343,6 +363,7 @@ template <class Stream>
 template <class Serializer>
 asio::awaitable<void> basic_connection<Stream>::write_rest(Serializer& sr, bool header_only,
                                                            write_state state, error_code& ec) {
+  watch();
   if (state == write_state::in_pending) {
     co_await asio::async_write(stream_, asio::buffer(pending_), redirect_error(use_awaitable, ec));
     pending_ = std::string();  // a slow client's leftover is not kept while the connection idles
@@ -387,9 +408,21 @@ asio::awaitable<void> basic_connection<Stream>::serve() {
       // client's next request is often already here, and this saves a trip through epoll. It is
       // rarely here yet the moment the previous response has left: the other connections' work
       // that is ready goes first, which gives the client that time.
-      if (served_ > 0) co_await asio::post(executor_, use_awaitable);
-      const std::size_t n = co_await stream_.async_read_some(buffer_.prepare(read_chunk),
-                                                             redirect_error(use_awaitable, ec));
+      std::size_t n = 0;
+      if constexpr (!is_tls) {
+        // A new connection's request is as a rule here already (the client sent it with its
+        // connect): taken at once, without a trip through the reactor.
+        if (served_ == 0) {
+          n = socket().read_some(buffer_.prepare(read_chunk), ec);
+          if (ec == asio::error::would_block) ec = {};
+        }
+      }
+      if (n == 0 && !ec) {
+        watch();
+        if (served_ > 0) co_await asio::post(executor_, use_awaitable);
+        n = co_await stream_.async_read_some(buffer_.prepare(read_chunk),
+                                             redirect_error(use_awaitable, ec));
+      }
       idle_ = false;
       if (ec || !socket().is_open()) co_return;  // EOF: the client closed, nothing lost
       buffer_.commit(n);
@@ -432,6 +465,7 @@ asio::awaitable<void> basic_connection<Stream>::serve() {
       if (beast::iequals(head[bhttp::field::expect], "100-continue")) {
         // The client waits for this before it sends the body (RFC 9110 10.1.1).
         response cont{bhttp::status::continue_, head.version()};
+        watch();
         co_await bhttp::async_write(stream_, cont, redirect_error(use_awaitable, ec));
         if (ec) co_return;
       }
@@ -464,6 +498,7 @@ asio::awaitable<void> basic_connection<Stream>::serve() {
     set_deadline(clock_type::now() + opts.write_timeout);
     bool keep_alive = req.keep_alive() && !srv_.draining();
     if (ctx.streaming()) {
+      watch();
       co_await asio::async_write(stream_, bhttp::make_chunk_last(),
                                  redirect_error(use_awaitable, ec));
       // The stream's header could not know about a drain that began later; the idle grace of
@@ -497,6 +532,7 @@ asio::awaitable<void> basic_connection<Stream>::send_header(response_header head
   add_date(res);
   bhttp::response_serializer<bhttp::empty_body, fields> sr(res);
   set_deadline(clock_type::now() + srv_.options.write_timeout);
+  watch();
   co_await bhttp::async_write_header(stream_, sr, use_awaitable);
   set_deadline(clock_type::time_point::max());
 }
@@ -505,6 +541,7 @@ template <class Stream>
 asio::awaitable<void> basic_connection<Stream>::send_chunk(std::string_view data) {
   if (data.empty()) co_return;  // an empty chunk would end the body
   set_deadline(clock_type::now() + srv_.options.write_timeout);
+  watch();
   co_await asio::async_write(stream_, bhttp::make_chunk(asio::buffer(data.data(), data.size())),
                              use_awaitable);
   set_deadline(clock_type::time_point::max());

@@ -74,9 +74,11 @@ struct server::impl {
     steady_timer throttle;  // waited on while max_connections are open, or backing off
     bool stopped = false;   // set by drain(): the only way a loop ends
     std::string where;      // the listener's address, for messages
-    std::shared_ptr<asio::ssl::context> tls;  // null: plaintext
-    bool tcp = true;                          // else a unix socket (no TCP_NODELAY)
-    thread_counters* counters = nullptr;      // the thread's
+    std::shared_ptr<asio::ssl::context> tls;                        // null: plaintext
+    asio::generic::stream_protocol protocol{AF_INET, IPPROTO_TCP};  // of the listener
+    bool tcp = true;                      // else a unix socket (no TCP_NODELAY)
+    bool nodelay_inherited = false;       // TCP_NODELAY set on the listener: connections have it
+    thread_counters* counters = nullptr;  // the thread's
   };
   // Reports a trouble of kind `kind` once per server: an error that repeats every few hundred
   // milliseconds must not flood the log.
@@ -138,9 +140,9 @@ class connection : public std::enable_shared_from_this<connection> {
   io_executor executor_;
 };
 
-// A plaintext connection when `tls` is null, else a TLS one with that context. `tcp`: the
-// listener's family is not AF_UNIX (known from the listener: asking the socket costs a
-// getsockname per connection).
+// A plaintext connection when `tls` is null, else a TLS one with that context. `tcp`: set
+// TCP_NODELAY on it (a TCP connection whose listener could not pass it on; known from the
+// listener: asking the socket costs a getsockname per connection).
 std::shared_ptr<connection> make_connection(server::impl& srv, stream_socket socket,
                                             const std::shared_ptr<asio::ssl::context>& tls,
                                             bool tcp);

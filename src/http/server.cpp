@@ -1,3 +1,5 @@
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -90,8 +92,23 @@ asio::awaitable<void> server::impl::accept(accept_loop& loop) {
         co_await loop.throttle.async_wait(redirect_error(use_awaitable, ignored));
         continue;
       }
+      // accept4 rather than Asio's accept(2): the connection is born close-on-exec (a child
+      // the app starts, with popen(3) say, must not hold its clients' connections open) and
+      // non-blocking (as the connection wants it). The listener is non-blocking (start()), so
+      // a connection another loop took first means EAGAIN here, then a wait.
       error_code ec;
-      stream_socket socket = co_await loop.acceptor.async_accept(redirect_error(use_awaitable, ec));
+      int fd = -1;
+      for (;;) {
+        fd = ::accept4(loop.acceptor.native_handle(), nullptr, nullptr,
+                       SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd >= 0) break;
+        ec = error_code(errno, asio::error::get_system_category());
+        if (ec != asio::error::would_block && ec != asio::error::try_again) break;
+        if (loop.stopped) break;
+        co_await loop.acceptor.async_wait(asio::socket_base::wait_read,
+                                          redirect_error(use_awaitable, ec));
+        if (ec) break;
+      }
       // A connection accepted just as accepting stopped is still served below: it is ours now,
       // and dropping it would reset a client that did nothing wrong.
       if (ec && loop.stopped) {
@@ -110,7 +127,9 @@ asio::awaitable<void> server::impl::accept(accept_loop& loop) {
         failure = ec.message();
       } else {
         backoff = options.accept_backoff_min;
-        auto conn = make_connection(*this, std::move(socket), loop.tls, loop.tcp);
+        stream_socket socket(loop.executor, loop.protocol, fd);
+        auto conn = make_connection(*this, std::move(socket), loop.tls,
+                                    loop.tcp && !loop.nodelay_inherited);
         conn->counters = loop.counters;
         bump(loop.counters->connections_accepted);
         {
@@ -119,8 +138,12 @@ asio::awaitable<void> server::impl::accept(accept_loop& loop) {
         }
         open_connections.fetch_add(1);
         auto executor = conn->executor();
+        // The completion handler keeps the connection: its `cancel` holds the coroutine's
+        // cancellation state, which Asio uses until the coroutine's thread has ended, after
+        // run()'s frame (a connection served without a single suspension ends with a post).
         asio::co_spawn(executor, conn->run(),
-                       asio::bind_cancellation_slot(conn->cancel.slot(), asio::detached));
+                       asio::bind_cancellation_slot(conn->cancel.slot(),
+                                                    [conn](const std::exception_ptr&) {}));
         continue;
       }
     } catch (const std::exception& e) {
@@ -202,14 +225,28 @@ void server::start() {
     const asio::generic::stream_protocol protocol(local.ss_family,
                                                   local.ss_family == AF_UNIX ? 0 : IPPROTO_TCP);
     auto where = local_address(fd.get());
+    // Small responses must leave at once, not wait for Nagle's algorithm to batch them. Linux
+    // gives an accepted connection the listener's TCP_NODELAY: set here once, it spares each
+    // connection a setsockopt(2) (the other holders of the socket, generations of this same
+    // server, get it too; it changes no behaviour of listening).
+    const int one = 1;
+    const bool nodelay_inherited =
+        local.ss_family != AF_UNIX &&
+        ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0;
     for (unsigned i = 0; i < s.options.threads; ++i) {
       auto copy = fd.duplicate();
       if (!copy) throw std::runtime_error(copy.error().message());
       auto loop = std::make_unique<impl::accept_loop>(*s.ios[i]);
       loop->where = where ? where->to_string() : "fd " + std::to_string(fd.get());
       loop->acceptor.assign(protocol, copy->release());
+      loop->protocol = protocol;
+      // accept() needs it (Asio's own async accept would set it on its first wait anyway; it
+      // is the open file's flag, shared with every copy of the socket, as it was then).
+      error_code ignored;
+      loop->acceptor.native_non_blocking(true, ignored);
       loop->tls = tls;
       loop->tcp = local.ss_family != AF_UNIX;
+      loop->nodelay_inherited = nodelay_inherited;
       loop->counters = &s.counters[i];
       s.accept_loops.push_back(std::move(loop));
     }

@@ -1,9 +1,15 @@
 // The protections of handoff::http::server, each with a real client over loopback: the server
 // runs in this process on 127.0.0.1:0 with short limits.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <cstring>
+#include <filesystem>
 #include <stdexcept>
 
 #include "handoff/http/server.hpp"
@@ -80,6 +86,35 @@ TEST_F(HttpLimits, ServesKeepAliveRequests) {
     EXPECT_EQ(r.body, "ok /n" + std::to_string(i));
     EXPECT_FALSE(r.close);
   }
+}
+
+// The server's end of a connection, found in this process by its addresses: born close-on-exec
+// (a child the app starts must not hold its clients' connections open) and with TCP_NODELAY
+// (a small response must not wait for the ACK of the one before: pipelined requests), which
+// the server sets once on the listener for the connections to inherit.
+TEST_F(HttpLimits, ConnectionsAreCloseOnExecAndSendWithoutDelay) {
+  start(short_limits());
+  raw_connection c(port_);
+  ASSERT_EQ(c.get("/").result, outcome::ok);
+  sockaddr_storage client{};
+  socklen_t client_length = sizeof client;
+  ASSERT_EQ(::getsockname(c.fd(), reinterpret_cast<sockaddr*>(&client), &client_length), 0);
+  int found = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+    const int fd = std::stoi(entry.path().filename().string());
+    sockaddr_storage peer{};
+    socklen_t length = sizeof peer;
+    if (fd == c.fd() || ::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &length) != 0 ||
+        length != client_length || std::memcmp(&peer, &client, length) != 0)
+      continue;
+    ++found;
+    EXPECT_NE(::fcntl(fd, F_GETFD) & FD_CLOEXEC, 0);
+    int nodelay = 0;
+    socklen_t size = sizeof nodelay;
+    ASSERT_EQ(::getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, &size), 0);
+    EXPECT_EQ(nodelay, 1);
+  }
+  EXPECT_EQ(found, 1) << "the server's end of the connection";
 }
 
 TEST_F(HttpLimits, SlowlorisIsClosedAfterTheHeaderTimeout) {

@@ -218,8 +218,16 @@ exit $status
 
     @need(V1)
     def test_proxy_http_downgrade_to_v1_is_refused_at_the_probe(self):
-        old = old_build(V1)
-        sup = self.start(HANDOFF, ["--proxy", "http"])
+        self.downgrade_refused(old_build(V1), "http", 1, 2)
+
+    @need(V2)
+    def test_proxy_tcp_downgrade_to_v2_is_refused_at_the_probe(self):
+        # --proxy tcp writes version 3 (its connections carry their upstream connection); a
+        # build that reads 2 would take them for HTTP clients.
+        self.downgrade_refused(old_build(V2), "tcp", 2, 3)
+
+    def downgrade_refused(self, old, mode, reads, writes):
+        sup = self.start(HANDOFF, ["--proxy", mode])
         pid = sup.proc.pid
         apps = self.app_pids()
         kept = socket.create_connection(("127.0.0.1", sup.port), timeout=30)
@@ -230,7 +238,8 @@ exit $status
         result, r = self.check(script, 6, ("--reload-at", "1s"))
         status, out = self.outcome(0)
         self.assertEqual(status, 1, out)
-        self.assertRegex(out, r"reads state versions 1 to 1; this one writes version 2")
+        self.assertRegex(out, rf"reads state versions 1 to {reads}; this one writes version "
+                              rf"{writes}")
         self.assertIn("keeps running", out)
         self.assertEqual([x["success"] for x in result["restarts"]], [False], r.stdout)
         self.assertGreater(result["requests"], 0)
