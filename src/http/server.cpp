@@ -144,6 +144,10 @@ asio::awaitable<void> server::impl::accept(accept_loop& loop) {
         asio::co_spawn(executor, conn->run(),
                        asio::bind_cancellation_slot(conn->cancel.slot(),
                                                     [conn](const std::exception_ptr&) {}));
+        // The connection ran until its first wait (often to its end). Before the next accept,
+        // the rest of the thread's work gets its turn: clients that reconnect at once would
+        // otherwise keep this loop from ever yielding, and every waiting connection with it.
+        co_await asio::post(loop.executor, use_awaitable);
         continue;
       }
     } catch (const std::exception& e) {
