@@ -13,6 +13,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -130,6 +131,44 @@ def http_request(port, request, timeout=10):
             out += data
 
 
+def install_binary(source, path):
+    """A copy of `source` renamed over `path`, as a package upgrade leaves a binary."""
+    nxt = path + ".next"
+    shutil.copyfile(source, nxt)
+    os.chmod(nxt, 0o755)
+    os.rename(nxt, path)
+
+
+class Responses:
+    """Responses with a Content-Length body, read in order from one kept connection: bytes
+    that arrive past one response (the next one, sent back to back) wait for the next call."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.pending = b""
+
+    def _fill(self):
+        data = self.sock.recv(65536)
+        if not data:
+            raise AssertionError(f"connection closed; unread: {self.pending!r}")
+        self.pending += data
+
+    def next(self):
+        while b"\r\n\r\n" not in self.pending:
+            self._fill()
+        head, _, rest = self.pending.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        while len(rest) < length:
+            self._fill()
+            head, _, rest = self.pending.partition(b"\r\n\r\n")
+        self.pending = rest[length:]
+        return head + b"\r\n\r\n" + rest[:length]
+
+
 def read_response(s):
     """One response with a Content-Length body from a kept connection: head and body, whole."""
     answer = b""
@@ -152,7 +191,10 @@ def read_response(s):
     return head + b"\r\n\r\n" + body
 
 
-class ProxyTest(unittest.TestCase):
+class SupervisorCase(unittest.TestCase):
+    """A test with a directory of its own and at most one supervisor (self.sup), stopped at
+    the end whatever happened."""
+
     def setUp(self):
         self.tmpdir = tempfile.TemporaryDirectory()
         self.tmp = self.tmpdir.name
@@ -166,6 +208,9 @@ class ProxyTest(unittest.TestCase):
             finally:
                 self.sup.kill()
         self.tmpdir.cleanup()
+
+
+class ProxyTest(SupervisorCase):
 
     def start(self, args, command, **kw):
         self.sup = Supervisor(self.tmp, args, command, **kw)

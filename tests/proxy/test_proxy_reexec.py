@@ -16,83 +16,32 @@ socket, or process exits, never a sleep.
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_proxy  # noqa: E402  (its Supervisor and helpers; it reads argv[1] the same way)
-from test_proxy import HANDOFF, PY_APP, GO_APP  # noqa: E402
+from test_proxy import HANDOFF, PY_APP, GO_APP, Responses, read_response  # noqa: E402
 
 REEXECS = 10
 # The load's shortest duration (longer when one re-exec takes more than half a second).
 SECONDS = int(os.environ.get("HANDOFF_PROXY_SECONDS", "10"))
 
 
-class Responses:
-    """Responses with a Content-Length body, read in order from one kept connection: bytes
-    that arrive past one response (the next one, sent back to back) wait for the next call."""
-
-    def __init__(self, sock):
-        self.sock = sock
-        self.pending = b""
-
-    def _fill(self):
-        data = self.sock.recv(65536)
-        if not data:
-            raise AssertionError(f"connection closed; unread: {self.pending!r}")
-        self.pending += data
-
-    def next(self):
-        while b"\r\n\r\n" not in self.pending:
-            self._fill()
-        head, _, rest = self.pending.partition(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value.strip())
-        while len(rest) < length:
-            self._fill()
-            head, _, rest = self.pending.partition(b"\r\n\r\n")
-        self.pending = rest[length:]
-        return head + b"\r\n\r\n" + rest[:length]
-
-
-def read_response(s):
-    """One response on a connection with nothing sent behind it."""
-    return Responses(s).next()
-
-
-class ProxyReexecTest(unittest.TestCase):
+class ProxyReexecTest(test_proxy.SupervisorCase):
     def setUp(self):
-        self.tmpdir = tempfile.TemporaryDirectory()
-        self.tmp = self.tmpdir.name
-        self.sup = None
+        super().setUp()
         os.makedirs(os.path.join(self.tmp, "bin"))
         self.binary = os.path.join(self.tmp, "bin", "handoff")
         self.replace_binary()
 
-    def tearDown(self):
-        if self.sup:
-            try:
-                self.sup.stop()
-            finally:
-                self.sup.kill()
-        self.tmpdir.cleanup()
-
     def replace_binary(self):
         """A fresh copy of the real binary renamed over the path the supervisor runs from."""
-        nxt = self.binary + ".next"
-        shutil.copyfile(HANDOFF, nxt)
-        os.chmod(nxt, 0o755)
-        os.rename(nxt, self.binary)
+        test_proxy.install_binary(HANDOFF, self.binary)
 
     def start(self, args, command, **kw):
         self.sup = test_proxy.Supervisor(self.tmp, args, command, binary=self.binary, **kw)
@@ -336,19 +285,25 @@ echo $((n + 1)) > {count}
         r = self.reexec()
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr + sup.log())
 
-    def test_reexec_during_a_drain(self):
-        sup = self.start(["--proxy", "http", "--ready", "http:///"], [sys.executable, PY_APP])
+    def reexec_while_retiring(self, mode, ms):
+        """A slow request of `ms` in flight to generation 1, a reload (generation 1 retires
+        with it), then a re-exec: the supervisor and the connection the request is on."""
+        sup = self.start(["--proxy", mode, "--ready", "http:///"], [sys.executable, PY_APP])
         s = socket.create_connection(("127.0.0.1", sup.port), timeout=30)
-        s.sendall(b"GET /slow?ms=5000 HTTP/1.1\r\nHost: a\r\n\r\n")
+        s.sendall(f"GET /slow?ms={ms} HTTP/1.1\r\nHost: a\r\n\r\n".encode())
         self.wait_in_flight(1)
         r = sup.reload()
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
-        # Generation 1 is retired with our request in flight: it drains while we re-execute.
         states = {g["id"]: g["state"] for g in sup.status()["generations"]}
         self.assertEqual(states.get(1), "retiring", states)
         self.replace_binary()
         r = self.reexec()
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr + sup.log())
+        return sup, s
+
+    def test_reexec_during_a_drain(self):
+        # Generation 1 is retired with our request in flight: it drains while we re-execute.
+        sup, s = self.reexec_while_retiring("http", 5000)
         answer = Responses(s).next()
         self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer)
         # Generation 1 drained and went; generation 2 serves the same connection.
@@ -459,19 +414,9 @@ echo $((n + 1)) > {count}
         self.assertEqual(sup.stop(), 0, sup.log())
 
     def test_tcp_reexec_during_a_drain(self):
-        sup = self.start(["--proxy", "tcp", "--ready", "http:///"], [sys.executable, PY_APP])
-        s = socket.create_connection(("127.0.0.1", sup.port), timeout=30)
-        s.sendall(b"GET /slow?ms=4000 HTTP/1.1\r\nHost: a\r\n\r\n")
-        self.wait_in_flight(1)
-        r = sup.reload()
-        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         # Generation 1 is retired with a relay to it open: the relay crosses, and the new
         # image waits for it before generation 1 counts as drained.
-        states = {g["id"]: g["state"] for g in sup.status()["generations"]}
-        self.assertEqual(states.get(1), "retiring", states)
-        self.replace_binary()
-        r = self.reexec()
-        self.assertEqual(r.returncode, 0, r.stdout + r.stderr + sup.log())
+        sup, s = self.reexec_while_retiring("tcp", 4000)
         states = {g["id"]: g["state"] for g in sup.status()["generations"]}
         self.assertEqual(states.get(1), "retiring", (states, sup.log()))
         responses = Responses(s)

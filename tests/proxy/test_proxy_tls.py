@@ -15,11 +15,10 @@ import ssl
 import subprocess
 import sys
 import threading
-import tempfile
 import time
 import unittest
 
-from test_proxy import HANDOFF, PY_APP, Supervisor, read_response
+from test_proxy import HANDOFF, PY_APP, Supervisor, SupervisorCase, read_response
 
 RELOADS = int(os.environ.get("HANDOFF_PROXY_TLS_RELOADS", "10"))
 
@@ -116,11 +115,9 @@ class TlsClient:
         self.s.close()
 
 
-class ProxyTlsTest(unittest.TestCase):
+class ProxyTlsTest(SupervisorCase):
     def setUp(self):
-        self.tmpdir = tempfile.TemporaryDirectory()
-        self.tmp = self.tmpdir.name
-        self.sup = None
+        super().setUp()
         self.cert = os.path.join(self.tmp, "server.crt")
         self.key = os.path.join(self.tmp, "server.key")
         self.cert_a, self.key_a = make_cert(self.tmp, "a", "a001")
@@ -132,14 +129,6 @@ class ProxyTlsTest(unittest.TestCase):
             for c in (self.cert_a, self.cert_b):
                 with open(c) as f:
                     out.write(f.read())
-
-    def tearDown(self):
-        if self.sup:
-            try:
-                self.sup.stop()
-            finally:
-                self.sup.kill()
-        self.tmpdir.cleanup()
 
     def start(self, args, command):
         self.sup = Supervisor(self.tmp, args, command)

@@ -24,17 +24,15 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "proxy"))
 import test_proxy  # noqa: E402  (its Supervisor; it reads argv[1] as HANDOFF the same way)
-from test_proxy import HANDOFF, PY_APP  # noqa: E402
+from test_proxy import HANDOFF, PY_APP, read_response  # noqa: E402
 
 OLD_BUILDS = sys.argv[2] if len(sys.argv) > 2 else ""
 V1 = "3103c1e"
@@ -56,45 +54,14 @@ def digest(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def read_response(s):
-    """One response with a Content-Length body from a kept connection."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise AssertionError(f"connection closed; read: {data!r}")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
-    while len(body) < length:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise AssertionError(f"connection closed in a body; read: {data!r}")
-        body += chunk
-    return head, body
-
-
-class TwoBuildsTest(unittest.TestCase):
+class TwoBuildsTest(test_proxy.SupervisorCase):
     def setUp(self):
-        self.tmpdir = tempfile.TemporaryDirectory()
-        self.tmp = self.tmpdir.name
-        self.sup = None
+        super().setUp()
         os.makedirs(os.path.join(self.tmp, "bin"))
         self.binary = os.path.join(self.tmp, "bin", "handoff")
 
-    def tearDown(self):
-        if self.sup:
-            try:
-                self.sup.stop()
-            finally:
-                self.sup.kill()
-        self.tmpdir.cleanup()
-
     def install(self, source):
-        nxt = self.binary + ".next"
-        shutil.copyfile(source, nxt)
-        os.chmod(nxt, 0o755)
-        os.rename(nxt, self.binary)
+        test_proxy.install_binary(source, self.binary)
 
     def start(self, first, args):
         """`handoff run` from the path, with the first build there: with --proxy, readiness is
@@ -232,7 +199,7 @@ exit $status
         apps = self.app_pids()
         kept = socket.create_connection(("127.0.0.1", sup.port), timeout=30)
         kept.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        self.assertTrue(read_response(kept)[0].startswith(b"HTTP/1.1 200"))
+        self.assertTrue(read_response(kept).startswith(b"HTTP/1.1 200"))
         # Under load, 3103c1e renamed over the path, then its `handoff reexec`.
         script, count = self.script([old])
         result, r = self.check(script, 6, ("--reload-at", "1s"))
@@ -253,7 +220,7 @@ exit $status
         self.assertEqual(sup.status()["reexecs"], 0)
         self.assertEqual(self.app_pids(), apps)
         kept.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        self.assertTrue(read_response(kept)[0].startswith(b"HTTP/1.1 200"))
+        self.assertTrue(read_response(kept).startswith(b"HTTP/1.1 200"))
         kept.close()
         self.assertEqual(sup.stop(), 0, sup.log())
 
