@@ -374,39 +374,44 @@ result<std::vector<handed_client>> front::hand_over(std::chrono::milliseconds ti
   }
 }
 
+namespace {
+
+// A connected socket handed over as an fd (handover.hpp), as a stream of the front; nullopt
+// when it is not a socket (a damaged state): closed as `fd` goes.
+std::optional<stream> adopt_socket(asio::io_context& io, unique_fd& fd) {
+  sockaddr_storage local{};
+  socklen_t length = sizeof local;
+  if (!fd || ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&local), &length) != 0)
+    return std::nullopt;
+  boost::system::error_code ec;
+  stream s(io);
+  s.assign(asio::generic::stream_protocol(local.ss_family, 0), fd.get(), ec);
+  if (ec) return std::nullopt;
+  (void)fd.release();
+  return s;
+}
+
+}  // namespace
+
 void front::adopt(std::vector<handed_client> clients) {
   impl* i = impl_.get();
   auto shared = std::make_shared<std::vector<handed_client>>(std::move(clients));
   asio::post(i->io, [i, shared] {
     i->end_park();
     for (auto& c : *shared) {
-      sockaddr_storage local{};
-      socklen_t length = sizeof local;
-      if (!c.fd || i->acceptors.empty() ||
-          ::getsockname(c.fd.get(), reinterpret_cast<sockaddr*>(&local), &length) != 0)
-        continue;  // not a socket (a damaged state): closed as `c` goes
+      if (i->acceptors.empty()) break;
+      auto s = adopt_socket(i->io, c.fd);
+      if (!s) continue;
       const std::size_t listener = std::min(c.listener, i->acceptors.size() - 1);
-      boost::system::error_code ec;
-      stream s(i->io);
-      s.assign(asio::generic::stream_protocol(local.ss_family, 0), c.fd.get(), ec);
-      if (ec) continue;
-      (void)c.fd.release();
       if (i->options.mode != proxy_mode::tcp) {
-        i->start_connection(std::move(s), listener, std::move(c.buffered), true);
+        i->start_connection(std::move(*s), listener, std::move(c.buffered), true);
         continue;
       }
       // tcp: the upstream connection crossed too; without it (a damaged state) the client's
       // connection closes, as one whose generation went away would.
-      sockaddr_storage peer{};
-      length = sizeof peer;
-      if (!c.upstream ||
-          ::getsockname(c.upstream.get(), reinterpret_cast<sockaddr*>(&peer), &length) != 0)
-        continue;
-      stream up(i->io);
-      up.assign(asio::generic::stream_protocol(peer.ss_family, 0), c.upstream.get(), ec);
-      if (ec) continue;
-      (void)c.upstream.release();
-      i->resume_connection(std::move(s), std::move(up), c, listener);
+      auto up = adopt_socket(i->io, c.upstream);
+      if (!up) continue;
+      i->resume_connection(std::move(*s), std::move(*up), c, listener);
     }
   });
 }
