@@ -193,7 +193,7 @@ int main(int argc, char** argv) {
   CLI::App cli{"example_server: an HTTP server that hands over without failing a request"};
   std::vector<std::string> listen{"http=127.0.0.1:8080"};
   std::string version = "1", drain_timeout = "30s", health_delay = "0", start_delay = "0";
-  unsigned threads = 0, max_draining = 2;
+  unsigned threads = 0, max_draining = 2, defer_accept = 1;
   std::string upgrade_timeout = "60s", pid_file;
   http::tls_config tls;
   cli.add_option("-l,--listen", listen,
@@ -201,6 +201,9 @@ int main(int argc, char** argv) {
                  "new one (default: every inherited socket, or http=127.0.0.1:8080 when none)");
   cli.add_option("--version", version, "version text in the answers");
   cli.add_option("--threads", threads, "threads (0: one per core)");
+  cli.add_option("--defer-accept", defer_accept,
+                 "seconds a TCP connection may stay silent before it is accepted all the same "
+                 "(TCP_DEFER_ACCEPT; 0: accept at once)");
   cli.add_option("--drain-timeout", drain_timeout, "drain deadline after SIGTERM, e.g. 30s");
   cli.add_option("--health-delay", health_delay, "503 on /health this long before draining");
   cli.add_option("--start-delay", start_delay, "pretend start-up work before READY=1");
@@ -215,6 +218,7 @@ int main(int argc, char** argv) {
   try {
     http::server_options options;
     options.threads = threads;
+    options.defer_accept = std::chrono::seconds(defer_accept);
     options.health_delay = duration_option(health_delay, "--health-delay");
     const auto drain_deadline = duration_option(drain_timeout, "--drain-timeout");
     const auto startup = duration_option(start_delay, "--start-delay");

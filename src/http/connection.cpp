@@ -3,6 +3,8 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 #include <algorithm>
 #include <boost/asio/bind_cancellation_slot.hpp>
@@ -52,6 +54,95 @@ void add_date(fields& f) {
 
 using tls_stream = asio::ssl::stream<stream_socket>;
 using request_parser_type = bhttp::request_parser<bhttp::string_body, field_allocator<char>>;
+// A connection's read buffer: 8 KiB from field_allocator's cache, not from malloc, for a
+// connection per request.
+using read_buffer = beast::basic_flat_buffer<field_allocator<char>>;
+
+namespace {
+
+// The connection's descriptor as Beast's synchronous reads and writes see it: recv and send on
+// the non-blocking socket, would_block when it has nothing (or no room). A connection that
+// never has to wait is served through this alone, without registering with the reactor: no
+// epoll_ctl to add and remove it, no ioctl; the reactor learns of it at its first wait
+// (attach()), and this goes on working beside it (the same non-blocking descriptor).
+class raw_socket {
+ public:
+  // The connection's own descriptor, by reference: once it is closed (-1), a read or write here
+  // fails with EBADF rather than reach a descriptor that reused the number.
+  explicit raw_socket(const int& fd) noexcept : fd_(fd) {}
+
+  template <class MutableBufferSequence>
+  std::size_t read_some(const MutableBufferSequence& buffers, error_code& ec) {
+    iovec iov[max_iov];
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = fill(iov, buffers);
+    if (msg.msg_iovlen == 0) {
+      ec = {};
+      return 0;
+    }
+    // One buffer (as a rule): recv(2), which spares the kernel the import of an iovec array.
+    const ssize_t n = msg.msg_iovlen == 1 ? ::recv(fd_, iov[0].iov_base, iov[0].iov_len, 0)
+                                          : ::recvmsg(fd_, &msg, 0);
+    return result(n, n == 0 ? asio::error::eof : error_code{}, ec);
+  }
+  template <class ConstBufferSequence>
+  std::size_t write_some(const ConstBufferSequence& buffers, error_code& ec) {
+    iovec iov[max_iov];
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = fill(iov, buffers);
+    if (msg.msg_iovlen == 0) {
+      ec = {};
+      return 0;
+    }
+    return result(msg.msg_iovlen == 1 ? ::send(fd_, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL)
+                                      : ::sendmsg(fd_, &msg, MSG_NOSIGNAL),
+                  {}, ec);
+  }
+  // The throwing forms, which Beast's stream concepts ask for.
+  template <class MutableBufferSequence>
+  std::size_t read_some(const MutableBufferSequence& buffers) {
+    error_code ec;
+    const std::size_t n = read_some(buffers, ec);
+    if (ec) throw boost::system::system_error(ec);
+    return n;
+  }
+  template <class ConstBufferSequence>
+  std::size_t write_some(const ConstBufferSequence& buffers) {
+    error_code ec;
+    const std::size_t n = write_some(buffers, ec);
+    if (ec) throw boost::system::system_error(ec);
+    return n;
+  }
+
+ private:
+  static constexpr std::size_t max_iov = 16;
+  template <class Buffers>
+  static std::size_t fill(iovec (&iov)[max_iov], const Buffers& buffers) {
+    std::size_t count = 0;
+    for (auto it = asio::buffer_sequence_begin(buffers);
+         it != asio::buffer_sequence_end(buffers) && count < max_iov; ++it) {
+      const auto b = *it;
+      if (b.size() == 0) continue;
+      iov[count].iov_base = const_cast<void*>(static_cast<const void*>(b.data()));
+      iov[count].iov_len = b.size();
+      ++count;
+    }
+    return count;
+  }
+  static std::size_t result(ssize_t n, error_code on_zero, error_code& ec) {
+    if (n < 0) {
+      ec = error_code(errno, asio::error::get_system_category());
+      return 0;
+    }
+    ec = n == 0 ? on_zero : error_code{};
+    return static_cast<std::size_t>(n);
+  }
+  const int& fd_;
+};
+
+}  // namespace
 
 // One connection over `Stream`: stream_socket (plaintext) or tls_stream.
 template <class Stream>
@@ -59,7 +150,10 @@ class basic_connection final : public connection {
  public:
   static constexpr bool is_tls = std::is_same_v<Stream, tls_stream>;
 
-  basic_connection(server::impl& srv, stream_socket socket, asio::ssl::context* tls, bool tcp);
+  basic_connection(server::impl& srv, io_executor executor, int fd,
+                   const asio::generic::stream_protocol& protocol, asio::ssl::context* tls,
+                   bool tcp);
+  ~basic_connection() override;
 
   asio::awaitable<void> run() override;
   void on_drain() override;
@@ -69,7 +163,9 @@ class basic_connection final : public connection {
 
  private:
   stream_socket& socket() noexcept { return beast::get_lowest_layer(stream_); }
-  void watch();  // before the first suspension on I/O: the watchdog starts (once)
+  bool open() const noexcept { return fd_ >= 0; }
+  void attach();  // the reactor takes the descriptor (once)
+  void watch();   // before the first suspension on I/O: attach(), and the watchdog starts (once)
   void arm_watchdog();
   void on_watchdog();
   void set_deadline(clock_type::time_point when);
@@ -77,22 +173,30 @@ class basic_connection final : public connection {
   asio::awaitable<void> send_error(beast::http::status status, unsigned version);
   template <bool Whole>
   asio::awaitable<void> read_async(request_parser_type& parser, error_code& ec);
-  enum class write_state { done, in_pending, in_serializer };  // what write_now left to write
-  template <class Serializer>
-  write_state write_now(Serializer& sr, bool header_only, std::size_t body_size, error_code& ec);
-  template <class Serializer>
-  asio::awaitable<void> write_rest(Serializer& sr, bool header_only, write_state state,
-                                   error_code& ec);
+  enum class write_state { done, in_pending, not_copied };  // what write_now left to write
+  write_state write_now(response& res, bool header_only, error_code& ec);
+  asio::awaitable<void> write_pending(error_code& ec);
+  asio::awaitable<void> write_serialized(response& res, bool header_only, error_code& ec);
+  // Writes `res` (its header alone when `header_only`): at once as a rule, else what is left.
+  asio::awaitable<void> write(response& res, bool header_only, error_code& ec);
+  asio::awaitable<void> send_continue(unsigned version, error_code& ec);
   asio::awaitable<response> call_handler(request_context& ctx);
   void close();
   void count_timeout();  // the watchdog is closing the connection: say which timeout passed
 
+  int fd_;                                   // -1 once closed
+  asio::generic::stream_protocol protocol_;  // for attach()
+  bool attached_ = false;                    // socket() holds fd_ (else it is closed)
+  raw_socket raw_;                           // synchronous reads and writes on fd_
   Stream stream_;
   steady_timer timer_;
   clock_type::time_point deadline_ = clock_type::time_point::max();
   clock_type::time_point armed_ = clock_type::time_point::max();  // what the watchdog waits for
   clock_type::duration tick_;                                     // the watchdog's longest sleep
-  beast::flat_buffer buffer_;
+  read_buffer buffer_;
+  // The request being read and served. A member, not on serve()'s frame: that frame stays
+  // within what Asio recycles (about 1 KiB), so a connection per request allocates none.
+  std::optional<request_parser_type> parser_;
   std::string pending_;       // the part of a response the socket did not take at once
   bool idle_ = false;         // waiting for the first byte of the next request
   unsigned long served_ = 0;  // requests answered on this connection
@@ -102,32 +206,51 @@ class basic_connection final : public connection {
 };
 
 template <class Stream>
-Stream make_stream(stream_socket socket, [[maybe_unused]] asio::ssl::context* tls) {
+Stream make_stream(io_executor executor, [[maybe_unused]] asio::ssl::context* tls) {
   if constexpr (std::is_same_v<Stream, tls_stream>) {
-    return Stream(std::move(socket), *tls);
+    return Stream(stream_socket(executor), *tls);
   } else {
-    return socket;
+    return stream_socket(executor);
   }
 }
 
 template <class Stream>
-basic_connection<Stream>::basic_connection(server::impl& srv, stream_socket sock,
+basic_connection<Stream>::basic_connection(server::impl& srv, io_executor executor, int fd,
+                                           const asio::generic::stream_protocol& protocol,
                                            [[maybe_unused]] asio::ssl::context* tls, bool tcp)
-    : connection(srv, sock.get_executor()),
-      stream_(make_stream<Stream>(std::move(sock), tls)),
+    : connection(srv, executor),
+      fd_(fd),
+      protocol_(protocol),
+      raw_(fd_),
+      stream_(make_stream<Stream>(executor, tls)),
       timer_(executor_) {
   const auto& o = srv.options;
   tick_ = std::min({o.header_timeout, o.body_timeout, o.write_timeout, o.idle_timeout});
   // Small responses must leave at once, not wait for Nagle's algorithm to batch them (`tcp`:
   // the connection did not get TCP_NODELAY from its listener, server.cpp).
   const int one = 1;
-  if (tcp) ::setsockopt(socket().native_handle(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  // Plaintext: Beast's synchronous reads and writes on a non-blocking socket take what is
-  // waiting and send what fits without a trip through the reactor (see read_async and write).
-  if constexpr (!is_tls) {
-    error_code ignored;
-    socket().non_blocking(true, ignored);
+  if (tcp) ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+template <class Stream>
+basic_connection<Stream>::~basic_connection() {
+  if (open() && !attached_) ::close(fd_);  // a connection destroyed before it ended
+}
+
+// Hands the descriptor to the reactor, which every asynchronous operation needs. Asio then sets
+// its own record of the descriptor's mode with one ioctl at the first operation (it is
+// non-blocking already).
+template <class Stream>
+void basic_connection<Stream>::attach() {
+  if (attached_ || !open()) return;
+  error_code ec;
+  socket().assign(protocol_, fd_, ec);
+  if (ec) {  // the reactor refused it (out of memory): the connection ends
+    ::close(fd_);
+    fd_ = -1;
+    return;
   }
+  attached_ = true;
 }
 
 template <class Stream>
@@ -146,6 +269,7 @@ void basic_connection<Stream>::set_deadline(clock_type::time_point when) {
 // and a coroutine spawned there would start at once, nested in it.
 template <class Stream>
 void basic_connection<Stream>::watch() {
+  attach();
   if (watched_) return;
   watched_ = true;
   arm_watchdog();
@@ -162,12 +286,12 @@ void basic_connection<Stream>::arm_watchdog() {
 
 template <class Stream>
 void basic_connection<Stream>::on_watchdog() {
-  if (!socket().is_open()) return;
+  if (!open()) return;
   if (clock_type::now() >= deadline_) {
     // An idle connection whose next request has arrived meanwhile is not idle: under load the
     // timer and the read can complete together, and the request must win.
     int pending = 0;
-    if (idle_ && ::ioctl(socket().native_handle(), FIONREAD, &pending) == 0 && pending > 0) {
+    if (idle_ && ::ioctl(fd_, FIONREAD, &pending) == 0 && pending > 0) {
       deadline_ = clock_type::now() + srv_.options.header_timeout;
     } else {
       count_timeout();
@@ -187,13 +311,20 @@ void basic_connection<Stream>::count_timeout() {
   }
 }
 
+// close(2) alone, as nginx does: the descriptor is this process's only one (close-on-exec from
+// accept4, never duplicated), so it sends the FIN (or, with a request unread, the RST) that a
+// shutdown(2) before it would. Attached, Asio's close also ends the pending read or write.
 template <class Stream>
 void basic_connection<Stream>::close() {
-  error_code ignored;
-  if (!socket().is_open()) return;
-  socket().shutdown(asio::socket_base::shutdown_both, ignored);
-  socket().close(ignored);
-  timer_.cancel();
+  if (!open()) return;
+  if (attached_) {
+    error_code ignored;
+    socket().close(ignored);
+    timer_.cancel();
+  } else {
+    ::close(fd_);
+  }
+  fd_ = -1;
 }
 
 template <class Stream>
@@ -224,7 +355,7 @@ asio::awaitable<void> basic_connection<Stream>::run() {
     error_code ec;
     co_await stream_.async_handshake(asio::ssl::stream_base::server,
                                      redirect_error(use_awaitable, ec));
-    handshaken = !ec && socket().is_open();
+    handshaken = !ec && open();
     if (!handshaken) bump(counters->tls_handshake_failures);
   }
   try {
@@ -238,7 +369,7 @@ asio::awaitable<void> basic_connection<Stream>::run() {
     // close_notify tells the client that the response it has is the whole of it (no
     // truncation). The client's own close_notify, or its FIN, is waited for only briefly: a
     // draining server must not be held open by a client that keeps the connection.
-    if (handshaken && !aborted_ && socket().is_open()) {
+    if (handshaken && !aborted_ && open()) {
       set_deadline(clock_type::now() + srv_.options.tls_shutdown_timeout);
       watch();
       error_code ec;
@@ -264,9 +395,7 @@ asio::awaitable<void> basic_connection<Stream>::send_error(bhttp::status status,
   add_date(res);
   set_deadline(clock_type::now() + srv_.options.write_timeout);
   error_code ec;
-  bhttp::response_serializer<response_body, fields> sr(res);
-  const auto state = write_now(sr, false, res.body().size(), ec);
-  if (state != write_state::done) co_await write_rest(sr, false, state, ec);
+  co_await write(res, false, ec);
 }
 
 // The part of a request that is not here yet. Plaintext: Beast's synchronous read (on the
@@ -296,9 +425,9 @@ asio::awaitable<void> basic_connection<Stream>::read_async(request_parser_type& 
       // synchronous read below meets it again.
       if (ec && ec != asio::error::eof) co_return;
       if constexpr (Whole) {
-        bhttp::read(socket(), buffer_, parser, ec);
+        bhttp::read(raw_, buffer_, parser, ec);
       } else {
-        bhttp::read_header(socket(), buffer_, parser, ec);
+        bhttp::read_header(raw_, buffer_, parser, ec);
       }
     }
   }
@@ -308,7 +437,8 @@ asio::awaitable<void> basic_connection<Stream>::read_async(request_parser_type& 
 // header and a body up to copy_limit are copied into one per-thread buffer and sent with one
 // send(2) on the non-blocking socket (Beast's gather write would hand the kernel a dozen small
 // pieces); what the socket does not take at once is kept by the connection (pending_) and
-// written by write_rest. A larger body, or TLS, goes through Beast's serializer as it is.
+// written by write_pending. A larger body, or TLS, goes through Beast's serializer as it is
+// (write_serialized).
 namespace {
 
 constexpr std::size_t copy_limit = std::size_t{64} * 1024;
@@ -318,39 +448,56 @@ std::string& thread_output() {
   return out;
 }
 
+// The status line and header fields as Beast's serializer writes them ("HTTP/1.1 200 OK",
+// then each field "Name: value" as stored, each line ending in CRLF, then an empty line),
+// appended directly: Beast's serializer yields them through a view of a dozen buffers whose
+// iterators cost a fifth of the server's own CPU time per keep-alive request.
+void append_head(std::string& out, const response& res) {
+  const unsigned version = res.version();
+  const unsigned code = res.result_int();
+  const char line[] = {'H',
+                       'T',
+                       'T',
+                       'P',
+                       '/',
+                       static_cast<char>('0' + version / 10 % 10),
+                       '.',
+                       static_cast<char>('0' + version % 10),
+                       ' ',
+                       static_cast<char>('0' + code / 100 % 10),
+                       static_cast<char>('0' + code / 10 % 10),
+                       static_cast<char>('0' + code % 10),
+                       ' '};
+  out.append(line, sizeof line);
+  const auto reason = res.reason();
+  out.append(reason.data(), reason.size());
+  out.append("\r\n", 2);
+  for (const auto& field : res) {
+    const auto name = field.name_string();
+    const auto value = field.value();
+    out.append(name.data(), name.size());
+    out.append(": ", 2);
+    out.append(value.data(), value.size());
+    out.append("\r\n", 2);
+  }
+  out.append("\r\n", 2);
+}
+
 }  // namespace
 
 template <class Stream>
-template <class Serializer>
-typename basic_connection<Stream>::write_state basic_connection<Stream>::write_now(
-    Serializer& sr, bool header_only, std::size_t body_size, error_code& ec) {
+typename basic_connection<Stream>::write_state basic_connection<Stream>::write_now(response& res,
+                                                                                   bool header_only,
+                                                                                   error_code& ec) {
   if constexpr (is_tls) {
-    return write_state::in_serializer;
+    return write_state::not_copied;
   } else {
-    if (body_size > copy_limit) {
-      if (header_only) {
-        bhttp::write_header(socket(), sr, ec);
-      } else {
-        bhttp::write(socket(), sr, ec);
-      }
-      if (ec != asio::error::would_block) return write_state::done;
-      ec = {};
-      return write_state::in_serializer;
-    }
+    if (res.body().size() > copy_limit || res.chunked()) return write_state::not_copied;
     std::string& out = thread_output();
     out.clear();
-    sr.split(header_only);
-    while (!ec && !(header_only ? sr.is_header_done() : sr.is_done())) {
-      std::size_t n = 0;
-      sr.next(ec, [&](error_code&, const auto& buffers) {
-        for (const auto b : beast::buffers_range_ref(buffers))
-          out.append(static_cast<const char*>(b.data()), b.size());
-        n = beast::buffer_bytes(buffers);
-      });
-      if (!ec) sr.consume(n);
-    }
-    if (ec) return write_state::done;
-    const std::size_t sent = socket().send(asio::buffer(out), 0, ec);
+    append_head(out, res);
+    if (!header_only) out.append(res.body().data(), res.body().size());
+    const std::size_t sent = raw_.write_some(asio::buffer(out), ec);
     if (ec && ec != asio::error::would_block) return write_state::done;
     ec = {};
     if (sent == out.size()) return write_state::done;
@@ -360,18 +507,52 @@ typename basic_connection<Stream>::write_state basic_connection<Stream>::write_n
 }
 
 template <class Stream>
-template <class Serializer>
-asio::awaitable<void> basic_connection<Stream>::write_rest(Serializer& sr, bool header_only,
-                                                           write_state state, error_code& ec) {
+asio::awaitable<void> basic_connection<Stream>::write_pending(error_code& ec) {
   watch();
-  if (state == write_state::in_pending) {
-    co_await asio::async_write(stream_, asio::buffer(pending_), redirect_error(use_awaitable, ec));
-    pending_ = std::string();  // a slow client's leftover is not kept while the connection idles
-  } else if (header_only) {
+  co_await asio::async_write(stream_, asio::buffer(pending_), redirect_error(use_awaitable, ec));
+  pending_ = std::string();  // a slow client's leftover is not kept while the connection idles
+}
+
+// A body beyond copy_limit, or TLS: Beast's serializer, which lives on this coroutine's frame
+// (made only for such responses). Plaintext: what the socket takes at once first.
+template <class Stream>
+asio::awaitable<void> basic_connection<Stream>::write_serialized(response& res, bool header_only,
+                                                                 error_code& ec) {
+  bhttp::response_serializer<response_body, fields> sr(res);
+  if constexpr (!is_tls) {
+    if (header_only) {
+      bhttp::write_header(raw_, sr, ec);
+    } else {
+      bhttp::write(raw_, sr, ec);
+    }
+    if (ec != asio::error::would_block) co_return;
+    ec = {};
+  }
+  watch();
+  if (header_only) {
     co_await bhttp::async_write_header(stream_, sr, redirect_error(use_awaitable, ec));
   } else {
     co_await bhttp::async_write(stream_, sr, redirect_error(use_awaitable, ec));
   }
+}
+
+template <class Stream>
+asio::awaitable<void> basic_connection<Stream>::write(response& res, bool header_only,
+                                                      error_code& ec) {
+  const auto state = write_now(res, header_only, ec);
+  if (state == write_state::in_pending) {
+    co_await write_pending(ec);
+  } else if (state == write_state::not_copied) {
+    co_await write_serialized(res, header_only, ec);
+  }
+}
+
+// The client waits for this before it sends the body (RFC 9110 10.1.1).
+template <class Stream>
+asio::awaitable<void> basic_connection<Stream>::send_continue(unsigned version, error_code& ec) {
+  response cont{bhttp::status::continue_, version};
+  watch();
+  co_await bhttp::async_write(stream_, cont, redirect_error(use_awaitable, ec));
 }
 
 template <class Stream>
@@ -404,16 +585,18 @@ asio::awaitable<void> basic_connection<Stream>::serve() {
       auto wait = served_ == 0 ? opts.header_timeout : opts.idle_timeout;
       if (srv_.draining() && served_ > 0) wait = std::min(wait, opts.drain_idle_grace);
       set_deadline(clock_type::now() + wait);
-      // Reading (not just waiting for readability) lets Asio try the read at once: a keep-alive
-      // client's next request is often already here, and this saves a trip through epoll. It is
-      // rarely here yet the moment the previous response has left: the other connections' work
-      // that is ready goes first, which gives the client that time.
+      // A new connection's request is as a rule here already (defer_accept, or a client that
+      // sent it with its connect): plaintext, it is read at once, without a trip through the
+      // reactor. Otherwise Asio's read, which tries the socket at once where its reactor has not
+      // learned better (a keep-alive client's next request is often here already, and this
+      // saves a trip through epoll; a wait for readability would cost an epoll_ctl each time).
+      // The next request is rarely here yet the moment the previous response has left: the
+      // other connections' work that is ready goes first (a yield), which gives the client
+      // that time.
       std::size_t n = 0;
       if constexpr (!is_tls) {
-        // A new connection's request is as a rule here already (the client sent it with its
-        // connect): taken at once, without a trip through the reactor.
         if (served_ == 0) {
-          n = socket().read_some(buffer_.prepare(read_chunk), ec);
+          n = raw_.read_some(buffer_.prepare(read_chunk), ec);
           if (ec == asio::error::would_block) ec = {};
         }
       }
@@ -424,20 +607,20 @@ asio::awaitable<void> basic_connection<Stream>::serve() {
                                              redirect_error(use_awaitable, ec));
       }
       idle_ = false;
-      if (ec || !socket().is_open()) co_return;  // EOF: the client closed, nothing lost
+      if (ec || !open()) co_return;  // EOF: the client closed, nothing lost
       buffer_.commit(n);
     }
 
     busy_ = true;
     set_deadline(clock_type::now() + opts.header_timeout);
-    request_parser_type parser;
+    auto& parser = parser_.emplace();
     parser.header_limit(static_cast<std::uint32_t>(opts.max_header_bytes));
     parser.body_limit(opts.max_body_bytes);
     // As a rule the whole request is here already: parsed at once, without suspending.
     if constexpr (is_tls) {
       ec = asio::error::would_block;
     } else {
-      bhttp::read_header(socket(), buffer_, parser, ec);
+      bhttp::read_header(raw_, buffer_, parser, ec);
     }
     if (ec == asio::error::would_block) co_await read_async<false>(parser, ec);
     if (ec) {
@@ -460,21 +643,15 @@ asio::awaitable<void> basic_connection<Stream>::serve() {
       }
     } guard{srv_};
 
-    {
-      const auto& head = parser.get();
-      if (beast::iequals(head[bhttp::field::expect], "100-continue")) {
-        // The client waits for this before it sends the body (RFC 9110 10.1.1).
-        response cont{bhttp::status::continue_, head.version()};
-        watch();
-        co_await bhttp::async_write(stream_, cont, redirect_error(use_awaitable, ec));
-        if (ec) co_return;
-      }
+    if (beast::iequals(parser.get()[bhttp::field::expect], "100-continue")) {
+      co_await send_continue(parser.get().version(), ec);
+      if (ec) co_return;
     }
     set_deadline(clock_type::now() + opts.body_timeout);
     if constexpr (is_tls) {
       ec = asio::error::would_block;
     } else {
-      bhttp::read(socket(), buffer_, parser, ec);
+      bhttp::read(raw_, buffer_, parser, ec);
     }
     if (ec == asio::error::would_block) co_await read_async<true>(parser, ec);
     if (ec) {
@@ -486,7 +663,8 @@ asio::awaitable<void> basic_connection<Stream>::serve() {
       co_return;
     }
 
-    request req = parser.release();
+    // The parser keeps the request until the next one (it is not moved onto this frame).
+    const request& req = parser.get();
     // The handler has as long as it needs (it may watch ctx.deadline()); the watchdog stays off.
     set_deadline(clock_type::time_point::max());
     request_context ctx = context_for(req);
@@ -511,12 +689,15 @@ asio::awaitable<void> basic_connection<Stream>::serve() {
         bump(counters->drain_closed_after_response);
       res.prepare_payload();
       add_date(res);
-      // A serializer of our own, on this coroutine's frame: async_write of a message would
-      // allocate one per response. Header and body leave together (see write_now).
-      bhttp::response_serializer<response_body, fields> sr(res);
+      // Header and body leave together in one send, as a rule without suspending (write_now);
+      // the rare rest in coroutines of their own, whose frames this one does not carry.
       const bool head = req.method() == bhttp::verb::head;
-      const auto state = write_now(sr, head, res.body().size(), ec);
-      if (state != write_state::done) co_await write_rest(sr, head, state, ec);
+      const auto state = write_now(res, head, ec);
+      if (state == write_state::in_pending) {
+        co_await write_pending(ec);
+      } else if (state == write_state::not_copied) {
+        co_await write_serialized(res, head, ec);
+      }
     }
     if (srv_.draining()) srv_.completed_while_draining.fetch_add(1);
     ++served_;
@@ -547,12 +728,17 @@ asio::awaitable<void> basic_connection<Stream>::send_chunk(std::string_view data
   set_deadline(clock_type::time_point::max());
 }
 
-std::shared_ptr<connection> make_connection(server::impl& srv, stream_socket socket,
+// Connections come from field_allocator's per-thread cache, as their read buffers do: a client
+// that opens a connection per request costs no malloc.
+std::shared_ptr<connection> make_connection(server::impl& srv, io_executor executor, int fd,
+                                            const asio::generic::stream_protocol& protocol,
                                             const std::shared_ptr<asio::ssl::context>& tls,
                                             bool tcp) {
   if (tls)
-    return std::make_shared<basic_connection<tls_stream>>(srv, std::move(socket), tls.get(), tcp);
-  return std::make_shared<basic_connection<stream_socket>>(srv, std::move(socket), nullptr, tcp);
+    return std::allocate_shared<basic_connection<tls_stream>>(
+        field_allocator<char>(), srv, executor, fd, protocol, tls.get(), tcp);
+  return std::allocate_shared<basic_connection<stream_socket>>(
+      field_allocator<char>(), srv, executor, fd, protocol, nullptr, tcp);
 }
 
 bool request_context::draining() const noexcept { return conn_.srv().draining(); }

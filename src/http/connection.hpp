@@ -33,7 +33,6 @@
 #include <optional>
 #include <string>
 #include <thread>
-#include <unordered_map>
 #include <vector>
 
 #include "counters.hpp"
@@ -89,7 +88,9 @@ struct server::impl {
 
   std::mutex mutex;  // guards live and protects the wait for the last connection
   std::condition_variable changed;
-  std::unordered_map<connection*, std::weak_ptr<connection>> live;
+  // The open connections, a list linked through connection::live_prev/live_next (no node to
+  // allocate per connection); guarded by mutex.
+  connection* live = nullptr;
   std::size_t accept_loops_running = 0;  // guarded by mutex
   std::atomic<std::size_t> open_connections{0};
   std::atomic<std::size_t> slots{0};  // open connections and accepts under way
@@ -108,14 +109,22 @@ struct server::impl {
     return clock_type::time_point(clock_type::duration(drain_deadline.load()));
   }
   asio::awaitable<void> accept(accept_loop& loop);
+  ~impl();
+  void connection_opened(connection* c);
   void connection_closed(connection* c);
+  void unlink(connection* c);  // from live
+  // The open connections that still have an owner (every one but one ending just now).
+  std::vector<std::shared_ptr<connection>> live_connections();  // with mutex held
 };
 
 // What the server and request_context see of a connection, plain or TLS.
 class connection : public std::enable_shared_from_this<connection> {
  public:
   connection(server::impl& srv, io_executor executor) : srv_(srv), executor_(executor) {}
-  virtual ~connection() = default;
+  // A connection whose coroutine never ended (destroyed with its io_context) leaves the list.
+  virtual ~connection() {
+    if (linked) srv_.unlink(this);
+  }
   connection(const connection&) = delete;
   connection& operator=(const connection&) = delete;
 
@@ -132,6 +141,9 @@ class connection : public std::enable_shared_from_this<connection> {
 
   asio::cancellation_signal cancel;     // terminal: the drain deadline passed
   thread_counters* counters = nullptr;  // of the thread serving it; set before run()
+  connection* live_prev = nullptr;      // server::impl::live; guarded by its mutex
+  connection* live_next = nullptr;
+  bool linked = false;  // in server::impl::live; written with its mutex held
 
  protected:
   // request_context's constructor is for its friend, this class, alone.
@@ -140,10 +152,12 @@ class connection : public std::enable_shared_from_this<connection> {
   io_executor executor_;
 };
 
-// A plaintext connection when `tls` is null, else a TLS one with that context. `tcp`: set
-// TCP_NODELAY on it (a TCP connection whose listener could not pass it on; known from the
-// listener: asking the socket costs a getsockname per connection).
-std::shared_ptr<connection> make_connection(server::impl& srv, stream_socket socket,
+// A connection on `fd` (accepted non-blocking, of `protocol`), served on `executor`: plaintext
+// when `tls` is null, else TLS with that context. `tcp`: set TCP_NODELAY on it (a TCP
+// connection whose listener could not pass it on; known from the listener: asking the socket
+// costs a getsockname per connection). It owns `fd` once made; if it throws, the caller does.
+std::shared_ptr<connection> make_connection(server::impl& srv, io_executor executor, int fd,
+                                            const asio::generic::stream_protocol& protocol,
                                             const std::shared_ptr<asio::ssl::context>& tls,
                                             bool tcp);
 

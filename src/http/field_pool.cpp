@@ -26,13 +26,28 @@ namespace handoff::http::field_pool {
 
 namespace {
 
+// Classes of 64 bytes up to 4 KiB (fields, bodies, connections), then of 1 KiB up to 16 KiB
+// (a connection's read buffer: 8 KiB as a rule).
 constexpr std::size_t granule = 64;
-constexpr std::size_t classes = 64;  // 64 .. 4096 bytes
-// At most 64 KiB of blocks per class (1024 of 64 bytes, 16 of 4 KiB), 4 MiB in all: enough for
-// the fields and bodies of every response in flight on a thread serving a few hundred
-// keep-alive connections at once (each holds several fields of one class while it writes).
+constexpr std::size_t small_classes = 64;  // 64 .. 4096 bytes
+constexpr std::size_t large_granule = 1024;
+constexpr std::size_t classes = small_classes + 12;  // then 5 KiB .. 16 KiB
+constexpr std::size_t small_limit = small_classes * granule;
+constexpr std::size_t limit =
+    (classes - small_classes + small_limit / large_granule) * large_granule;
+
+constexpr std::size_t class_size(std::size_t k) noexcept {
+  return k < small_classes ? (k + 1) * granule
+                           : (k - small_classes + 1) * large_granule + small_limit;
+}
+// At most 64 KiB of blocks per small class (1024 of 64 bytes, 16 of 4 KiB): enough for the
+// fields and bodies of every response in flight on a thread serving a few hundred keep-alive
+// connections at once (each holds several fields of one class while it writes), and for the
+// connections opened and closed at once when clients open one per request. At most 64 blocks
+// per large class (512 KiB of read buffers): the connections that wait for their first
+// request at once. Under 12 MiB in all.
 constexpr std::size_t max_cached(std::size_t k) noexcept {
-  return std::size_t{64} * 1024 / ((k + 1) * granule);
+  return k < small_classes ? std::size_t{64} * 1024 / class_size(k) : 64;
 }
 
 // A cached block's first bytes link it to the next one of its class.
@@ -74,9 +89,11 @@ cache& this_thread_cache() {
   return c;
 }
 
-// 0..64 -> 0, 65..128 -> 1, ... 4096 -> 63; larger: `classes`, not cached.
+// 0..64 -> 0, 65..128 -> 1, ... 4096 -> 63, 4097..5120 -> 64, ... 16384 -> 75; larger:
+// `classes`, not cached.
 std::size_t class_of(std::size_t bytes) noexcept {
-  if (bytes > classes * granule) return classes;
+  if (bytes > limit) return classes;
+  if (bytes > small_limit) return small_classes + (bytes - small_limit - 1) / large_granule;
   return bytes == 0 ? 0 : (bytes - 1) / granule;
 }
 
@@ -87,15 +104,15 @@ void* allocate(std::size_t bytes) {
   if (k >= classes) return ::operator new(bytes);
   // Every block of a class has the class's full size, wherever it came from: any thread may
   // cache it and hand it out for any size of the class.
-  if (state == cache_state::dead) return ::operator new((k + 1) * granule);
+  if (state == cache_state::dead) return ::operator new(class_size(k));
   auto& c = this_thread_cache();
   if (free_block* b = c.heads[k]) {
-    HANDOFF_UNPOISON(b, (k + 1) * granule);
+    HANDOFF_UNPOISON(b, class_size(k));
     c.heads[k] = b->next;
     --c.counts[k];
     return b;
   }
-  return ::operator new((k + 1) * granule);
+  return ::operator new(class_size(k));
 }
 
 void deallocate(void* p, std::size_t bytes) noexcept {
@@ -114,7 +131,7 @@ void deallocate(void* p, std::size_t bytes) noexcept {
   b->next = c.heads[k];
   c.heads[k] = b;
   ++c.counts[k];
-  HANDOFF_POISON(b, (k + 1) * granule);
+  HANDOFF_POISON(b, class_size(k));
 }
 
 }  // namespace handoff::http::field_pool

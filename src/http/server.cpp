@@ -127,16 +127,13 @@ asio::awaitable<void> server::impl::accept(accept_loop& loop) {
         failure = ec.message();
       } else {
         backoff = options.accept_backoff_min;
-        stream_socket socket(loop.executor, loop.protocol, fd);
-        auto conn = make_connection(*this, std::move(socket), loop.tls,
+        unique_fd accepted(fd);
+        auto conn = make_connection(*this, loop.executor, accepted.get(), loop.protocol, loop.tls,
                                     loop.tcp && !loop.nodelay_inherited);
+        (void)accepted.release();  // the connection's now
         conn->counters = loop.counters;
         bump(loop.counters->connections_accepted);
-        {
-          std::lock_guard lock(mutex);
-          live.emplace(conn.get(), conn);
-        }
-        open_connections.fetch_add(1);
+        connection_opened(conn.get());
         auto executor = conn->executor();
         // The completion handler keeps the connection: its `cancel` holds the coroutine's
         // cancellation state, which Asio uses until the coroutine's thread has ended, after
@@ -177,17 +174,51 @@ void server::impl::report_once(const std::string& kind, const std::string& messa
   }
 }
 
-void server::impl::connection_closed(connection* c) {
+// The io_contexts go first, while the list and its mutex still exist: a connection they
+// destroy (its coroutine never ended) unlinks itself. Then the accept loops' sockets, whose
+// io_contexts must outlive them, are already gone.
+server::impl::~impl() {
+  accept_loops.clear();
+  work.clear();
+  ios.clear();
+}
+
+void server::impl::connection_opened(connection* c) {
   {
     std::lock_guard lock(mutex);
-    live.erase(c);
+    c->live_next = live;
+    if (live != nullptr) live->live_prev = c;
+    live = c;
+    c->linked = true;
   }
+  open_connections.fetch_add(1);
+}
+
+void server::impl::unlink(connection* c) {
+  std::lock_guard lock(mutex);
+  if (!c->linked) return;
+  if (c->live_prev != nullptr) c->live_prev->live_next = c->live_next;
+  if (c->live_next != nullptr) c->live_next->live_prev = c->live_prev;
+  if (live == c) live = c->live_next;
+  c->live_prev = c->live_next = nullptr;
+  c->linked = false;
+}
+
+void server::impl::connection_closed(connection* c) {
+  unlink(c);
   open_connections.fetch_sub(1);
   if (slots.fetch_sub(1) >= options.max_connections) {
     for (auto& loop : accept_loops)
       asio::post(loop->executor, [l = loop.get()] { l->throttle.cancel(); });
   }
   changed.notify_all();
+}
+
+std::vector<std::shared_ptr<connection>> server::impl::live_connections() {
+  std::vector<std::shared_ptr<connection>> conns;
+  for (connection* c = live; c != nullptr; c = c->live_next)
+    if (auto owned = c->weak_from_this().lock()) conns.push_back(std::move(owned));
+  return conns;
 }
 
 server::server(server_options options, handler on_request)
@@ -237,6 +268,14 @@ void server::start() {
     const bool nodelay_inherited =
         local.ss_family != AF_UNIX &&
         ::setsockopt(fd.get(), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0;
+    // Best effort, as TCP_NODELAY: without it connections are accepted at once, as before.
+    const int defer = static_cast<int>(s.options.defer_accept.count());
+    int current = 0;
+    socklen_t current_length = sizeof current;
+    if (local.ss_family != AF_UNIX && defer > 0 &&
+        ::getsockopt(fd.get(), IPPROTO_TCP, TCP_DEFER_ACCEPT, &current, &current_length) == 0 &&
+        current == 0)
+      ::setsockopt(fd.get(), IPPROTO_TCP, TCP_DEFER_ACCEPT, &defer, sizeof defer);
     for (unsigned i = 0; i < s.options.threads; ++i) {
       auto copy = fd.duplicate();
       if (!copy) throw std::runtime_error(copy.error().message());
@@ -338,8 +377,7 @@ drain_report server::drain(milliseconds timeout) {
   std::vector<std::shared_ptr<connection>> conns;
   {
     std::lock_guard lock(s.mutex);
-    for (auto& [raw, weak] : s.live)
-      if (auto c = weak.lock()) conns.push_back(std::move(c));
+    conns = s.live_connections();
   }
   report.connections_at_start = conns.size();
   for (auto& c : conns) asio::post(c->executor(), [c] { c->on_drain(); });
@@ -347,9 +385,8 @@ drain_report server::drain(milliseconds timeout) {
 
   {
     std::unique_lock lock(s.mutex);
-    s.changed.wait_until(lock, s.deadline(), [&] { return s.live.empty(); });
-    for (auto& [raw, weak] : s.live)
-      if (auto c = weak.lock()) conns.push_back(std::move(c));
+    s.changed.wait_until(lock, s.deadline(), [&] { return s.live == nullptr; });
+    conns = s.live_connections();
   }
   report.connections_aborted = conns.size();
   report.requests_aborted = s.in_flight.load();
@@ -361,7 +398,7 @@ drain_report server::drain(milliseconds timeout) {
     std::unique_lock lock(s.mutex);
     // Aborted connections end at their next suspension point; a handler that ignores
     // cancellation is waited for only this long more.
-    s.changed.wait_for(lock, std::chrono::seconds(5), [&] { return s.live.empty(); });
+    s.changed.wait_for(lock, std::chrono::seconds(5), [&] { return s.live == nullptr; });
   }
   report.requests_completed = s.completed_while_draining.load();
   s.state = server_state::stopped;

@@ -1,6 +1,7 @@
 // Draining handoff::http::server in this process: each step of the drain, observed by a real
 // client over loopback.
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <boost/asio/steady_timer.hpp>
@@ -146,8 +147,13 @@ TEST_F(HttpDrain, TheListeningSocketStaysOpenForOtherHolders) {
   ASSERT_TRUE(server_->drain(5s).clean());
   // The server closed its copies and never called shutdown(2): the socket still listens, and
   // whoever else holds it (here: this test) accepts the next client.
+  // The client sends its request: the server deferred accepting (defer_accept) on this
+  // socket, so the kernel hands over a connection once its first bytes are in.
   raw_connection c(port_);
   ASSERT_TRUE(c.valid()) << "refused after the drain: " << c.error();
+  ASSERT_TRUE(c.send_all("GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+  pollfd ready{kept_.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&ready, 1, 5000), 1) << "no connection to accept";
   unique_fd accepted(::accept4(kept_.get(), nullptr, nullptr, SOCK_CLOEXEC));
   EXPECT_TRUE(accepted.valid());
 }

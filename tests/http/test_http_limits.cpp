@@ -117,6 +117,71 @@ TEST_F(HttpLimits, ConnectionsAreCloseOnExecAndSendWithoutDelay) {
   EXPECT_EQ(found, 1) << "the server's end of the connection";
 }
 
+int defer_accept_of(int fd) {
+  int seconds = -1;
+  socklen_t size = sizeof seconds;
+  return ::getsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &seconds, &size) == 0 ? seconds : -1;
+}
+
+// defer_accept (on by default): a connection is handed to the server once its request is in,
+// so a client that connected first and says nothing is not accepted while one that sent its
+// request is, and is served; the silent one is served when it speaks.
+TEST_F(HttpLimits, AConnectionIsAcceptedOnceItsRequestIsIn) {
+  auto fd = open_listener(parse_address("127.0.0.1:0").value()).value();
+  port_ = local_address(fd.get()).value().port;
+  const auto listener = fd.duplicate().value();  // the same socket, which the server closes
+  auto options = short_limits();
+  // Longer than this test can take, however slow the machine: the silent client is accepted
+  // only once it speaks.
+  options.defer_accept = 60s;
+  server_ = std::make_unique<server>(options, test_handler);
+  server_->add_listener(std::move(fd));
+  server_->start();
+  EXPECT_GE(defer_accept_of(listener.get()), 60);
+  raw_connection silent(port_);
+  ASSERT_TRUE(silent.valid());
+  raw_connection speaking(port_);
+  ASSERT_EQ(speaking.get("/second").result, outcome::ok);
+  EXPECT_EQ(server_->stats().connections_accepted, 1u) << "the silent client was accepted";
+  auto r = silent.get("/first");
+  ASSERT_EQ(r.result, outcome::ok) << to_string(r.result);
+  EXPECT_EQ(r.body, "ok /first");
+  EXPECT_EQ(server_->stats().connections_accepted, 2u);
+}
+
+// A client that connects and never speaks is still handed over after defer_accept, and closed
+// after the header timeout like any other.
+TEST_F(HttpLimits, ASilentConnectionIsClosedAfterDeferAcceptAndTheHeaderTimeout) {
+  start(short_limits());
+  raw_connection silent(port_);
+  ASSERT_TRUE(silent.valid());
+  EXPECT_TRUE(silent.wait_closed(10s));
+}
+
+// 0 leaves the listener as it is, and a socket that came with its own deferral (a socket
+// unit's DeferAcceptSec=) keeps it.
+TEST_F(HttpLimits, DeferAcceptOffOrSetAlreadyLeavesTheListenerAlone) {
+  for (const int preset : {0, 7}) {
+    auto fd = open_listener(parse_address("127.0.0.1:0").value()).value();
+    ASSERT_EQ(::setsockopt(fd.get(), IPPROTO_TCP, TCP_DEFER_ACCEPT, &preset, sizeof preset), 0);
+    const auto listener = fd.duplicate().value();
+    auto options = short_limits();
+    if (preset == 0) options.defer_accept = 0s;
+    server srv(options, test_handler);
+    srv.add_listener(std::move(fd));
+    srv.start();
+    const int kept = defer_accept_of(listener.get());
+    // The kernel keeps the deferral as a count of SYN-ACK retransmissions and gives it back in
+    // seconds rounded up to one of theirs: 7 s reads back as 7 or more.
+    if (preset == 0) {
+      EXPECT_EQ(kept, 0);
+    } else {
+      EXPECT_GE(kept, preset);
+    }
+    (void)srv.drain(2s);
+  }
+}
+
 TEST_F(HttpLimits, SlowlorisIsClosedAfterTheHeaderTimeout) {
   start(short_limits());
   raw_connection slow(port_);
