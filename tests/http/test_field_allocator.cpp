@@ -32,6 +32,28 @@ TEST(HttpFieldAllocator, AFreedBlockIsReusedForAnySizeOfItsClass) {
   a.deallocate(r, 65);
 }
 
+// Beyond 4 KiB the classes are of 1 KiB up to 16 KiB: a connection's 8 KiB read buffer, freed
+// when the connection ends, is the next connection's.
+TEST(HttpFieldAllocator, ReadBufferSizedBlocksAreReusedToo) {
+  field_allocator<char> a;
+  char* p = a.allocate(8192);
+  std::memset(p, 'x', 8192);
+  a.deallocate(p, 8192);
+  char* q = a.allocate(7200);  // 7169 .. 8192: one class
+  EXPECT_EQ(q, p);
+  std::memset(q, 'y', 8192);
+  a.deallocate(q, 7200);
+  char* r = a.allocate(8193);  // the next class
+  EXPECT_NE(r, p);
+  std::memset(r, 'z', 8193);
+  a.deallocate(r, 8193);
+  char* top = a.allocate(16 * 1024);  // the largest class
+  std::memset(top, 't', 16 * 1024);
+  a.deallocate(top, 16 * 1024);
+  EXPECT_EQ(a.allocate(15 * 1024 + 1), top);
+  a.deallocate(top, 15 * 1024 + 1);
+}
+
 TEST(HttpFieldAllocator, LargeAndHugeRequests) {
   field_allocator<char> a;
   char* big = a.allocate(64 * 1024);  // beyond the classes: operator new
