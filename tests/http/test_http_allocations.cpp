@@ -306,8 +306,8 @@ double allocations_per_new_connection(std::string_view request, std::string_view
 // A client that opens a connection per request (HTTP/1.0, `Connection: close`): the
 // connection object and its read buffer come from field_allocator's cache, and the coroutine
 // frames from Asio's (serve()'s frame keeps the parser out of it, to stay within what Asio
-// recycles). Before: 4 per request (the connection, its entry in the list of open
-// connections, its 8 KiB read buffer, and serve()'s 1.6 KiB frame).
+// recycles). Before, each new connection allocated the connection, its entry in the list of
+// open connections, its 8 KiB read buffer and serve()'s 1.6 KiB frame.
 TEST(HttpAllocations, ANewConnectionPerRequestInSteadyState) {
   const double per_request = allocations_per_new_connection(
       "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", "hello\n");
