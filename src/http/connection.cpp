@@ -455,20 +455,13 @@ std::string& thread_output() {
 void append_head(std::string& out, const response& res) {
   const unsigned version = res.version();
   const unsigned code = res.result_int();
-  const char line[] = {'H',
-                       'T',
-                       'T',
-                       'P',
-                       '/',
-                       static_cast<char>('0' + version / 10 % 10),
-                       '.',
-                       static_cast<char>('0' + version % 10),
-                       ' ',
-                       static_cast<char>('0' + code / 100 % 10),
-                       static_cast<char>('0' + code / 10 % 10),
-                       static_cast<char>('0' + code % 10),
-                       ' '};
-  out.append(line, sizeof line);
+  char line[] = "HTTP/1.1 200 ";
+  line[5] = static_cast<char>('0' + version / 10 % 10);
+  line[7] = static_cast<char>('0' + version % 10);
+  line[9] = static_cast<char>('0' + code / 100 % 10);
+  line[10] = static_cast<char>('0' + code / 10 % 10);
+  line[11] = static_cast<char>('0' + code % 10);
+  out.append(line, sizeof line - 1);
   const auto reason = res.reason();
   out.append(reason.data(), reason.size());
   out.append("\r\n", 2);

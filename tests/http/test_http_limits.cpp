@@ -8,8 +8,10 @@
 
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/http/write.hpp>
 #include <cstring>
 #include <filesystem>
+#include <sstream>
 #include <stdexcept>
 
 #include "handoff/http/server.hpp"
@@ -339,6 +341,68 @@ TEST_F(HttpLimits, ConnectionsBeyondTheLimitWaitInTheQueue) {
   auto r = third.read_reply(5s);
   ASSERT_EQ(r.result, outcome::ok) << to_string(r.result);
   EXPECT_EQ(r.body, "ok /third");
+}
+
+// What a handler answers to /shaped?N: responses whose bytes are easy to get wrong (a reason
+// of its own, an unknown status, repeated fields, HTTP/1.0). It sets Date itself, so the
+// server adds none and the bytes are known in advance.
+response shaped(unsigned version, int n) {
+  response res{bhttp::status::ok, version};
+  res.set(bhttp::field::date, "Tue, 01 Dec 2026 18:00:00 GMT");
+  res.set(bhttp::field::content_type, "text/plain");
+  res.body() = "shaped " + std::to_string(n) + "\n";
+  switch (n) {
+    case 1:
+      res.result(bhttp::status::not_found);
+      res.reason("Gone Fishing");
+      break;
+    case 2:
+      res.result(299);  // no reason phrase known
+      break;
+    case 3:
+      res.insert(bhttp::field::set_cookie, "a=1");
+      res.insert(bhttp::field::set_cookie, "b=2");
+      res.set("X-Custom-Field", "value with  spaces");
+      break;
+    default:
+      break;
+  }
+  return res;
+}
+
+asio::awaitable<response> shaped_handler(request_context& ctx) {
+  const std::string_view target = ctx.req().target();
+  co_return shaped(ctx.req().version(), target.back() - '0');
+}
+
+// The server writes the status line and the fields itself (one buffer, one send): the bytes
+// must be exactly those of Beast's serializer for the same response, after what the server
+// does to every response (keep-alive as the request asked, Content-Length).
+TEST(HttpWrite, ResponsesAreTheBytesBeastWrites) {
+  auto fd = open_listener(parse_address("127.0.0.1:0").value()).value();
+  const auto port = local_address(fd.get()).value().port;
+  server_options options;
+  options.threads = 1;
+  server srv(options, shaped_handler);
+  srv.add_listener(std::move(fd));
+  srv.start();
+  for (const unsigned version : {11u, 10u}) {
+    for (int n = 0; n <= 3; ++n) {
+      raw_connection c(port);
+      ASSERT_TRUE(c.send_all("GET /shaped?" + std::to_string(n) + " HTTP/1." +
+                             std::to_string(version % 10) + "\r\nHost: x\r\n\r\n"));
+      const auto r = c.read_reply(5s);
+      ASSERT_EQ(r.result, outcome::ok) << to_string(r.result);
+      response expected = shaped(version, n);
+      expected.keep_alive(version == 11 && expected.keep_alive());
+      expected.prepare_payload();
+      std::ostringstream beast;
+      beast << expected;
+      EXPECT_EQ(r.head + "\r\n" + r.body, beast.str())
+          << "HTTP/1." << version % 10 << " case " << n;
+    }
+  }
+  (void)srv.drain(2s);
 }
 
 }  // namespace
