@@ -73,32 +73,11 @@ class raw_socket {
 
   template <class MutableBufferSequence>
   std::size_t read_some(const MutableBufferSequence& buffers, error_code& ec) {
-    iovec iov[max_iov];
-    msghdr msg{};
-    msg.msg_iov = iov;
-    msg.msg_iovlen = fill(iov, buffers);
-    if (msg.msg_iovlen == 0) {
-      ec = {};
-      return 0;
-    }
-    // One buffer (as a rule): recv(2), which spares the kernel the import of an iovec array.
-    const ssize_t n = msg.msg_iovlen == 1 ? ::recv(fd_, iov[0].iov_base, iov[0].iov_len, 0)
-                                          : ::recvmsg(fd_, &msg, 0);
-    return result(n, n == 0 ? asio::error::eof : error_code{}, ec);
+    return transfer<false>(buffers, ec);
   }
   template <class ConstBufferSequence>
   std::size_t write_some(const ConstBufferSequence& buffers, error_code& ec) {
-    iovec iov[max_iov];
-    msghdr msg{};
-    msg.msg_iov = iov;
-    msg.msg_iovlen = fill(iov, buffers);
-    if (msg.msg_iovlen == 0) {
-      ec = {};
-      return 0;
-    }
-    return result(msg.msg_iovlen == 1 ? ::send(fd_, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL)
-                                      : ::sendmsg(fd_, &msg, MSG_NOSIGNAL),
-                  {}, ec);
+    return transfer<true>(buffers, ec);
   }
   // The throwing forms, which Beast's stream concepts ask for.
   template <class MutableBufferSequence>
@@ -118,8 +97,11 @@ class raw_socket {
 
  private:
   static constexpr std::size_t max_iov = 16;
-  template <class Buffers>
-  static std::size_t fill(iovec (&iov)[max_iov], const Buffers& buffers) {
+  // One buffer (as a rule): recv(2) or send(2), which spare the kernel the import of an iovec
+  // array; several: recvmsg(2) or sendmsg(2). A read of nothing at the end of the stream is eof.
+  template <bool Write, class Buffers>
+  std::size_t transfer(const Buffers& buffers, error_code& ec) {
+    iovec iov[max_iov];
     std::size_t count = 0;
     for (auto it = asio::buffer_sequence_begin(buffers);
          it != asio::buffer_sequence_end(buffers) && count < max_iov; ++it) {
@@ -129,14 +111,23 @@ class raw_socket {
       iov[count].iov_len = b.size();
       ++count;
     }
-    return count;
-  }
-  static std::size_t result(ssize_t n, error_code on_zero, error_code& ec) {
+    ec = {};
+    if (count == 0) return 0;
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = count;
+    ssize_t n = 0;
+    if constexpr (Write) {
+      n = count == 1 ? ::send(fd_, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL)
+                     : ::sendmsg(fd_, &msg, MSG_NOSIGNAL);
+    } else {
+      n = count == 1 ? ::recv(fd_, iov[0].iov_base, iov[0].iov_len, 0) : ::recvmsg(fd_, &msg, 0);
+      if (n == 0) ec = asio::error::eof;
+    }
     if (n < 0) {
       ec = error_code(errno, asio::error::get_system_category());
       return 0;
     }
-    ec = n == 0 ? on_zero : error_code{};
     return static_cast<std::size_t>(n);
   }
   const int& fd_;

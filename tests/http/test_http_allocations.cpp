@@ -124,6 +124,24 @@ asio::awaitable<response> hello(request_context& ctx) {
   co_return res;
 }
 
+// The server whose allocations are counted: one thread, serving `hello` on 127.0.0.1 at a port
+// of its own.
+struct counted_server {
+  counted_server() : srv(one_thread(), hello) {
+    auto fd = open_listener(parse_address("127.0.0.1:0").value()).value();
+    port = local_address(fd.get()).value().port;
+    srv.add_listener(std::move(fd));
+    srv.start();
+  }
+  static server_options one_thread() {
+    server_options options;
+    options.threads = 1;
+    return options;
+  }
+  server srv;
+  std::uint16_t port = 0;
+};
+
 // Sends `request` and reads exactly `length` bytes of response into a stack buffer: no
 // allocation on this side.
 bool exchange(int fd, std::string_view request, std::size_t length) {
@@ -142,16 +160,35 @@ bool exchange(int fd, std::string_view request, std::size_t length) {
   return true;
 }
 
+// Calls `one` (a request, or a round of them: false when one failed) `warm_up` times, then
+// `times` times with the count running: the heap allocations per call, or -1 on a failure. A
+// template, not a std::function, which could allocate itself.
+template <class Call>
+double allocations_per_call(int warm_up, int times, const Call& one) {
+  for (int i = 0; i < warm_up; ++i)
+    if (!one()) return -1;
+  const std::size_t before = allocations.load();
+  bool ok = true;
+  for (int i = 0; i < times && ok; ++i) ok = one();
+  const std::size_t counted = allocations.load() - before;
+  EXPECT_TRUE(ok);
+  if (!ok) return -1;
+  return static_cast<double>(counted) / times;
+}
+
+// What every test below asserts: the count is known (not -1), recorded, and none.
+void expect_none(double per_request, const char* what, const char* otherwise) {
+  ASSERT_GE(per_request, 0);
+  testing::Test::RecordProperty("allocations_per_request", std::to_string(per_request));
+  std::printf("heap allocations per %s: %.2f\n", what, per_request);
+  EXPECT_LE(per_request, static_cast<double>(kMaxAllocationsPerRequest)) << otherwise;
+}
+
 // Heap allocations per request of `request` on one keep-alive connection, after a warm-up;
 // `body` is the response body expected.
 double allocations_per_request(std::string_view request, std::string_view body) {
-  auto fd = open_listener(parse_address("127.0.0.1:0").value()).value();
-  const auto port = local_address(fd.get()).value().port;
-  server_options options;
-  options.threads = 1;
-  server srv(options, hello);
-  srv.add_listener(std::move(fd));
-  srv.start();
+  const counted_server counted;
+  const auto port = counted.port;
 
   raw_connection c(port);
   EXPECT_TRUE(c.valid());
@@ -164,16 +201,7 @@ double allocations_per_request(std::string_view request, std::string_view body) 
   // Date is an IMF-fixdate, 29 bytes in every second: every response has this length.
   const std::size_t length = first.head.size() + 2 + first.body.size();
 
-  for (int i = 0; i < 100; ++i)
-    if (!exchange(c.fd(), request, length)) return -1;
-  constexpr std::size_t requests = 1000;
-  const std::size_t before = allocations.load();
-  bool ok = true;
-  for (std::size_t i = 0; i < requests && ok; ++i) ok = exchange(c.fd(), request, length);
-  const std::size_t counted = allocations.load() - before;
-  EXPECT_TRUE(ok);
-  if (!ok) return -1;
-  return static_cast<double>(counted) / requests;
+  return allocations_per_call(100, 1000, [&] { return exchange(c.fd(), request, length); });
 }
 
 // The same with `connections` keep-alive connections in lock step: each round sends one request
@@ -182,13 +210,8 @@ double allocations_per_request(std::string_view request, std::string_view body) 
 // must hold).
 double allocations_per_request_on(std::size_t connections, std::string_view request,
                                   std::string_view body) {
-  auto fd = open_listener(parse_address("127.0.0.1:0").value()).value();
-  const auto port = local_address(fd.get()).value().port;
-  server_options options;
-  options.threads = 1;
-  server srv(options, hello);
-  srv.add_listener(std::move(fd));
-  srv.start();
+  const counted_server counted;
+  const auto port = counted.port;
 
   std::vector<raw_connection> clients;
   clients.reserve(connections);
@@ -209,27 +232,16 @@ double allocations_per_request_on(std::size_t connections, std::string_view requ
       if (!exchange(c.fd(), {}, length)) return false;
     return true;
   };
-  for (int i = 0; i < 20; ++i)
-    if (!round()) return -1;
-  constexpr int rounds = 100;
-  const std::size_t before = allocations.load();
-  bool ok = true;
-  for (int i = 0; i < rounds && ok; ++i) ok = round();
-  const std::size_t counted = allocations.load() - before;
-  EXPECT_TRUE(ok);
-  if (!ok) return -1;
-  return static_cast<double>(counted) / static_cast<double>(rounds * connections);
+  const double per_round = allocations_per_call(20, 100, round);
+  return per_round < 0 ? -1 : per_round / static_cast<double>(connections);
 }
 
 TEST(HttpAllocations, KeepAliveGetInSteadyState) {
   // A request as wrk and browsers send it: a few headers, each a field in the parsed request.
   const double per_request = allocations_per_request(
       "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: test\r\nAccept: */*\r\n\r\n", "hello\n");
-  ASSERT_GE(per_request, 0);
-  RecordProperty("allocations_per_request", std::to_string(per_request));
-  std::printf("heap allocations per keep-alive GET /: %.2f\n", per_request);
-  EXPECT_LE(per_request, static_cast<double>(kMaxAllocationsPerRequest))
-      << "a change added a heap allocation to the path of a keep-alive request";
+  expect_none(per_request, "keep-alive GET /",
+              "a change added a heap allocation to the path of a keep-alive request");
 }
 
 TEST(HttpAllocations, RealisticKeepAliveGetInSteadyState) {
@@ -241,36 +253,26 @@ TEST(HttpAllocations, RealisticKeepAliveGetInSteadyState) {
       "Accept: text/html,application/xhtml+xml\r\nAccept-Language: en-US,en;q=0.5\r\n"
       "Accept-Encoding: gzip, deflate\r\nCookie: session=0123456789abcdef\r\n\r\n",
       prepared_body());
-  ASSERT_GE(per_request, 0);
-  RecordProperty("allocations_per_request", std::to_string(per_request));
-  std::printf("heap allocations per keep-alive GET /realistic: %.2f\n", per_request);
-  EXPECT_LE(per_request, static_cast<double>(kMaxAllocationsPerRequest))
-      << "a change added a heap allocation to the path of a realistic keep-alive request";
+  expect_none(per_request, "keep-alive GET /realistic",
+              "a change added a heap allocation to the path of a realistic keep-alive request");
 }
 
 TEST(HttpAllocations, FiftyKeepAliveConnectionsInSteadyState) {
   const double per_request = allocations_per_request_on(
       50, "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: test\r\nAccept: */*\r\n\r\n",
       "hello\n");
-  ASSERT_GE(per_request, 0);
-  RecordProperty("allocations_per_request", std::to_string(per_request));
-  std::printf("heap allocations per keep-alive GET / on 50 connections: %.2f\n", per_request);
-  EXPECT_LE(per_request, static_cast<double>(kMaxAllocationsPerRequest))
-      << "with 50 connections at once, requests allocate: Asio's per-thread cache "
-         "(BOOST_ASIO_RECYCLING_ALLOCATOR_CACHE_SIZE) is too small, or a frame too large for it";
+  expect_none(
+      per_request, "keep-alive GET / on 50 connections",
+      "with 50 connections at once, requests allocate: Asio's per-thread cache "
+      "(BOOST_ASIO_RECYCLING_ALLOCATOR_CACHE_SIZE) is too small, or a frame too large for it");
 }
 
-// One request per connection, `n` times, with a client that allocates nothing: socket,
-// connect, send, recv to the server's close, close. Returns the allocations of the last
-// `n - warm_up` divided by their number, or -1 when a response did not end with `body`.
+// One request per connection with a client that allocates nothing: socket, connect, send, recv
+// to the server's close, close. The allocations per request after a warm-up, or -1 when a
+// response did not end with `body`.
 double allocations_per_new_connection(std::string_view request, std::string_view body) {
-  auto fd = open_listener(parse_address("127.0.0.1:0").value()).value();
-  const auto port = local_address(fd.get()).value().port;
-  server_options options;
-  options.threads = 1;
-  server srv(options, hello);
-  srv.add_listener(std::move(fd));
-  srv.start();
+  const counted_server counted;
+  const auto port = counted.port;
 
   sockaddr_in to{};
   to.sin_family = AF_INET;
@@ -291,16 +293,7 @@ double allocations_per_new_connection(std::string_view request, std::string_view
     ::close(c);
     return ok && std::string_view(reply, got).ends_with(body);
   };
-  for (int i = 0; i < 100; ++i)
-    if (!one()) return -1;
-  constexpr int requests = 500;
-  const std::size_t before = allocations.load();
-  bool ok = true;
-  for (int i = 0; i < requests && ok; ++i) ok = one();
-  const std::size_t counted = allocations.load() - before;
-  EXPECT_TRUE(ok);
-  if (!ok) return -1;
-  return static_cast<double>(counted) / requests;
+  return allocations_per_call(100, 500, one);
 }
 
 // A client that opens a connection per request (HTTP/1.0, `Connection: close`): the
@@ -311,11 +304,8 @@ double allocations_per_new_connection(std::string_view request, std::string_view
 TEST(HttpAllocations, ANewConnectionPerRequestInSteadyState) {
   const double per_request = allocations_per_new_connection(
       "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", "hello\n");
-  ASSERT_GE(per_request, 0);
-  RecordProperty("allocations_per_request", std::to_string(per_request));
-  std::printf("heap allocations per GET / on a new connection: %.2f\n", per_request);
-  EXPECT_LE(per_request, static_cast<double>(kMaxAllocationsPerRequest))
-      << "a change added a heap allocation to the path of a new connection";
+  expect_none(per_request, "GET / on a new connection",
+              "a change added a heap allocation to the path of a new connection");
 }
 
 }  // namespace

@@ -42,10 +42,13 @@ asio::awaitable<response> test_handler(request_context& ctx) {
 
 class HttpLimits : public testing::Test {
  protected:
-  void start(server_options options) {
-    auto fd = open_listener(parse_address("127.0.0.1:0").value()).value();
+  // Serves `on_request` with `options` on `fd` (default: a new listener on 127.0.0.1).
+  // listener_ is the same socket, kept by the test: the server closes its own copies.
+  void start(server_options options, unique_fd fd = {}, handler on_request = test_handler) {
+    if (!fd) fd = open_listener(parse_address("127.0.0.1:0").value()).value();
     port_ = local_address(fd.get()).value().port;
-    server_ = std::make_unique<server>(options, test_handler);
+    listener_ = fd.duplicate().value();
+    server_ = std::make_unique<server>(options, std::move(on_request));
     server_->add_listener(std::move(fd));
     server_->start();
   }
@@ -75,6 +78,7 @@ class HttpLimits : public testing::Test {
     }
   }
   std::uint16_t port_ = 0;
+  unique_fd listener_;
   std::unique_ptr<server> server_;
 };
 
@@ -129,17 +133,12 @@ int defer_accept_of(int fd) {
 // so a client that connected first and says nothing is not accepted while one that sent its
 // request is, and is served; the silent one is served when it speaks.
 TEST_F(HttpLimits, AConnectionIsAcceptedOnceItsRequestIsIn) {
-  auto fd = open_listener(parse_address("127.0.0.1:0").value()).value();
-  port_ = local_address(fd.get()).value().port;
-  const auto listener = fd.duplicate().value();  // the same socket, which the server closes
   auto options = short_limits();
   // Longer than this test can take, however slow the machine: the silent client is accepted
   // only once it speaks.
   options.defer_accept = 60s;
-  server_ = std::make_unique<server>(options, test_handler);
-  server_->add_listener(std::move(fd));
-  server_->start();
-  EXPECT_GE(defer_accept_of(listener.get()), 60);
+  start(options);
+  EXPECT_GE(defer_accept_of(listener_.get()), 60);
   raw_connection silent(port_);
   ASSERT_TRUE(silent.valid());
   raw_connection speaking(port_);
@@ -166,13 +165,10 @@ TEST_F(HttpLimits, DeferAcceptOffOrSetAlreadyLeavesTheListenerAlone) {
   for (const int preset : {0, 7}) {
     auto fd = open_listener(parse_address("127.0.0.1:0").value()).value();
     ASSERT_EQ(::setsockopt(fd.get(), IPPROTO_TCP, TCP_DEFER_ACCEPT, &preset, sizeof preset), 0);
-    const auto listener = fd.duplicate().value();
     auto options = short_limits();
     if (preset == 0) options.defer_accept = 0s;
-    server srv(options, test_handler);
-    srv.add_listener(std::move(fd));
-    srv.start();
-    const int kept = defer_accept_of(listener.get());
+    start(options, std::move(fd));
+    const int kept = defer_accept_of(listener_.get());
     // The kernel keeps the deferral as a count of SYN-ACK retransmissions and gives it back in
     // seconds rounded up to one of theirs: 7 s reads back as 7 or more.
     if (preset == 0) {
@@ -180,7 +176,8 @@ TEST_F(HttpLimits, DeferAcceptOffOrSetAlreadyLeavesTheListenerAlone) {
     } else {
       EXPECT_GE(kept, preset);
     }
-    (void)srv.drain(2s);
+    (void)server_->drain(2s);
+    server_.reset();
   }
 }
 
@@ -378,17 +375,15 @@ asio::awaitable<response> shaped_handler(request_context& ctx) {
 // The server writes the status line and the fields itself (one buffer, one send): the bytes
 // must be exactly those of Beast's serializer for the same response, after what the server
 // does to every response (keep-alive as the request asked, Content-Length).
-TEST(HttpWrite, ResponsesAreTheBytesBeastWrites) {
-  auto fd = open_listener(parse_address("127.0.0.1:0").value()).value();
-  const auto port = local_address(fd.get()).value().port;
+class HttpWrite : public HttpLimits {};
+
+TEST_F(HttpWrite, ResponsesAreTheBytesBeastWrites) {
   server_options options;
   options.threads = 1;
-  server srv(options, shaped_handler);
-  srv.add_listener(std::move(fd));
-  srv.start();
+  start(options, {}, shaped_handler);
   for (const unsigned version : {11u, 10u}) {
     for (int n = 0; n <= 3; ++n) {
-      raw_connection c(port);
+      raw_connection c(port_);
       ASSERT_TRUE(c.send_all("GET /shaped?" + std::to_string(n) + " HTTP/1." +
                              std::to_string(version % 10) + "\r\nHost: x\r\n\r\n"));
       const auto r = c.read_reply(5s);
@@ -402,7 +397,6 @@ TEST(HttpWrite, ResponsesAreTheBytesBeastWrites) {
           << "HTTP/1." << version % 10 << " case " << n;
     }
   }
-  (void)srv.drain(2s);
 }
 
 }  // namespace

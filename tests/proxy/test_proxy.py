@@ -157,16 +157,22 @@ class Responses:
         while b"\r\n\r\n" not in self.pending:
             self._fill()
         head, _, rest = self.pending.partition(b"\r\n\r\n")
-        length = 0
-        for line in head.split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value.strip())
+        length = content_length(head)
         while len(rest) < length:
             self._fill()
             head, _, rest = self.pending.partition(b"\r\n\r\n")
         self.pending = rest[length:]
         return head + b"\r\n\r\n" + rest[:length]
+
+
+def content_length(head):
+    """The Content-Length of a response head (status line and fields), 0 without one."""
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    return length
 
 
 def read_response(s):
@@ -178,11 +184,7 @@ def read_response(s):
             return answer
         answer += data
     head, _, body = answer.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value.strip())
+    length = content_length(head)
     while len(body) < length:
         data = s.recv(65536)
         if not data:
