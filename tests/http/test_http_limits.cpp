@@ -312,6 +312,47 @@ TEST_F(HttpLimits, PipelinedRequestsAreAnsweredInOrder) {
   EXPECT_EQ(c.read_reply(5s).body, "ok /b");
 }
 
+// An idle connection waits for its next bytes on the reactor, and reads again only once the
+// kernel says they are there, or when its last read filled the buffer (idle_read.hpp). A batch
+// larger than the read buffer (8 KiB), sent to a connection that is waiting: its first 8 KiB are
+// exactly 128 whole requests, so the server has answered them all with its buffer empty when the
+// rest is still in the socket, and no new byte will come to wake it.
+TEST_F(HttpLimits, ABatchLargerThanTheReadBufferReachesAnIdleConnection) {
+  start(short_limits());
+  raw_connection c(port_);
+  ASSERT_EQ(c.get("/first").result, outcome::ok);
+  std::string batch;
+  constexpr int count = 200;
+  for (int i = 0; i < count; ++i) {
+    std::string request = "GET /p" + std::to_string(i) + " HTTP/1.1\r\nHost: x\r\nX-Pad: ";
+    request.append(64 - request.size() - 4, 'a');  // every request exactly 64 bytes
+    batch += request + "\r\n\r\n";
+  }
+  ASSERT_TRUE(c.send_all(batch));
+  for (int i = 0; i < count; ++i) {
+    auto r = c.read_reply(5s);
+    ASSERT_EQ(r.result, outcome::ok) << "reply " << i << ": " << to_string(r.result);
+    ASSERT_EQ(r.body, "ok /p" + std::to_string(i));
+  }
+}
+
+// Requests that arrive in pieces, each sent as soon as the last was: whatever moment a piece
+// meets (the connection between two reads, a read that emptied the socket, a half-parsed
+// header), it is read, and every request is answered.
+TEST_F(HttpLimits, RequestsInPiecesAreReadWhereverThePiecesFall) {
+  start(short_limits());
+  raw_connection c(port_);
+  for (int i = 0; i < 300; ++i) {
+    const std::string target = "/r" + std::to_string(i);
+    ASSERT_TRUE(c.send_all("GET " + target));
+    ASSERT_TRUE(c.send_all(" HTTP/1.1\r\nHost:"));
+    ASSERT_TRUE(c.send_all(" x\r\n\r\n"));
+    auto r = c.read_reply(5s);
+    ASSERT_EQ(r.result, outcome::ok) << "request " << i << ": " << to_string(r.result);
+    ASSERT_EQ(r.body, "ok " + target);
+  }
+}
+
 TEST_F(HttpLimits, Http10ClosesUnlessKeepAlive) {
   start(short_limits());
   raw_connection c(port_);
