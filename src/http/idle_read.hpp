@@ -29,6 +29,7 @@
 #include <boost/asio/error.hpp>
 #include <boost/asio/generic/stream_protocol.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/version.hpp>
 #include <cerrno>
 #include <cstddef>
 #include <utility>
@@ -37,6 +38,12 @@ namespace handoff::http {
 
 namespace asio = boost::asio;
 
+// What this relies on (reactor_op's status, epoll_reactor::start_op and its try_speculative_
+// rule, the socket's reactor_data_) is Asio's inside, as of Boost 1.81: a build with another
+// Boost stops here rather than at a confusing error, or worse, none.
+#if BOOST_VERSION != 108100
+#error "idle_read.hpp is written against Asio's internals in Boost 1.81: re-check them first"
+#endif
 #if !defined(BOOST_ASIO_HAS_EPOLL) || defined(BOOST_ASIO_HAS_IO_URING_AS_DEFAULT)
 #error "idle_read.hpp needs Asio's epoll reactor"
 #endif
