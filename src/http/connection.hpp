@@ -36,8 +36,8 @@
 #include <vector>
 
 #include "counters.hpp"
-#include "idle_read.hpp"
 #include "handoff/http/server.hpp"
+#include "idle_read.hpp"
 
 namespace handoff::http {
 

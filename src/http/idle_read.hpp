@@ -49,12 +49,11 @@ namespace asio = boost::asio;
 #endif
 
 // The connection's socket: Asio's, with access to its reactor registration for idle_read.
-class reactor_socket
-    : public asio::basic_stream_socket<asio::generic::stream_protocol,
-                                       asio::io_context::executor_type> {
+class reactor_socket : public asio::basic_stream_socket<asio::generic::stream_protocol,
+                                                        asio::io_context::executor_type> {
  public:
-  using base = asio::basic_stream_socket<asio::generic::stream_protocol,
-                                         asio::io_context::executor_type>;
+  using base =
+      asio::basic_stream_socket<asio::generic::stream_protocol, asio::io_context::executor_type>;
   using base::base;
 
   asio::detail::reactor::per_descriptor_data& reactor_data() noexcept {
