@@ -81,16 +81,16 @@ class idle_read : private asio::detail::reactor_op {
   auto async_read(reactor_socket& socket, asio::detail::reactor& reactor,
                   asio::mutable_buffer buffer, Token&& token) {
     return asio::async_initiate<Token, signature>(
-        [this, &socket, &reactor, buffer](auto handler) {
-          start(socket, reactor, buffer, std::move(handler));
+        [this, &socket, &reactor, buffer](auto completion) {
+          start(socket, reactor, buffer, std::move(completion));
         },
         token);
   }
 
  private:
   void start(reactor_socket& socket, asio::detail::reactor& reactor, asio::mutable_buffer buffer,
-             asio::any_completion_handler<signature> handler) {
-    handler_.swap(handler);  // not operator=: Asio 1.81's move assignment copies itself forever
+             asio::any_completion_handler<signature> completion) {
+    handler_.swap(completion);  // not operator=: Asio 1.81's move assignment copies itself forever
     fd_ = socket.native_handle();
     buffer_ = buffer;
     ec_ = {};
@@ -126,10 +126,10 @@ class idle_read : private asio::detail::reactor_op {
   static void do_complete(void* owner, asio::detail::operation* base,
                           const boost::system::error_code& /*result_ec*/, std::size_t) {
     auto* self = static_cast<idle_read*>(base);
-    auto handler = std::move(self->handler_);
+    auto completion = std::move(self->handler_);
     const auto ec = self->ec_;
     const auto n = self->bytes_transferred_;
-    if (owner) std::move(handler)(ec, n);
+    if (owner) std::move(completion)(ec, n);
   }
 
   int fd_ = -1;
