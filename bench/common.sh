@@ -41,6 +41,12 @@ cpu_ticks() {  # cpu_ticks PID...: utime+stime of the running processes, in cloc
   echo $t
 }
 
+kernel_ticks() {  # kernel_ticks PID...: stime alone (the part of cpu_ticks spent in the kernel)
+  local t=0 p
+  for p in "$@"; do t=$((t + $(awk '{print $15}' "/proc/$p/stat"))); done
+  echo $t
+}
+
 # run_with_cpu OUT CMD...: runs CMD (stdout and stderr to OUT) and prints "TICKS SECONDS": its
 # utime+stime in clock ticks and the wall time it took. CMD's exit status is not checked; the
 # caller reads OUT.
