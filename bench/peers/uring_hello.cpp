@@ -35,14 +35,16 @@ constexpr std::string_view answer =
 struct connection {
   int fd = -1;
   char in[16 * 1024];
-  std::size_t used = 0;   // bytes of `in` not yet answered (an unfinished header)
-  std::string out;        // the answers being sent
+  std::size_t used = 0;  // bytes of `in` not yet answered (an unfinished header)
+  std::string out;       // the answers being sent
   std::size_t sent = 0;
 };
 
 enum class kind : std::uint64_t { accept = 1, recv = 2, send = 3 };
 
-std::uint64_t tag(kind k, int fd) { return (static_cast<std::uint64_t>(fd) << 8) | static_cast<std::uint64_t>(k); }
+std::uint64_t tag(kind k, int fd) {
+  return (static_cast<std::uint64_t>(fd) << 8) | static_cast<std::uint64_t>(k);
+}
 
 class server {
  public:
