@@ -312,11 +312,10 @@ TEST_F(HttpLimits, PipelinedRequestsAreAnsweredInOrder) {
   EXPECT_EQ(c.read_reply(5s).body, "ok /b");
 }
 
-// An idle connection waits for its next bytes on the reactor, and reads again only once the
-// kernel says they are there, or when its last read filled the buffer (idle_read.hpp). A batch
-// larger than the read buffer (8 KiB), sent to a connection that is waiting: its first 8 KiB are
-// exactly 128 whole requests, so the server has answered them all with its buffer empty when the
-// rest is still in the socket, and no new byte will come to wake it.
+// A batch larger than the read buffer (8 KiB), sent to a connection that is waiting: its first
+// 8 KiB are exactly 128 whole requests, so the server has answered them all with its buffer empty
+// when the rest is still in the socket, and no new byte will come to wake it. A read path that
+// took the full read for an emptied socket (and waited for epoll's next edge) would stop there.
 TEST_F(HttpLimits, ABatchLargerThanTheReadBufferReachesAnIdleConnection) {
   start(short_limits());
   raw_connection c(port_);
@@ -350,6 +349,27 @@ TEST_F(HttpLimits, RequestsInPiecesAreReadWhereverThePiecesFall) {
     auto r = c.read_reply(5s);
     ASSERT_EQ(r.result, outcome::ok) << "request " << i << ": " << to_string(r.result);
     ASSERT_EQ(r.body, "ok " + target);
+  }
+}
+
+// A client that sends its last request and shuts down its side at once: the request and the end
+// of the stream reach the server together, and one read takes the request and leaves the end
+// behind it. That read came up short, yet the socket is not empty: the server still has the end
+// to read, and it closes the connection once it has answered, not at the idle timeout. On a
+// connection served before (waiting on the reactor), as on a new one.
+TEST_F(HttpLimits, AClientThatShutsDownAfterItsLastRequestIsClosedOnceAnswered) {
+  auto options = short_limits();
+  options.idle_timeout = 60s;  // far beyond the wait below: the close must come from the FIN
+  start(options);
+  for (const bool served_before : {false, true}) {
+    raw_connection c(port_);
+    if (served_before) ASSERT_EQ(c.get("/first").result, outcome::ok);
+    ASSERT_TRUE(c.send_all("GET /last HTTP/1.1\r\nHost: x\r\n\r\n"));
+    ASSERT_EQ(::shutdown(c.fd(), SHUT_WR), 0);
+    auto r = c.read_reply(5s);
+    ASSERT_EQ(r.result, outcome::ok) << to_string(r.result);
+    EXPECT_EQ(r.body, "ok /last");
+    EXPECT_TRUE(c.wait_closed(5s)) << (served_before ? "served before" : "new connection");
   }
 }
 
