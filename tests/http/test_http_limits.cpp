@@ -363,7 +363,9 @@ TEST_F(HttpLimits, AClientThatShutsDownAfterItsLastRequestIsClosedOnceAnswered) 
   start(options);
   for (const bool served_before : {false, true}) {
     raw_connection c(port_);
-    if (served_before) ASSERT_EQ(c.get("/first").result, outcome::ok);
+    if (served_before) {
+      ASSERT_EQ(c.get("/first").result, outcome::ok);
+    }
     ASSERT_TRUE(c.send_all("GET /last HTTP/1.1\r\nHost: x\r\n\r\n"));
     ASSERT_EQ(::shutdown(c.fd(), SHUT_WR), 0);
     auto r = c.read_reply(5s);
