@@ -194,6 +194,11 @@ class basic_connection final : public connection {
   bool busy_ = false;         // a request is being read, handled or answered
   bool aborted_ = false;
   bool watched_ = false;  // the watchdog runs
+  // Plaintext: every read that waits (idle_read.hpp), on the reactor socket() is registered with.
+  idle_read idle_read_;
+  asio::detail::reactor* reactor_ = nullptr;  // set by attach()
+  // Reads into buffer_ once the socket has bytes (plaintext).
+  asio::awaitable<std::size_t> read_when_ready(error_code& ec);
 };
 
 template <class Stream>
@@ -242,6 +247,7 @@ void basic_connection<Stream>::attach() {
     return;
   }
   attached_ = true;
+  if constexpr (!is_tls) reactor_ = &socket().reactor();
 }
 
 template <class Stream>
@@ -409,8 +415,7 @@ asio::awaitable<void> basic_connection<Stream>::read_async(request_parser_type& 
     watch();
     while (ec == asio::error::would_block) {
       ec = {};
-      const std::size_t n = co_await stream_.async_read_some(buffer_.prepare(read_chunk),
-                                                             redirect_error(use_awaitable, ec));
+      const std::size_t n = co_await read_when_ready(ec);
       buffer_.commit(n);
       // The client's FIN is Beast's to interpret (end of stream, or a partial message): the
       // synchronous read below meets it again.
@@ -422,6 +427,16 @@ asio::awaitable<void> basic_connection<Stream>::read_async(request_parser_type& 
       }
     }
   }
+}
+
+// Not a coroutine (the read's own awaitable is returned): no frame of its own per read.
+template <class Stream>
+asio::awaitable<std::size_t> basic_connection<Stream>::read_when_ready(error_code& ec) {
+  // Closed, or refused by the reactor: Asio's read says so (bad_descriptor).
+  if (!attached_)
+    return stream_.async_read_some(buffer_.prepare(read_chunk), redirect_error(use_awaitable, ec));
+  return idle_read_.async_read(socket(), *reactor_, buffer_.prepare(read_chunk),
+                               redirect_error(use_awaitable, ec));
 }
 
 // Writing a response, plaintext: at once, as a rule, with no suspension. The serializer's
@@ -571,12 +586,11 @@ asio::awaitable<void> basic_connection<Stream>::serve() {
       set_deadline(clock_type::now() + wait);
       // A new connection's request is as a rule here already (defer_accept, or a client that
       // sent it with its connect): plaintext, it is read at once, without a trip through the
-      // reactor. Otherwise Asio's read, which tries the socket at once where its reactor has not
-      // learned better (a keep-alive client's next request is often here already, and this
-      // saves a trip through epoll; a wait for readability would cost an epoll_ctl each time).
-      // The next request is rarely here yet the moment the previous response has left: the
-      // other connections' work that is ready goes first (a yield), which gives the client
-      // that time.
+      // reactor. Otherwise, plaintext, the reactor's read that tries the socket only when epoll
+      // said it has bytes since the last read emptied it (idle_read.hpp): a keep-alive client's
+      // next request is rarely here the moment the previous response has left. TLS: Asio's
+      // read, which tries at once; the other connections' ready work goes first (a yield),
+      // which gives the client that time.
       std::size_t n = 0;
       if constexpr (!is_tls) {
         if (served_ == 0) {
@@ -586,9 +600,13 @@ asio::awaitable<void> basic_connection<Stream>::serve() {
       }
       if (n == 0 && !ec) {
         watch();
-        if (served_ > 0) co_await asio::post(executor_, use_awaitable);
-        n = co_await stream_.async_read_some(buffer_.prepare(read_chunk),
-                                             redirect_error(use_awaitable, ec));
+        if constexpr (is_tls) {
+          if (served_ > 0) co_await asio::post(executor_, use_awaitable);
+          n = co_await stream_.async_read_some(buffer_.prepare(read_chunk),
+                                               redirect_error(use_awaitable, ec));
+        } else {
+          n = co_await read_when_ready(ec);
+        }
       }
       idle_ = false;
       if (ec || !open()) co_return;  // EOF: the client closed, nothing lost

@@ -37,12 +37,13 @@
 
 #include "counters.hpp"
 #include "handoff/http/server.hpp"
+#include "idle_read.hpp"
 
 namespace handoff::http {
 
 using clock_type = std::chrono::steady_clock;
 using io_executor = asio::io_context::executor_type;
-using stream_socket = asio::basic_stream_socket<asio::generic::stream_protocol, io_executor>;
+using stream_socket = reactor_socket;  // Asio's, with what idle_read needs (idle_read.hpp)
 using stream_acceptor = asio::basic_socket_acceptor<asio::generic::stream_protocol, io_executor>;
 using steady_timer =
     asio::basic_waitable_timer<clock_type, asio::wait_traits<clock_type>, io_executor>;
