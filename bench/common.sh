@@ -70,3 +70,11 @@ percent_of_core() { awk -v t="$1" -v s="$2" -v hz="$clock_hz" 'BEGIN {printf "%.
 us_per_request() {
   awk -v t="$1" -v n="$2" -v hz="$clock_hz" 'BEGIN {printf "%.2f", (n > 0 ? t / hz * 1e6 / n : 0)}'
 }
+
+# check_summary JSON: "ok requests_per_s p50_ms p99_ms failed" from `handoff check --json`
+# (requests/s over the configured duration, not the run's tail).
+check_summary() {
+  python3 -c 'import json, sys
+j = json.load(open(sys.argv[1]))
+print(j["ok"], int(j["ok"] / j["duration_s"]), j["latency_ms"]["p50"], j["latency_ms"]["p99"], j["failed"])' "$1"
+}
