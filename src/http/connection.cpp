@@ -1,399 +1,43 @@
-#include "connection.hpp"
-
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <sys/ioctl.h>
+// The request loop of a connection of handoff::http::server (basic_connection.hpp): reading a
+// request, handing it to the handler, writing the response. Every request takes this path, and
+// a keep-alive request in steady state takes it without an allocation or a system call beyond
+// its read and its write (tests/http/test_http_allocations.cpp).
 #include <sys/socket.h>
-#include <sys/uio.h>
 
 #include <algorithm>
-#include <boost/asio/bind_cancellation_slot.hpp>
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
-#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/http/chunk_encode.hpp>
-#include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/error.hpp>
-#include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/serializer.hpp>
 #include <boost/beast/http/write.hpp>
-#include <type_traits>
 
-#include "date.hpp"
+#include "basic_connection.hpp"
 
 namespace handoff::http {
 
-namespace bhttp = beast::http;
 using asio::redirect_error;
 using asio::use_awaitable;
-using boost::system::error_code;
 
 namespace {
 
-// A parse error of Beast's (the client sent bytes that are not HTTP), as opposed to the client
-// closing or the watchdog ending the read: only those get a 400.
-constexpr std::size_t read_chunk = 8192;
-
+// A parse error of Beast's (the client sent bytes that are not HTTP, or a chunk line or
+// trailer that does not fit the read buffer), as opposed to the client closing or the watchdog
+// ending the read: only those get a 400.
 bool is_malformed(const error_code& ec) {
   return ec.category() == bhttp::make_error_code(bhttp::error::bad_method).category() &&
          ec != bhttp::error::end_of_stream && ec != bhttp::error::partial_message;
 }
 
-// Every response the server writes says when it was made (RFC 9110 6.6.1), unless its handler
-// said so already. The field's block comes from field_allocator's cache, as the others'.
-void add_date(fields& f) {
-  if (f.find(bhttp::field::date) == f.end()) f.set(bhttp::field::date, http_date_now());
-}
+// Empty lines a client may send before a request line (RFC 9112 2.2: a server SHOULD ignore at
+// least one; HAProxy and nginx do), whether after a body it framed itself or as keep-alive
+// noise. More than this before one request is no client's habit: 400.
+constexpr unsigned max_empty_lines = 8;
 
 }  // namespace
-
-using tls_stream = asio::ssl::stream<stream_socket>;
-using request_parser_type = bhttp::request_parser<bhttp::string_body, field_allocator<char>>;
-// A connection's read buffer: 8 KiB from field_allocator's cache, not from malloc, for a
-// connection per request.
-using read_buffer = beast::basic_flat_buffer<field_allocator<char>>;
-
-namespace {
-
-// The connection's descriptor as Beast's synchronous reads and writes see it: recv and send on
-// the non-blocking socket, would_block when it has nothing (or no room). A connection that
-// never has to wait is served through this alone, without registering with the reactor: no
-// epoll_ctl to add and remove it, no ioctl; the reactor learns of it at its first wait
-// (attach()), and this goes on working beside it (the same non-blocking descriptor).
-class raw_socket {
- public:
-  // The connection's own descriptor, by reference: once it is closed (-1), a read or write here
-  // fails with EBADF rather than reach a descriptor that reused the number.
-  explicit raw_socket(const int& fd) noexcept : fd_(fd) {}
-
-  template <class MutableBufferSequence>
-  std::size_t read_some(const MutableBufferSequence& buffers, error_code& ec) {
-    return transfer<false>(buffers, ec);
-  }
-  template <class ConstBufferSequence>
-  std::size_t write_some(const ConstBufferSequence& buffers, error_code& ec) {
-    return transfer<true>(buffers, ec);
-  }
-  // The throwing forms, which Beast's stream concepts ask for.
-  template <class MutableBufferSequence>
-  std::size_t read_some(const MutableBufferSequence& buffers) {
-    error_code ec;
-    const std::size_t n = read_some(buffers, ec);
-    if (ec) throw boost::system::system_error(ec);
-    return n;
-  }
-  template <class ConstBufferSequence>
-  std::size_t write_some(const ConstBufferSequence& buffers) {
-    error_code ec;
-    const std::size_t n = write_some(buffers, ec);
-    if (ec) throw boost::system::system_error(ec);
-    return n;
-  }
-
- private:
-  static constexpr std::size_t max_iov = 16;
-  // One buffer (as a rule): recv(2) or send(2), which spare the kernel the import of an iovec
-  // array; several: recvmsg(2) or sendmsg(2). A read of nothing at the end of the stream is eof.
-  template <bool Write, class Buffers>
-  std::size_t transfer(const Buffers& buffers, error_code& ec) {
-    iovec iov[max_iov];
-    std::size_t count = 0;
-    for (auto it = asio::buffer_sequence_begin(buffers);
-         it != asio::buffer_sequence_end(buffers) && count < max_iov; ++it) {
-      const auto b = *it;
-      if (b.size() == 0) continue;
-      iov[count].iov_base = const_cast<void*>(static_cast<const void*>(b.data()));
-      iov[count].iov_len = b.size();
-      ++count;
-    }
-    ec = {};
-    if (count == 0) return 0;
-    msghdr msg{};
-    msg.msg_iov = iov;
-    msg.msg_iovlen = count;
-    ssize_t n = 0;
-    if constexpr (Write) {
-      n = count == 1 ? ::send(fd_, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL)
-                     : ::sendmsg(fd_, &msg, MSG_NOSIGNAL);
-    } else {
-      n = count == 1 ? ::recv(fd_, iov[0].iov_base, iov[0].iov_len, 0) : ::recvmsg(fd_, &msg, 0);
-      if (n == 0) ec = asio::error::eof;
-    }
-    if (n < 0) {
-      ec = error_code(errno, asio::error::get_system_category());
-      return 0;
-    }
-    return static_cast<std::size_t>(n);
-  }
-  const int& fd_;
-};
-
-}  // namespace
-
-// One connection over `Stream`: stream_socket (plaintext) or tls_stream.
-template <class Stream>
-class basic_connection final : public connection {
- public:
-  static constexpr bool is_tls = std::is_same_v<Stream, tls_stream>;
-
-  basic_connection(server::impl& srv, io_executor executor, int fd,
-                   const asio::generic::stream_protocol& protocol, asio::ssl::context* tls,
-                   bool tcp);
-  ~basic_connection() override;
-
-  asio::awaitable<void> run() override;
-  void on_drain() override;
-  void abort() override;
-  asio::awaitable<void> send_header(response_header header) override;
-  asio::awaitable<void> send_chunk(std::string_view data) override;
-
- private:
-  stream_socket& socket() noexcept { return beast::get_lowest_layer(stream_); }
-  bool open() const noexcept { return fd_ >= 0; }
-  void attach();  // the reactor takes the descriptor (once)
-  void watch();   // before the first suspension on I/O: attach(), and the watchdog starts (once)
-  void arm_watchdog();
-  void on_watchdog();
-  void set_deadline(clock_type::time_point when);
-  asio::awaitable<void> serve();
-  asio::awaitable<void> send_error(beast::http::status status, unsigned version);
-  template <bool Whole>
-  asio::awaitable<void> read_async(request_parser_type& parser, error_code& ec);
-  enum class write_state { done, in_pending, not_copied };  // what write_now left to write
-  write_state write_now(response& res, bool header_only, error_code& ec);
-  asio::awaitable<void> write_pending(error_code& ec);
-  asio::awaitable<void> write_serialized(response& res, bool header_only, error_code& ec);
-  // Writes `res` (its header alone when `header_only`): at once as a rule, else what is left.
-  asio::awaitable<void> write(response& res, bool header_only, error_code& ec);
-  asio::awaitable<void> send_continue(unsigned version, error_code& ec);
-  asio::awaitable<response> call_handler(request_context& ctx);
-  void close();
-  void count_timeout();  // the watchdog is closing the connection: say which timeout passed
-
-  int fd_;                                   // -1 once closed
-  asio::generic::stream_protocol protocol_;  // for attach()
-  bool attached_ = false;                    // socket() holds fd_ (else it is closed)
-  raw_socket raw_;                           // synchronous reads and writes on fd_
-  Stream stream_;
-  steady_timer timer_;
-  clock_type::time_point deadline_ = clock_type::time_point::max();
-  clock_type::time_point armed_ = clock_type::time_point::max();  // what the watchdog waits for
-  clock_type::duration tick_;                                     // the watchdog's longest sleep
-  read_buffer buffer_;
-  // The request being read and served. A member, not on serve()'s frame: that frame stays
-  // within what Asio recycles (about 1 KiB), so a connection per request allocates none.
-  std::optional<request_parser_type> parser_;
-  std::string pending_;       // the part of a response the socket did not take at once
-  bool idle_ = false;         // waiting for the first byte of the next request
-  unsigned long served_ = 0;  // requests answered on this connection
-  bool busy_ = false;         // a request is being read, handled or answered
-  bool aborted_ = false;
-  bool watched_ = false;  // the watchdog runs
-  // Plaintext: every read that waits (idle_read.hpp), on the reactor socket() is registered with.
-  idle_read idle_read_;
-  asio::detail::reactor* reactor_ = nullptr;  // set by attach()
-  // Reads into buffer_ once the socket has bytes (plaintext).
-  asio::awaitable<std::size_t> read_when_ready(error_code& ec);
-};
-
-template <class Stream>
-Stream make_stream(io_executor executor, [[maybe_unused]] asio::ssl::context* tls) {
-  if constexpr (std::is_same_v<Stream, tls_stream>) {
-    return Stream(stream_socket(executor), *tls);
-  } else {
-    return stream_socket(executor);
-  }
-}
-
-template <class Stream>
-basic_connection<Stream>::basic_connection(server::impl& srv, io_executor executor, int fd,
-                                           const asio::generic::stream_protocol& protocol,
-                                           [[maybe_unused]] asio::ssl::context* tls, bool tcp)
-    : connection(srv, executor),
-      fd_(fd),
-      protocol_(protocol),
-      raw_(fd_),
-      stream_(make_stream<Stream>(executor, tls)),
-      timer_(executor_) {
-  const auto& o = srv.options;
-  tick_ = std::min({o.header_timeout, o.body_timeout, o.write_timeout, o.idle_timeout});
-  // Small responses must leave at once, not wait for Nagle's algorithm to batch them (`tcp`:
-  // the connection did not get TCP_NODELAY from its listener, server.cpp).
-  const int one = 1;
-  if (tcp) ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-}
-
-template <class Stream>
-basic_connection<Stream>::~basic_connection() {
-  if (open() && !attached_) ::close(fd_);  // a connection destroyed before it ended
-}
-
-// Hands the descriptor to the reactor, which every asynchronous operation needs. Asio then sets
-// its own record of the descriptor's mode with one ioctl at the first operation (it is
-// non-blocking already).
-template <class Stream>
-void basic_connection<Stream>::attach() {
-  if (attached_ || !open()) return;
-  error_code ec;
-  socket().assign(protocol_, fd_, ec);
-  if (ec) {  // the reactor refused it (out of memory): the connection ends
-    ::close(fd_);
-    fd_ = -1;
-    return;
-  }
-  attached_ = true;
-  if constexpr (!is_tls) reactor_ = &socket().reactor();
-}
-
-template <class Stream>
-void basic_connection<Stream>::set_deadline(clock_type::time_point when) {
-  deadline_ = when;
-  // Only a deadline nearer than the one the watchdog waits for needs it woken; a later one is
-  // picked up when it wakes. This keeps timer operations off the path of most requests.
-  if (watched_ && when < armed_) timer_.cancel();
-}
-
-// A deadline matters only while the connection waits for its peer. A connection that never
-// waits (a new one whose request is here at once and whose response the socket takes whole, as
-// with a client that opens a connection per request) needs no watchdog: none is started, which
-// spares it the timerfd update of a timer that would be the earliest. The watchdog is a chain
-// of timer waits, not a coroutine: watch() is called from inside the connection's coroutine,
-// and a coroutine spawned there would start at once, nested in it.
-template <class Stream>
-void basic_connection<Stream>::watch() {
-  attach();
-  if (watched_) return;
-  watched_ = true;
-  arm_watchdog();
-}
-
-template <class Stream>
-void basic_connection<Stream>::arm_watchdog() {
-  // Wake at least every `tick` (the shortest timeout): a new phase's deadline then never lies
-  // before the armed one, so set_deadline() need not cancel the timer per request.
-  armed_ = std::min(deadline_, clock_type::now() + tick_);
-  timer_.expires_at(armed_);
-  timer_.async_wait([self = shared_from_this(), this](const error_code&) { on_watchdog(); });
-}
-
-template <class Stream>
-void basic_connection<Stream>::on_watchdog() {
-  if (!open()) return;
-  if (clock_type::now() >= deadline_) {
-    // An idle connection whose next request has arrived meanwhile is not idle: under load the
-    // timer and the read can complete together, and the request must win.
-    int pending = 0;
-    if (idle_ && ::ioctl(fd_, FIONREAD, &pending) == 0 && pending > 0) {
-      deadline_ = clock_type::now() + srv_.options.header_timeout;
-    } else {
-      count_timeout();
-      close();  // ends the pending read or write of run() with an error
-      return;
-    }
-  }
-  arm_watchdog();
-}
-
-template <class Stream>
-void basic_connection<Stream>::count_timeout() {
-  if (idle_ && served_ > 0) {
-    bump(srv_.draining() ? counters->drain_closed_idle : counters->idle_closed);
-  } else if (idle_ || busy_) {  // not the TLS close_notify wait, which many clients ignore
-    bump(counters->timeouts);
-  }
-}
-
-// close(2) alone, as nginx does: the descriptor is this process's only one (close-on-exec from
-// accept4, never duplicated), so it sends the FIN (or, with a request unread, the RST) that a
-// shutdown(2) before it would. Attached, Asio's close also ends the pending read or write.
-template <class Stream>
-void basic_connection<Stream>::close() {
-  if (!open()) return;
-  if (attached_) {
-    error_code ignored;
-    socket().close(ignored);
-    timer_.cancel();
-  } else {
-    ::close(fd_);
-  }
-  fd_ = -1;
-}
-
-template <class Stream>
-void basic_connection<Stream>::on_drain() {
-  // Only a connection that has served a request is cut short: a new one was opened to send
-  // one, which is on its way (the header timeout still bounds it).
-  if (idle_ && served_ > 0) {
-    set_deadline(std::min(deadline_, clock_type::now() + srv_.options.drain_idle_grace));
-  }
-}
-
-template <class Stream>
-void basic_connection<Stream>::abort() {
-  aborted_ = true;
-  cancel.emit(asio::cancellation_type::terminal);
-  close();
-}
-
-template <class Stream>
-asio::awaitable<void> basic_connection<Stream>::run() {
-  auto self = shared_from_this();
-  bool handshaken = true;
-  if constexpr (is_tls) {
-    watch();
-    // Garbage instead of a ClientHello fails here; a client that stalls is closed by the
-    // watchdog at the deadline. Either way only this connection ends.
-    set_deadline(clock_type::now() + srv_.options.tls_handshake_timeout);
-    error_code ec;
-    co_await stream_.async_handshake(asio::ssl::stream_base::server,
-                                     redirect_error(use_awaitable, ec));
-    handshaken = !ec && open();
-    if (!handshaken) bump(counters->tls_handshake_failures);
-  }
-  try {
-    if (handshaken) co_await serve();
-  } catch (const std::exception&) {
-    // A failed write of a stream, or a bug in a handler that escaped call_handler: the
-    // connection ends, the server goes on.
-  }
-  busy_ = false;
-  if constexpr (is_tls) {
-    // close_notify tells the client that the response it has is the whole of it (no
-    // truncation). The client's own close_notify, or its FIN, is waited for only briefly: a
-    // draining server must not be held open by a client that keeps the connection.
-    if (handshaken && !aborted_ && open()) {
-      set_deadline(clock_type::now() + srv_.options.tls_shutdown_timeout);
-      watch();
-      error_code ec;
-      co_await stream_.async_shutdown(redirect_error(use_awaitable, ec));
-    }
-  }
-  close();
-  srv_.connection_closed(this);
-}
-
-template <class Stream>
-asio::awaitable<void> basic_connection<Stream>::send_error(bhttp::status status, unsigned version) {
-  if (status == bhttp::status::bad_request) bump(counters->bad_requests);
-  if (status == bhttp::status::payload_too_large) bump(counters->payload_too_large);
-  if (status == bhttp::status::request_header_fields_too_large)
-    bump(counters->header_fields_too_large);
-  response res{status, version};
-  res.set(bhttp::field::content_type, "text/plain");
-  res.body() = bhttp::obsolete_reason(status);
-  res.body() += '\n';
-  res.keep_alive(false);
-  res.prepare_payload();
-  add_date(res);
-  set_deadline(clock_type::now() + srv_.options.write_timeout);
-  error_code ec;
-  co_await write(res, false, ec);
-}
 
 // The part of a request that is not here yet. Plaintext: Beast's synchronous read (on the
 // non-blocking socket) parses what is in buffer_ and reads what is waiting; it stops with
@@ -432,11 +76,12 @@ asio::awaitable<void> basic_connection<Stream>::read_async(request_parser_type& 
 // Not a coroutine (the read's own awaitable is returned): no frame of its own per read.
 template <class Stream>
 asio::awaitable<std::size_t> basic_connection<Stream>::read_when_ready(error_code& ec) {
+  // Never more than the buffer's max_size allows (Beast's read stops with buffer_overflow before
+  // the buffer is full, so there is room for a byte at least).
+  const auto room = buffer_.prepare(std::min(read_chunk, buffer_.max_size() - buffer_.size()));
   // Closed, or refused by the reactor: Asio's read says so (bad_descriptor).
-  if (!attached_)
-    return stream_.async_read_some(buffer_.prepare(read_chunk), redirect_error(use_awaitable, ec));
-  return idle_read_.async_read(socket(), *reactor_, buffer_.prepare(read_chunk),
-                               redirect_error(use_awaitable, ec));
+  if (!attached_) return stream_.async_read_some(room, redirect_error(use_awaitable, ec));
+  return idle_read_.async_read(socket(), *reactor_, room, redirect_error(use_awaitable, ec));
 }
 
 // Writing a response, plaintext: at once, as a rule, with no suspension. The serializer's
@@ -546,7 +191,8 @@ asio::awaitable<void> basic_connection<Stream>::write(response& res, bool header
   }
 }
 
-// The client waits for this before it sends the body (RFC 9110 10.1.1).
+// The client waits for this before it sends the body (RFC 9110 10.1.1); an HTTP/1.0 client does
+// not know it, and is not sent one.
 template <class Stream>
 asio::awaitable<void> basic_connection<Stream>::send_continue(unsigned version, error_code& ec) {
   response cont{bhttp::status::continue_, version};
@@ -562,12 +208,50 @@ asio::awaitable<response> basic_connection<Stream>::call_handler(request_context
     if (!aborted_) bump(counters->handler_exceptions);  // not a handler cut at the deadline
     if (ctx.streaming()) throw;  // the header is out: nothing sensible can follow
   }
-  response res{bhttp::status::internal_server_error, ctx.req().version()};
+  co_return internal_error(ctx.req().version());
+}
+
+template <class Stream>
+response basic_connection<Stream>::internal_error(unsigned version) {
+  response res{bhttp::status::internal_server_error, version};
   res.set(bhttp::field::content_type, "text/plain");
   res.body() = "Internal Server Error\n";
   res.keep_alive(false);
-  co_return res;
+  return res;
 }
+
+template <class Stream>
+bool basic_connection<Stream>::skip_empty_lines() {
+  const auto* bytes = static_cast<const char*>(buffer_.data().data());
+  const std::size_t size = buffer_.size();
+  std::size_t skipped = 0;
+  while (skipped + 1 < size && bytes[skipped] == '\r' && bytes[skipped + 1] == '\n') {
+    skipped += 2;
+    if (++empty_lines_ > max_empty_lines) return false;
+  }
+  buffer_.consume(skipped);
+  return true;
+}
+
+namespace {
+
+bhttp::status status_of(request_verdict verdict) {
+  switch (verdict) {
+    case request_verdict::too_many_fields:
+      return bhttp::status::request_header_fields_too_large;
+    case request_verdict::not_implemented:
+      return bhttp::status::not_implemented;
+    default:
+      return bhttp::status::bad_request;
+  }
+}
+
+// A request's bytes start with CR: empty lines to skip, or a lone CR that waits for its LF.
+bool starts_with_cr(const read_buffer& b) {
+  return b.size() > 0 && *static_cast<const char*>(b.data().data()) == '\r';
+}
+
+}  // namespace
 
 // Serves requests until the connection is to be closed. One loop in one coroutine, not a
 // coroutine per request: its frame (parser, request, response, serializer: several KiB) is made
@@ -578,12 +262,15 @@ asio::awaitable<void> basic_connection<Stream>::serve() {
   const auto& opts = srv_.options;
   for (;;) {
     error_code ec;
-    if (buffer_.size() == 0) {
+    if (buffer_.size() == 0 || (buffer_.size() == 1 && starts_with_cr(buffer_))) {
       // Idle: wait for the first byte of the next request. While draining, only for the grace.
       idle_ = true;
-      auto wait = served_ == 0 ? opts.header_timeout : opts.idle_timeout;
-      if (srv_.draining() && served_ > 0) wait = std::min(wait, opts.drain_idle_grace);
-      set_deadline(clock_type::now() + wait);
+      const auto now = clock_type::now();
+      const auto wait = served_ == 0 ? opts.header_timeout : opts.idle_timeout;
+      auto deadline = wait.count() > 0 ? now + wait : clock_type::time_point::max();
+      if (srv_.draining() && served_ > 0)
+        deadline = std::min(deadline, now + opts.drain_idle_grace);
+      set_deadline(deadline);
       // A new connection's request is as a rule here already (defer_accept, or a client that
       // sent it with its connect): plaintext, it is read at once, without a trip through the
       // reactor. Otherwise, plaintext, the reactor's read that tries the socket only when epoll
@@ -612,9 +299,13 @@ asio::awaitable<void> basic_connection<Stream>::serve() {
       if (ec || !open()) co_return;  // EOF: the client closed, nothing lost
       buffer_.commit(n);
     }
+    if (starts_with_cr(buffer_)) {
+      if (!skip_empty_lines()) co_return co_await refuse(bhttp::status::bad_request, 11);
+      if (buffer_.size() == 0 || (buffer_.size() == 1 && starts_with_cr(buffer_))) continue;
+    }
 
     busy_ = true;
-    set_deadline(clock_type::now() + opts.header_timeout);
+    set_deadline(after(opts.header_timeout));
     auto& parser = parser_.emplace();
     parser.header_limit(static_cast<std::uint32_t>(opts.max_header_bytes));
     parser.body_limit(opts.max_body_bytes);
@@ -626,15 +317,21 @@ asio::awaitable<void> basic_connection<Stream>::serve() {
     }
     if (ec == asio::error::would_block) co_await read_async<false>(parser, ec);
     if (ec) {
-      if (ec == bhttp::error::header_limit) {
-        co_await send_error(bhttp::status::request_header_fields_too_large, 11);
+      if (ec == bhttp::error::header_limit || ec == bhttp::error::buffer_overflow) {
+        co_await refuse(bhttp::status::request_header_fields_too_large, 11);
       } else if (ec == bhttp::error::body_limit) {  // a Content-Length over the limit
-        co_await send_error(bhttp::status::payload_too_large, 11);
+        co_await refuse(bhttp::status::payload_too_large, 11);
       } else if (is_malformed(ec)) {
-        co_await send_error(bhttp::status::bad_request, 11);
+        co_await refuse(bhttp::status::bad_request, 11);
       }
       co_return;  // closed, timed out, or refused
     }
+    const unsigned version = parser.get().version();
+    if (const auto verdict = check_request_header(parser.get(), opts.max_header_fields);
+        verdict != request_verdict::ok) {
+      co_return co_await refuse(status_of(verdict), version);
+    }
+    empty_lines_ = 0;
 
     srv_.in_flight.fetch_add(1);
     struct in_flight_guard {
@@ -645,11 +342,15 @@ asio::awaitable<void> basic_connection<Stream>::serve() {
       }
     } guard{srv_};
 
-    if (beast::iequals(parser.get()[bhttp::field::expect], "100-continue")) {
-      co_await send_continue(parser.get().version(), ec);
+    if (version >= 11 && beast::iequals(parser.get()[bhttp::field::expect], "100-continue")) {
+      co_await send_continue(version, ec);
       if (ec) co_return;
     }
-    set_deadline(clock_type::now() + opts.body_timeout);
+    if (parser.chunked()) {
+      extensions_.left = opts.max_header_bytes;
+      parser.on_chunk_header(extensions_);
+    }
+    set_deadline(after(opts.body_timeout));
     if constexpr (is_tls) {
       ec = asio::error::would_block;
     } else {
@@ -658,12 +359,14 @@ asio::awaitable<void> basic_connection<Stream>::serve() {
     if (ec == asio::error::would_block) co_await read_async<true>(parser, ec);
     if (ec) {
       if (ec == bhttp::error::body_limit) {
-        co_await send_error(bhttp::status::payload_too_large, parser.get().version());
-      } else if (is_malformed(ec)) {
-        co_await send_error(bhttp::status::bad_request, parser.get().version());
+        co_await refuse(bhttp::status::payload_too_large, version);
+      } else if (is_malformed(ec)) {  // a chunk line or a trailer too long included
+        co_await refuse(bhttp::status::bad_request, version);
       }
       co_return;
     }
+    if (parser.chunked() && !within_field_limit(parser.get(), opts.max_header_fields))
+      co_return co_await refuse(bhttp::status::request_header_fields_too_large, version);
 
     // The parser keeps the request until the next one (it is not moved onto this frame).
     const request& req = parser.get();
@@ -675,7 +378,7 @@ asio::awaitable<void> basic_connection<Stream>::serve() {
     // Counted before the response leaves: a client that has its answer finds it counted.
     bump(counters->requests);
 
-    set_deadline(clock_type::now() + opts.write_timeout);
+    set_deadline(after(opts.write_timeout));
     bool keep_alive = req.keep_alive() && !srv_.draining();
     if (ctx.streaming()) {
       watch();
@@ -685,11 +388,17 @@ asio::awaitable<void> basic_connection<Stream>::serve() {
       // the next round serves a request that is already on its way, with Connection: close.
       keep_alive = req.keep_alive();
     } else {
+      if (!prepare_response(res)) {
+        // A response the handler cannot have meant (a 1xx as its answer, a body on a 204 or
+        // 304): a 500, as for a handler that throws.
+        bump(counters->handler_exceptions);
+        res = internal_error(req.version());
+        res.prepare_payload();
+      }
       res.keep_alive(keep_alive && res.keep_alive());
       keep_alive = res.keep_alive();
       if (!keep_alive && req.keep_alive() && srv_.draining())
         bump(counters->drain_closed_after_response);
-      res.prepare_payload();
       add_date(res);
       // Header and body leave together in one send, as a rule without suspending (write_now);
       // the rare rest in coroutines of their own, whose frames this one does not carry.
@@ -708,52 +417,7 @@ asio::awaitable<void> basic_connection<Stream>::serve() {
   }
 }
 
-template <class Stream>
-asio::awaitable<void> basic_connection<Stream>::send_header(response_header header) {
-  bhttp::response<bhttp::empty_body, fields> res(std::move(header));
-  res.chunked(true);
-  add_date(res);
-  bhttp::response_serializer<bhttp::empty_body, fields> sr(res);
-  set_deadline(clock_type::now() + srv_.options.write_timeout);
-  watch();
-  co_await bhttp::async_write_header(stream_, sr, use_awaitable);
-  set_deadline(clock_type::time_point::max());
-}
-
-template <class Stream>
-asio::awaitable<void> basic_connection<Stream>::send_chunk(std::string_view data) {
-  if (data.empty()) co_return;  // an empty chunk would end the body
-  set_deadline(clock_type::now() + srv_.options.write_timeout);
-  watch();
-  co_await asio::async_write(stream_, bhttp::make_chunk(asio::buffer(data.data(), data.size())),
-                             use_awaitable);
-  set_deadline(clock_type::time_point::max());
-}
-
-// Connections come from field_allocator's per-thread cache, as their read buffers do: a client
-// that opens a connection per request costs no malloc.
-std::shared_ptr<connection> make_connection(server::impl& srv, io_executor executor, int fd,
-                                            const asio::generic::stream_protocol& protocol,
-                                            const std::shared_ptr<asio::ssl::context>& tls,
-                                            bool tcp) {
-  if (tls)
-    return std::allocate_shared<basic_connection<tls_stream>>(
-        field_allocator<char>(), srv, executor, fd, protocol, tls.get(), tcp);
-  return std::allocate_shared<basic_connection<stream_socket>>(
-      field_allocator<char>(), srv, executor, fd, protocol, nullptr, tcp);
-}
-
-bool request_context::draining() const noexcept { return conn_.srv().draining(); }
-std::chrono::steady_clock::time_point request_context::deadline() const noexcept {
-  return conn_.srv().deadline();
-}
-asio::any_io_executor request_context::executor() const { return conn_.executor(); }
-asio::awaitable<void> request_context::send_header(response_header header) {
-  streaming_ = true;
-  co_await conn_.send_header(std::move(header));
-}
-asio::awaitable<void> request_context::send_chunk(std::string_view data) {
-  co_await conn_.send_chunk(data);
-}
+template class basic_connection<stream_socket>;
+template class basic_connection<tls_stream>;
 
 }  // namespace handoff::http

@@ -11,14 +11,14 @@
 // deadline or for the shortest timeout, whichever is nearer, and re-checks; only a deadline
 // nearer than that (a drain's grace) cancels the timer.
 //
-// Plaintext and TLS: the connection is a template on its stream (connection.cpp), instantiated
-// for the plain socket and for an ssl::stream over it, so the plaintext path is the same code as
-// without TLS (no per-operation branch or type erasure). What the server and request_context
-// call lives in the base class `connection`: drain and abort, and a streaming handler's writes,
-// where one virtual call is nothing beside the write. A TLS connection's handshake is one more
-// phase of the watchdog (tls_handshake_timeout), and so is its close_notify exchange
-// (tls_shutdown_timeout); each happens once per connection, so a nearer deadline there cancels
-// the timer rather than shortening every connection's tick.
+// Plaintext and TLS: the connection is a template on its stream (basic_connection.hpp),
+// instantiated for the plain socket and for an ssl::stream over it, so the plaintext path is the
+// same code as without TLS (no per-operation branch or type erasure). What the server and
+// request_context call lives in the base class `connection`: drain and abort, and a streaming
+// handler's writes, where one virtual call is nothing beside the write. A TLS connection's
+// handshake is one more phase of the watchdog (tls_handshake_timeout), and so is its close_notify
+// exchange (tls_shutdown_timeout); each happens once per connection, so a nearer deadline there
+// cancels the timer rather than shortening every connection's tick.
 #pragma once
 
 #include <boost/asio/basic_socket_acceptor.hpp>

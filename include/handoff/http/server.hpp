@@ -72,13 +72,27 @@ using std::chrono::milliseconds;
 enum class server_state { starting, ready, draining, stopped };
 const char* to_string(server_state state) noexcept;
 
+// Every timeout here is off when 0: no deadline at all for that phase (as systemd's and
+// HAProxy's "infinity"), the same everywhere in handoff. A refusal (400, 413, 431, 501) is
+// answered, then the connection closes: the server stops reading requests, ends its side
+// (FIN), and reads and discards what the client still sends for up to 2 s (TLS: the
+// close_notify exchange, tls_shutdown_timeout), so that the client reads the answer rather
+// than a reset.
 struct server_options {
   unsigned threads = 0;                 // 0: one per core
-  milliseconds header_timeout{10'000};  // first byte of a request to the end of its headers
-  milliseconds body_timeout{30'000};    // reading the body
-  milliseconds write_timeout{30'000};   // writing a response (each chunk of a stream)
-  milliseconds idle_timeout{60'000};    // keep-alive connection waiting for its next request
-  std::size_t max_header_bytes = std::size_t{16} * 1024;  // beyond: 431
+  milliseconds header_timeout{10'000};  // first byte of a request to the end of its headers; 0: off
+  milliseconds body_timeout{30'000};    // reading the body; 0: off
+  milliseconds write_timeout{30'000};   // writing a response (each chunk of a stream); 0: off
+  milliseconds idle_timeout{60'000};  // keep-alive connection waiting for its next request; 0: off
+  // Beyond: 431. The header's bytes (request line included). It also bounds what else one
+  // request may make the server hold at once: a chunk line with its extensions, and the
+  // trailer section, must each fit in max_header_bytes plus 8 KiB (else 400); and the
+  // extensions of all the chunks of one request together in max_header_bytes (else 400).
+  std::size_t max_header_bytes = std::size_t{16} * 1024;
+  // Beyond: 431. The number of header fields (trailer fields included), whatever their size,
+  // as the front's cap (tools/handoff/proxy): a handler that looks fields up, and the
+  // server's own checks, do work that grows with it.
+  std::size_t max_header_fields = 512;
   std::size_t max_body_bytes = std::size_t{1024} * 1024;  // beyond: 413
   std::size_t max_connections = 10'000;  // beyond: new ones wait in the kernel's accept queue
   milliseconds health_delay{0};          // drain step 1: 503 on health while still accepting
@@ -98,7 +112,9 @@ struct server_options {
   milliseconds accept_backoff_min{10};
   milliseconds accept_backoff_max{1'000};
   // TLS listeners only: accepting to the end of the handshake (a client that stalls in it is
-  // closed), and how long the close_notify exchange at the end of a connection may take.
+  // closed), and how long the close_notify exchange at the end of a connection may take (0:
+  // off, as the timeouts above: a client that never sends its close_notify, nor closes, then
+  // keeps its connection).
   milliseconds tls_handshake_timeout{10'000};
   milliseconds tls_shutdown_timeout{1'000};
 };
