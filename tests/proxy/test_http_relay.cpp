@@ -395,7 +395,7 @@ TEST_F(HttpRelay, SmugglingVectorsAreRefused) {
       "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
       "GET / HTTP/1.1\r\nHost: a/b@c\r\n\r\n",
       "GET / HTTP/1.1\r\nHost: a b\r\n\r\n",
-      "\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n",
+      // (an empty line before the request line is skipped: test_http_relay_requests.cpp)
   };
   h.start();
   for (const auto& v : vectors) {

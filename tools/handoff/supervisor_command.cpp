@@ -302,13 +302,15 @@ void add_supervisor_commands(CLI::App& app) {
                   "--proxy http: a larger request body is answered 413 (default: any)");
   run->add_option("--header-timeout", run_a->header_timeout,
                   "--proxy http: a request header must arrive within (408); https: and the TLS "
-                  "handshake within")
+                  "handshake within; 0: no limit")
       ->capture_default_str();
   run->add_option("--idle-timeout", run_a->idle_timeout,
-                  "--proxy http: an idle client connection is closed after")
+                  "--proxy http: an idle client connection (or one that sends no byte of a body, "
+                  "or takes none of a response) is closed after; 0: no limit")
       ->capture_default_str();
   run->add_option("--response-timeout", run_a->response_timeout,
-                  "--proxy http: each wait for the app's response (504)")
+                  "--proxy http: each wait on the app, to take the request or send its response "
+                  "(504); 0: no limit")
       ->capture_default_str();
   run->add_option("--queue-timeout", run_a->queue_timeout,
                   "--proxy: with no generation ready, a request waits this long (then 503)")

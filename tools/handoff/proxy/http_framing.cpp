@@ -5,6 +5,7 @@
 #include <boost/beast/core/string.hpp>
 #include <boost/beast/http/error.hpp>
 #include <charconv>
+#include <random>
 
 namespace handoff::proxy {
 
@@ -76,11 +77,62 @@ bool hop_by_hop(field name, std::string_view text) {
   }
 }
 
-bool named_by_connection(const std::vector<field_ref>& fields, std::string_view name) {
-  return std::any_of(fields.begin(), fields.end(), [&](const field_ref& f) {
-    return f.name == field::connection &&
-           any_token(f.value, [&](std::string_view t) { return beast::iequals(t, name); });
-  });
+char lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
+
+// FNV-1a of a field name, case folded, with a per-process seed so that a client cannot choose
+// names that collide.
+std::uint32_t name_hash(std::string_view name) {
+  static const std::uint32_t seed = std::random_device{}();
+  std::uint32_t h = 2166136261u ^ seed;
+  for (const char c : name) {
+    h ^= static_cast<unsigned char>(lower(c));
+    h *= 16777619u;
+  }
+  return h;
+}
+
+// Marks the fields whose names a Connection field lists (RFC 9110 7.6.1: hop-by-hop, not passed
+// on). The distinct field names go in a hash table (repeats chained behind the first), then
+// each Connection token is looked up once: time linear in the header, where checking every
+// field against every token cost fields x tokens (a 14 KB header of both cost 600 times a
+// plain one). Nothing is allocated: the fields are at most max_fields.
+void mark_connection_named(const std::vector<field_ref>& fields, named_fields& named) {
+  named.reset();
+  const bool any = std::any_of(fields.begin(), fields.end(),
+                               [](const field_ref& f) { return f.name == field::connection; });
+  if (!any) return;  // the plain path: no table
+  constexpr std::uint16_t empty = 0xffff;
+  constexpr std::size_t slots = 2048;  // a power of two, over twice max_fields
+  static_assert(slots >= 2 * max_fields && max_fields < empty);
+  std::array<std::uint16_t, slots> table;
+  table.fill(empty);
+  std::array<std::uint16_t, max_fields> next_same;  // the chain of a name's repeats
+  const auto count = std::min(fields.size(), max_fields);
+  for (std::size_t i = 0; i < count; ++i) {
+    next_same[i] = empty;
+    auto slot = name_hash(fields[i].name_text) & (slots - 1);
+    while (table[slot] != empty &&
+           !beast::iequals(fields[table[slot]].name_text, fields[i].name_text))
+      slot = (slot + 1) & (slots - 1);
+    if (table[slot] == empty) {
+      table[slot] = static_cast<std::uint16_t>(i);
+    } else {
+      next_same[i] = next_same[table[slot]];
+      next_same[table[slot]] = static_cast<std::uint16_t>(i);
+    }
+  }
+  for (std::size_t i = 0; i < count; ++i) {
+    if (fields[i].name != field::connection) continue;
+    any_token(fields[i].value, [&](std::string_view token) {
+      auto slot = name_hash(token) & (slots - 1);
+      while (table[slot] != empty && !beast::iequals(fields[table[slot]].name_text, token))
+        slot = (slot + 1) & (slots - 1);
+      // A name listed again is marked already: its chain is walked once.
+      if (table[slot] == empty || named[table[slot]]) return false;
+      for (auto f = table[slot]; f != empty; f = next_same[f]) named.set(f);
+      return false;
+    });
+  }
 }
 
 // Fields a trailer section may not carry on (RFC 9110 6.5.1): framing, routing, hop-by-hop.
@@ -88,19 +140,63 @@ bool forbidden_in_trailer(field name, std::string_view text) {
   return hop_by_hop(name, text) || name == field::host || name == field::expect;
 }
 
-// Counts the codings of a Transfer-Encoding line and whether all of them are "chunked".
-void count_codings(std::string_view value, int& count, bool& only_chunked) {
+// Counts the codings of a Transfer-Encoding line, the chunked ones, and whether the last
+// one so far is chunked.
+void count_codings(std::string_view value, coding_count& c) {
   bool any = false;
   any_token(value, [&](std::string_view t) {
     any = true;
-    ++count;
-    if (!beast::iequals(t, "chunked")) only_chunked = false;
+    ++c.count;
+    c.last_chunked = beast::iequals(t, "chunked");
+    if (c.last_chunked) ++c.chunked;
     return false;
   });
   if (!any) {  // an empty Transfer-Encoding is no coding we know
-    ++count;
-    only_chunked = false;
+    ++c.count;
+    c.empty = true;
+    c.last_chunked = false;
   }
+}
+
+// "Transfer-Encoding: " and the codings the upstream applied before its final chunked, as it
+// listed them (gzip, chunked): the relay re-frames the chunks and keeps the other codings,
+// which the client undoes (RFC 9112 6.1).
+void append_codings(std::string& out, const std::vector<field_ref>& fields, int count) {
+  out.append("Transfer-Encoding: ");
+  int seen = 0;
+  for (const auto& f : fields) {
+    if (f.name != field::transfer_encoding) continue;
+    any_token(f.value, [&](std::string_view t) {
+      if (++seen < count) out.append(t).append(", ");
+      return false;
+    });
+  }
+  out.append("chunked\r\n");
+}
+
+// The same name, ignoring case and taking '_' for '-': CGI and WSGI turn both spellings into
+// the same HTTP_X_FORWARDED_FOR, so a client's X_Forwarded_For could stand for ours.
+bool same_field_name(std::string_view name, std::string_view dashed) {
+  if (name.size() != dashed.size()) return false;
+  for (std::size_t i = 0; i < name.size(); ++i) {
+    const char c = name[i] == '_' ? '-' : lower(name[i]);
+    if (c != dashed[i]) return false;
+  }
+  return true;
+}
+
+// With forwarded headers on: the fields the front sets or removes, which the client must not
+// choose. Forwarded and X-Forwarded-For are merged (the client's entries first, ours last);
+// X-Forwarded-Proto is replaced; X-Forwarded-Host, X-Real-IP and True-Client-IP, which apps
+// that trust a proxy read instead of Host or the peer's address, are removed; and the
+// '_'-spelled variants of all of these are removed.
+bool set_by_front(std::string_view name) {
+  if (name.empty()) return false;
+  const char first = lower(name.front());
+  if (first != 'x' && first != 'f' && first != 't') return false;  // most fields stop here
+  return same_field_name(name, "forwarded") || same_field_name(name, "x-forwarded-for") ||
+         same_field_name(name, "x-forwarded-proto") || same_field_name(name, "x-forwarded-host") ||
+         same_field_name(name, "x-real-ip") || same_field_name(name, "true-client-ip");
 }
 
 bool valid_host(std::string_view host) {
@@ -195,8 +291,42 @@ request_framer::request_framer(const request_framing& options, std::string& out,
 }
 
 std::size_t request_framer::feed(std::string_view input, error_code& ec) {
+  std::size_t skipped = 0;
+  if (!got_some() && scanned_ == 0) {
+    // RFC 9112 2.2: empty lines before the request line (a stray CRLF after a body) are
+    // ignored, a few of them; Beast takes none.
+    while (input.size() - skipped >= 2 && input[skipped] == '\r' && input[skipped + 1] == '\n') {
+      if (++empty_lines_ > max_empty_lines) {
+        ec = bhttp::error::bad_method;
+        return skipped;
+      }
+      skipped += 2;
+    }
+    input.remove_prefix(skipped);
+    if (input.empty() || input == "\r") {
+      ec = bhttp::error::need_more;
+      return skipped;
+    }
+  }
+  if (!request_line_seen_) {
+    // A request line without a version (HTTP/0.9's "GET /") is refused once it is whole, not
+    // when a header that never comes times out.
+    const auto end = input.find('\n', line_scanned_);
+    if (end == std::string_view::npos) {
+      line_scanned_ = input.size();
+    } else {
+      request_line_seen_ = true;
+      auto line = input.substr(0, end);
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+      const auto space = line.rfind(' ');
+      if (space == std::string_view::npos || line.substr(space + 1, 5) != "HTTP/") {
+        ec = bhttp::error::bad_version;
+        return skipped;
+      }
+    }
+  }
   input_ = input;
-  return feed_whole_header(*this, options_.header_limit, input, scanned_, ec);
+  return skipped + feed_whole_header(*this, options_.header_limit, input, scanned_, ec);
 }
 
 void request_framer::on_request_impl(bhttp::verb method, beast_view method_text, beast_view target,
@@ -226,7 +356,7 @@ void request_framer::on_field_impl(field name, beast_view name_text, beast_view 
       if (++hosts_ > 1 || !valid_host(value)) ec = bhttp::error::bad_value;
       break;
     case field::transfer_encoding:
-      count_codings(value, transfer_encodings_, only_chunked_);
+      count_codings(value, codings_);
       break;
     case field::content_length:
       content_length_ = true;
@@ -237,7 +367,10 @@ void request_framer::on_field_impl(field name, beast_view name_text, beast_view 
     default:
       break;
   }
-  if (fields_.size() >= 512) ec = bhttp::error::header_limit;  // bounds the header's scan
+  if (fields_.size() >= max_fields) {  // bounds the header's scan
+    ec = bhttp::error::header_limit;
+    return;
+  }
   fields_.push_back({name, name_text, value});
 }
 
@@ -246,8 +379,8 @@ void request_framer::on_header_impl(error_code& ec) {
   // RFC 9112 6.1 and 6.3: only "chunked", last and once, frames a request; with
   // Content-Length, or under HTTP/1.0, the framing is ambiguous. Beast alone lets
   // "Transfer-Encoding: gzip" (not chunked) through, and so a Content-Length that follows it.
-  if (transfer_encodings_ > 0 &&
-      (content_length_ || transfer_encodings_ != 1 || !only_chunked_ || version_ < 11)) {
+  if (codings_.count > 0 &&
+      (content_length_ || codings_.count != 1 || codings_.chunked != 1 || version_ < 11)) {
     ec = bhttp::error::bad_transfer_encoding;
     return;
   }
@@ -255,27 +388,46 @@ void request_framer::on_header_impl(error_code& ec) {
     ec = bhttp::error::bad_value;
     return;
   }
+  // RFC 9112 3.2.2: an absolute-form target's authority replaces Host. The app gets that
+  // authority as Host and the origin form (path and query) as target, the form every app
+  // parses, so that it cannot route by one host and build links from another.
+  std::string_view target = target_;
+  std::string_view authority;
+  if (method_ != bhttp::verb::connect &&
+      (starts_with_nocase(target, "http://") || starts_with_nocase(target, "https://"))) {
+    target.remove_prefix(target.find("//") + 2);
+    const auto path = target.find_first_of("/?#");
+    authority = target.substr(0, path);
+    target = path == std::string_view::npos ? std::string_view() : target.substr(path);
+    target = target.substr(0, target.find('#'));
+    // userinfo (RFC 9110 4.2.4: not to be sent) would be a second idea of who the host is
+    if (authority.empty() || !valid_host(authority)) {
+      ec = bhttp::error::bad_target;
+      return;
+    }
+  }
   const bool upgrade_on = upgrade();  // Connection: upgrade + Upgrade, HTTP/1.1
-  out_.append(method_text_).append(" ").append(target_).append(" HTTP/1.1\r\n");
+  mark_connection_named(fields_, named_);
+  out_.append(method_text_).append(" ");
+  if (!authority.empty() && (target.empty() || target.front() == '?')) {
+    // RFC 9112 3.2.4: an empty path is "/", or "*" for OPTIONS without a query
+    out_.append(method_ == bhttp::verb::options && target.empty() ? "*" : "/");
+  }
+  out_.append(target).append(" HTTP/1.1\r\n");
   for (std::size_t i = 0; i < fields_.size(); ++i) {
     const auto& f = fields_[i];
     if (f.name == field::upgrade && upgrade_on && upgrade_ < 0) {
       upgrade_ = static_cast<std::ptrdiff_t>(i);
       continue;
     }
-    if (f.name != field::host &&
-        (hop_by_hop(f.name, f.name_text) || named_by_connection(fields_, f.name_text)))
-      continue;
-    if (options_.forwarded &&
-        (f.name == field::forwarded || beast::iequals(f.name_text, "x-forwarded-for") ||
-         beast::iequals(f.name_text, "x-forwarded-proto"))) {
-      continue;  // merged below
-    }
-    append_field(out_, f.name_text, f.value);
+    if (f.name != field::host && (hop_by_hop(f.name, f.name_text) || named_[i])) continue;
+    if (options_.forwarded && set_by_front(f.name_text)) continue;  // merged below, or removed
+    append_field(out_, f.name_text,
+                 f.name == field::host && !authority.empty() ? authority : f.value);
   }
   // We speak HTTP/1.1 upstream, where Host is required: an HTTP/1.0 request without one gets
   // the empty value RFC 9112 3.2 prescribes for a target without an authority.
-  if (hosts_ == 0) out_.append("Host: \r\n");
+  if (hosts_ == 0) append_field(out_, "Host", authority);
   if (upgrade_ >= 0) {
     append_field(out_, "Upgrade", fields_[static_cast<std::size_t>(upgrade_)].value);
     out_.append("Connection: upgrade\r\n");
@@ -294,9 +446,9 @@ void request_framer::on_header_impl(error_code& ec) {
       const auto start = out_.size();
       out_.append(header).append(": ");
       const auto values = out_.size();
-      for (const auto& f : fields_) {
-        if (!beast::iequals(f.name_text, header) || named_by_connection(fields_, f.name_text))
-          continue;
+      for (std::size_t i = 0; i < fields_.size(); ++i) {
+        const auto& f = fields_[i];
+        if (!beast::iequals(f.name_text, header) || named_[i]) continue;
         if (trim(f.value).empty()) continue;
         if (out_.size() != values) out_.append(", ");
         out_.append(trim(f.value));
@@ -380,8 +532,11 @@ void response_framer::on_field_impl(field name, beast_view name_text, beast_view
       append_field(out_, name_text, value);
     return;
   }
-  if (name == field::transfer_encoding) count_codings(value, transfer_encodings_, only_chunked_);
-  if (fields_.size() >= 512) ec = bhttp::error::header_limit;
+  if (name == field::transfer_encoding) count_codings(value, codings_);
+  if (fields_.size() >= max_fields) {
+    ec = bhttp::error::header_limit;
+    return;
+  }
   fields_.push_back({name, name_text, value});
 }
 
@@ -393,9 +548,13 @@ void response_framer::on_header_impl(error_code& ec) {
     ec = bhttp::error::bad_value;
     return;
   }
-  // The body's end must be what we parsed: a coding other than chunked, or Content-Length
-  // beside Transfer-Encoding, leaves it to interpretation, and the answer is a 502.
-  if (transfer_encodings_ > 0 && (content_length() || transfer_encodings_ != 1 || !only_chunked_)) {
+  // The body's end must be what we parsed: chunked not last or not once, or Content-Length
+  // beside Transfer-Encoding, leaves it to interpretation, and the answer is a 502. Codings
+  // before the final chunked (gzip, chunked) are relayed, but not to an HTTP/1.0 client, which
+  // knows no Transfer-Encoding (RFC 9112 6.1).
+  if (codings_.count > 0 &&
+      (content_length() || codings_.chunked != 1 || !codings_.last_chunked || codings_.empty ||
+       (codings_.count > 1 && options_.client_version < 11 && !is_done()))) {
     ec = bhttp::error::bad_transfer_encoding;
     return;
   }
@@ -410,11 +569,12 @@ void response_framer::on_header_impl(error_code& ec) {
   append_number(out_, static_cast<std::uint64_t>(status_));
   out_.append(" ").append(reason_).append("\r\n");
   std::ptrdiff_t upgrade_field = -1;
+  mark_connection_named(fields_, named_);
   for (std::size_t i = 0; i < fields_.size(); ++i) {
     const auto& f = fields_[i];
     if (f.name == field::upgrade && status_ == 101 && upgrade_field < 0)
       upgrade_field = static_cast<std::ptrdiff_t>(i);
-    if (hop_by_hop(f.name, f.name_text) || named_by_connection(fields_, f.name_text)) continue;
+    if (hop_by_hop(f.name, f.name_text) || named_[i]) continue;
     append_field(out_, f.name_text, f.value);
   }
   if (tunnel_) {
@@ -442,7 +602,7 @@ void response_framer::on_header_impl(error_code& ec) {
       append_number(out_, *content_length());
       out_.append("\r\n");
     } else if (status_ != 204 && chunked() && options_.client_version >= 11) {
-      out_.append("Transfer-Encoding: chunked\r\n");
+      append_codings(out_, fields_, codings_.count);
     }
   } else if (content_length()) {
     out_.append("Content-Length: ");
@@ -450,7 +610,7 @@ void response_framer::on_header_impl(error_code& ec) {
     out_.append("\r\n");
   } else if (options_.client_version >= 11) {
     chunked_out_ = true;
-    out_.append("Transfer-Encoding: chunked\r\n");
+    append_codings(out_, fields_, codings_.count);
   } else {
     client_keep_alive_ = false;  // an HTTP/1.0 client reads this body to the close
   }

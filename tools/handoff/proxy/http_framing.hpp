@@ -10,15 +10,25 @@
 //   gets) before anything of it is written to the output: Content-Length with
 //   Transfer-Encoding, differing Content-Lengths (identical repeats are merged into one),
 //   a Transfer-Encoding other than exactly "chunked", obsolete line folding, a missing or
-//   repeated Host in HTTP/1.1, a target that fits no request-target form, a version other than
-//   1.x. Beast itself refuses whitespace before the colon, bare CR or LF, control bytes in
-//   values, bad chunk sizes and extensions.
+//   repeated Host in HTTP/1.1, a target that fits no request-target form, a request line
+//   without a version (HTTP/0.9, refused as soon as the line is whole), a version other than
+//   1.x, more than max_empty_lines empty lines before the request line (fewer are skipped).
+//   Beast itself refuses whitespace before the colon, bare CR or LF, control bytes in values,
+//   bad chunk sizes and extensions.
+// - A request's absolute-form target goes on in origin form, its authority as Host (RFC 9112
+//   3.2.2). With forwarded headers on, no field the front sets or removes (set_by_front() in
+//   the .cpp) passes as the client wrote it.
+// - A response's Transfer-Encoding must end with one "chunked" (no Content-Length beside it);
+//   the codings before it are passed on, the chunks re-framed.
+// - Each header costs time linear in its size (give or take a log): per-field work is O(1)
+//   or a lookup, never a scan of another field.
 // - Field views point into the input buffer handed to feed(): feed() hands Beast a header only
 //   once it is whole in that buffer (Beast alone would parse it piecemeal across calls), so the
 //   views live until feed() returns.
 // - One parser per message (Beast parsers cannot be reset): emplace a new one each time.
 #pragma once
 
+#include <bitset>
 #include <boost/beast/http/basic_parser.hpp>
 #include <cstddef>
 #include <cstdint>
@@ -32,6 +42,23 @@ namespace handoff::proxy {
 namespace bhttp = boost::beast::http;
 using boost::system::error_code;
 using beast_view = boost::beast::string_view;
+
+// At most this many fields in a header (a request with more: 431; a response: 502); it bounds
+// the per-field work of a header and the marks below.
+constexpr std::size_t max_fields = 512;
+// Which fields of a header a Connection field names (hop-by-hop: not passed on).
+using named_fields = std::bitset<max_fields>;
+
+// Empty lines (CRLF) taken before a request line; one more is a 400.
+constexpr int max_empty_lines = 8;
+
+// The codings of a message's Transfer-Encoding lines.
+struct coding_count {
+  int count = 0;    // tokens, over every line
+  int chunked = 0;  // of which "chunked"
+  bool last_chunked = false;
+  bool empty = false;  // an empty line: no coding we know
+};
 
 // What a refused request is answered with.
 enum class refusal { bad_request, header_too_large, body_too_large };
@@ -94,12 +121,15 @@ class request_framer final : public bhttp::basic_parser<true> {
   std::size_t scanned_ = 0;
   int version_ = 11;
   int hosts_ = 0;
-  int transfer_encodings_ = 0;  // tokens, over every Transfer-Encoding line
-  bool only_chunked_ = true;
+  coding_count codings_;
+  int empty_lines_ = 0;
+  std::size_t line_scanned_ = 0;  // of the request line, searched for its end
+  bool request_line_seen_ = false;
   bool content_length_ = false;
   bool expect_continue_ = false;
   bool header_done_ = false;
   std::ptrdiff_t upgrade_ = -1;  // index of the Upgrade field passed on
+  named_fields named_;
 };
 
 struct response_framing {
@@ -150,12 +180,12 @@ class response_framer final : public bhttp::basic_parser<false> {
   int status_ = 0;
   std::string_view input_;  // the buffer of the current feed()
   std::string_view reason_;
-  int transfer_encodings_ = 0;
-  bool only_chunked_ = true;
+  coding_count codings_;
   bool header_done_ = false;
   bool chunked_out_ = false;  // the body goes to the client chunked
   bool client_keep_alive_ = true;
   bool tunnel_ = false;
+  named_fields named_;
 };
 
 }  // namespace handoff::proxy

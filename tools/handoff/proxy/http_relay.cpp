@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "proxy/http_framing.hpp"
+#include "proxy/relay_deadlines.hpp"
 
 namespace handoff::proxy {
 
@@ -136,8 +137,7 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
       client_in_.commit(buffered.size());
     }
     if (adopted) served_ = 1;
-    tick_ = std::min({o.header_timeout, o.idle_timeout, o.response_timeout,
-                      std::chrono::duration_cast<clock_type::duration>(max_tick)});
+    tick_ = relay_deadlines::tick(max_tick, o.header_timeout, o.idle_timeout, o.response_timeout);
     boost::system::error_code ec;
     const int family = socket_of(client_).local_endpoint(ec).protocol().family();
     if (!ec && (family == AF_INET || family == AF_INET6)) {
@@ -154,11 +154,11 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
       // The handshake has the watchdog's deadline like any other wait: a client that sends
       // garbage fails it at once, one that stalls is cut at the deadline; either way only this
       // connection ends, and without a byte of HTTP or a close_notify.
-      client_deadline(options_.handshake_timeout);
+      deadline(direction::client_read, options_.handshake_timeout);
       boost::system::error_code ec;
       co_await client_.async_handshake(asio::ssl::stream_base::server,
                                        redirect_error(use_awaitable, ec));
-      client_deadline(clock_type::duration::max());
+      deadlines_.clear(direction::client_read);
       if (ec) {
         ++counters_.tls_handshake_failures;
         socket_of(client_).close(ec);
@@ -211,20 +211,11 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
  private:
   // ---- deadlines -------------------------------------------------------------------------
 
-  void client_deadline(clock_type::duration d) {
-    client_timed_out_ = false;
-    client_deadline_ =
-        d == clock_type::duration::max() ? clock_type::time_point::max() : clock_type::now() + d;
-    rearm(client_deadline_);
-  }
-  void upstream_deadline(clock_type::duration d) {
-    upstream_timed_out_ = false;
-    upstream_deadline_ =
-        d == clock_type::duration::max() ? clock_type::time_point::max() : clock_type::now() + d;
-    rearm(upstream_deadline_);
-  }
-  void rearm(clock_type::time_point when) {
-    if (when < armed_) timer_.cancel();
+  // Arms one direction's deadline (zero: none); the watchdog wakes for it if it is nearer than
+  // the one it sleeps to.
+  void deadline(direction which, clock_type::duration d) {
+    deadlines_.set(which, d);
+    if (deadlines_.nearest() < armed_) timer_.cancel();
   }
 
   // The parameter, copied into the frame, keeps the connection alive while this runs.
@@ -233,21 +224,20 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
     while (!done_) {
       // Waking at least every tick means a deadline set later is never nearer than the one
       // armed, so most requests touch no timer at all.
-      armed_ = std::min({client_deadline_, upstream_deadline_, clock_type::now() + tick_});
+      armed_ = std::min(deadlines_.nearest(), clock_type::now() + tick_);
       timer_.expires_at(armed_);
       co_await timer_.async_wait(redirect_error(use_awaitable, ec));
       if (done_) break;
       const auto now = clock_type::now();
-      if (now >= client_deadline_ || (idle_ && router_.closing())) {
-        client_timed_out_ = true;
-        client_deadline_ = clock_type::time_point::max();
+      // A socket's cancel() ends its waits in both directions: either one timing out ends
+      // that side of the exchange, and the flags say which one it was.
+      if (idle_ && router_.closing()) deadlines_.expire(direction::client_read);
+      if (deadlines_.expire_passed(now, direction::client_read, direction::client_write) ||
+          (idle_ && router_.closing()))
         socket_of(client_).cancel(ec);
-      }
-      if (upstream_ != nullptr && now >= upstream_deadline_) {
-        upstream_timed_out_ = true;
-        upstream_deadline_ = clock_type::time_point::max();
+      if (deadlines_.expire_passed(now, direction::upstream_read, direction::upstream_write) &&
+          upstream_ != nullptr)
         upstream_->cancel(ec);
-      }
     }
   }
 
@@ -256,7 +246,7 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
   // A request boundary while the front parks its relays: wait to be resumed or handed over.
   // True when handed over.
   asio::awaitable<bool> park() {
-    client_deadline(clock_type::duration::max());
+    deadlines_.clear(direction::client_read);
     parked_ = true;
     lot_->park(this);
     boost::system::error_code ec;
@@ -277,20 +267,21 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
       if (client_in_.size() != 0) break;
       if (router_.closing()) co_return false;
       idle_ = true;
-      client_deadline(served_ == 0 ? options_.header_timeout : options_.idle_timeout);
+      deadline(direction::client_read,
+               served_ == 0 ? options_.header_timeout : options_.idle_timeout);
       const auto n = co_await client_.async_read_some(client_in_.prepare(read_chunk),
                                                       redirect_error(use_awaitable, ec));
       idle_ = false;
       // Cut by parking_started(): nothing was read, the relay parks.
-      if (ec == asio::error::operation_aborted && !client_timed_out_ && lot_ != nullptr &&
-          lot_->parking())
+      if (ec == asio::error::operation_aborted && !deadlines_.timed_out(direction::client_read) &&
+          lot_ != nullptr && lot_->parking())
         continue;
       if (ec) co_return false;  // the client closed, or stayed idle too long: nothing lost
       client_in_.commit(n);
       break;
     }
 
-    client_deadline(options_.header_timeout);
+    deadline(direction::client_read, options_.header_timeout);
     request_out_.clear();
     request_.emplace(request_framing_, request_out_, request_fields_);
     for (;;) {
@@ -310,18 +301,18 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
       if (lot_ != nullptr && lot_->parking()) {
         const bool handed = co_await park();
         if (handed) co_return false;
-        client_deadline(options_.header_timeout);
+        deadline(direction::client_read, options_.header_timeout);
       }
       header_wait_ = true;
       const auto n = co_await client_.async_read_some(client_in_.prepare(read_chunk),
                                                       redirect_error(use_awaitable, ec));
       header_wait_ = false;
-      if (ec == asio::error::operation_aborted && !client_timed_out_ && lot_ != nullptr &&
-          lot_->parking())
+      if (ec == asio::error::operation_aborted && !deadlines_.timed_out(direction::client_read) &&
+          lot_ != nullptr && lot_->parking())
         continue;  // cut by parking_started(): parks above
       if (ec) {
         // A header cut by the deadline is answered; one cut by the client is not.
-        if (client_timed_out_) {
+        if (deadlines_.timed_out(direction::client_read)) {
           ++counters_.request_timeout;
           co_await send_canned(408, false);
         }
@@ -329,7 +320,7 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
       }
       client_in_.commit(n);
     }
-    client_deadline(clock_type::duration::max());  // the body pump sets its own
+    deadlines_.clear(direction::client_read);  // the body pump sets its own
     ++counters_.requests;
     ++served_;
     const bool client_keep_alive = request_->keep_alive();
@@ -362,8 +353,10 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
     response_framing_.upgrade = request_->wants_upgrade();
     response_framing_.client_version = request_->http_version();
 
+    deadline(direction::upstream_write, options_.response_timeout);
     co_await asio::async_write(*upstream_, asio::buffer(request_out_),
                                redirect_error(use_awaitable, ec));
+    deadlines_.clear(direction::upstream_write);
     request_out_.clear();
     // A failed write still lets us read what the upstream said (it may have answered and
     // closed); the response side decides between that answer and a 502.
@@ -397,11 +390,14 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
     for (;;) {
       if (need_read) {
         if (!has_room(upstream_in_)) co_return co_await fail_response(false);
-        upstream_deadline(options_.response_timeout);
+        // The request could not be written within the deadline: the app is not reading it.
+        if (deadlines_.timed_out(direction::upstream_write)) co_return co_await fail_response(true);
+        deadline(direction::upstream_read, options_.response_timeout);
         const auto n = co_await upstream_->async_read_some(upstream_in_.prepare(read_chunk),
                                                            redirect_error(use_awaitable, ec));
-        const bool timed_out = upstream_timed_out_;
-        upstream_deadline(clock_type::duration::max());
+        deadlines_.clear(direction::upstream_read);
+        const bool timed_out = deadlines_.timed_out(direction::upstream_read) ||
+                               deadlines_.timed_out(direction::upstream_write);
         if (ec == asio::error::eof && response_->is_header_done() && response_->need_eof() &&
             failure_ == body_failure::none) {
           response_->put_eof(ec);  // a body delimited by the upstream's close ends here
@@ -442,11 +438,11 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
 
   asio::awaitable<bool> write_response_out() {
     boost::system::error_code ec;
-    client_deadline(options_.idle_timeout);
+    deadline(direction::client_write, options_.idle_timeout);
     co_await asio::async_write(client_, asio::buffer(response_out_),
                                redirect_error(use_awaitable, ec));
     response_out_.clear();
-    client_deadline(clock_type::duration::max());
+    deadlines_.clear(direction::client_write);
     if (ec) ++counters_.bad_gateway;  // the client went away or stopped reading mid-response
     co_return !ec;
   }
@@ -489,10 +485,10 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
         stop_upstream(body_failure::refused);
         co_return;
       }
-      client_deadline(options_.idle_timeout);
+      deadline(direction::client_read, options_.idle_timeout);
       const auto n = co_await client_.async_read_some(client_in_.prepare(read_chunk),
                                                       redirect_error(use_awaitable, ec));
-      client_deadline(clock_type::duration::max());
+      deadlines_.clear(direction::client_read);
       if (ec || response_over_) {
         if (!response_over_) stop_upstream(body_failure::client_gone);
         co_return;
@@ -506,8 +502,10 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
         co_return;
       }
       if (!request_out_.empty()) {
+        deadline(direction::upstream_write, options_.response_timeout);
         co_await asio::async_write(*upstream_, asio::buffer(request_out_),
                                    redirect_error(use_awaitable, ec));
+        deadlines_.clear(direction::upstream_write);
         request_out_.clear();
         if (ec) {
           // The response side sees the upstream's end too; it may still read an answer.
@@ -531,7 +529,6 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
   // ---- tunnels ---------------------------------------------------------------------------
 
   asio::awaitable<void> tunnel(upstream_connection& conn) {
-    client_deadline(clock_type::duration::max());
     tunnel_upstream_ = &conn.socket;
     start_task(&http_connection::tunnel_client_to_upstream);
     co_await copy(*tunnel_upstream_, upstream_in_, client_);
@@ -632,9 +629,9 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
     text.assign(canned(status));
     text.append(keep_alive ? "\r\n" : "Connection: close\r\n\r\n");
     boost::system::error_code ec;
-    client_deadline(options_.idle_timeout);
+    deadline(direction::client_write, options_.idle_timeout);
     co_await asio::async_write(client_, asio::buffer(text), redirect_error(use_awaitable, ec));
-    client_deadline(clock_type::duration::max());
+    deadlines_.clear(direction::client_write);
   }
 
   // Half-close, then read until the client closes too (bounded): closing with unread bytes
@@ -643,15 +640,14 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
   // client's own close_notify (async_shutdown reads until it comes, discarding anything else).
   asio::awaitable<void> close_client() {
     boost::system::error_code ec;
-    const auto linger = std::min(options_.header_timeout,
-                                 std::chrono::duration_cast<clock_type::duration>(linger_limit));
+    const auto linger = relay_deadlines::tick(linger_limit, options_.header_timeout);
     if constexpr (is_tls<Client>) {
-      client_deadline(linger);
+      deadline(direction::client_read, linger);
       co_await client_.async_shutdown(redirect_error(use_awaitable, ec));
     } else {
       client_.shutdown(asio::socket_base::shutdown_send, ec);
       if (!ec) {
-        client_deadline(linger);
+        deadline(direction::client_read, linger);
         while (!ec) {
           client_in_.clear();
           const auto n = co_await client_.async_read_some(client_in_.prepare(read_chunk),
@@ -682,10 +678,7 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
   asio::steady_timer gate_;  // a parked relay waits on it
   clock_type::duration tick_{};
   clock_type::time_point armed_ = clock_type::time_point::max();
-  clock_type::time_point client_deadline_ = clock_type::time_point::max();
-  clock_type::time_point upstream_deadline_ = clock_type::time_point::max();
-  bool client_timed_out_ = false;
-  bool upstream_timed_out_ = false;
+  relay_deadlines deadlines_;
   bool idle_ = false;
   bool header_wait_ = false;  // reading the rest of a request header
   bool done_ = false;

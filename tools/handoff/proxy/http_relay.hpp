@@ -12,7 +12,11 @@
 //   complete response only ends that upstream connection. The client connection closes when it
 //   asked to, when a request was refused (400, 413, 431, 408), when a response could not be
 //   completed after part of it was sent, when the router is closing, and after a tunnel.
-// - Every wait has a deadline (relay_options), enforced by one watchdog per connection.
+// - Every wait on a peer has a deadline (relay_options), one per direction (client read, client
+//   write, upstream read, upstream write: relay_deadlines.hpp), enforced by one watchdog per
+//   connection; a timeout of zero sets none ("off"). The exceptions are a tunnel (Upgrade,
+//   CONNECT), which lasts as long as both ends keep it open, and a relay parked for a handover,
+//   which the front ends (handover.hpp).
 // - Runs on one thread with the router; counters are plain integers.
 #pragma once
 
@@ -35,12 +39,14 @@ struct relay_options {
   std::uint32_t header_limit = 16 * 1024;           // a larger request header: 431
   std::optional<std::uint64_t> body_limit;          // a larger request body: 413 (none: any)
   std::uint32_t response_header_limit = 64 * 1024;  // a larger response header: 502
+  // Each timeout below: zero is none (the wait is not bounded), as systemd's "infinity".
   // From the first byte of a request to the end of its header: 408 and close.
   std::chrono::steady_clock::duration header_timeout = std::chrono::seconds(10);
-  // A keep-alive client connection with no request, and each read or write of a body on
-  // the client side: closed.
+  // A keep-alive client connection with no request, and each read of a request body and each
+  // write of a response to the client: closed.
   std::chrono::steady_clock::duration idle_timeout = std::chrono::seconds(60);
-  // Each wait for bytes of the upstream's response: 504 if none was sent to the client yet.
+  // Each wait on the upstream, for it to take bytes of the request or to send bytes of its
+  // response: 504 if none was sent to the client yet.
   std::chrono::steady_clock::duration response_timeout = std::chrono::seconds(60);
   // https: from the accept to the end of the TLS handshake; the connection is closed then.
   std::chrono::steady_clock::duration handshake_timeout = std::chrono::seconds(10);
