@@ -420,6 +420,38 @@ class ProxyTest(SupervisorCase):
         self.assertTrue(out.startswith(b"HTTP/1.1 200"), out)
         self.assertEqual(self.sup.status()["proxy"]["unavailable"], 0)
 
+    def test_upstream_connections_are_limited_and_expire(self):
+        # Six requests at once, 400 ms each at the app, under --upstream-max-connections 2:
+        # the front holds two connections to the app and queues the other requests; once idle
+        # past --upstream-idle-timeout, the pooled connections are closed.
+        self.sup = Supervisor(self.tmp, ["--proxy", "http", "--ready", "http:///",
+                                         "--upstream-max-connections", "2",
+                                         "--upstream-idle-timeout", "300ms"],
+                              ["python3", PY_APP])
+        self.sup.wait_line(r"generation 1 took over", 60)
+        answers = []
+        threads = [threading.Thread(target=lambda: answers.append(http_request(
+            self.sup.port, b"GET /slow?ms=400 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            60))) for _ in range(6)]
+        for t in threads:
+            t.start()
+        most_open, most_queued = 0, 0
+        while any(t.is_alive() for t in threads):
+            generation = self.sup.status()["generations"][-1]
+            most_open = max(most_open, generation["upstream_connections"])
+            most_queued = max(most_queued, generation["requests_queued"])
+            time.sleep(0.02)
+        for t in threads:
+            t.join()
+        self.assertEqual([a[:12] for a in answers], [b"HTTP/1.1 200"] * 6, answers)
+        self.assertLessEqual(most_open, 2)
+        self.assertGreater(most_queued, 0)
+        deadline = time.monotonic() + 20
+        while self.sup.status()["generations"][-1]["upstream_connections"] > 0:
+            self.assertLess(time.monotonic(), deadline, "pooled connections never expired")
+            time.sleep(0.05)
+        self.assertEqual(self.sup.status()["proxy"]["bad_gateway"], 0)
+
     # ---- options --------------------------------------------------------------------------
 
     def test_probe_of_a_held_socket_is_refused(self):
