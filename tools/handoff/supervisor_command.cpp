@@ -140,6 +140,11 @@ void run_command(run_args& a) {
   if (p.upstream_idle_timeout.count() <= 0)
     fail(2, "--upstream-idle-timeout: must be more than 0 (a pooled connection must expire)");
   p.upstream_max_connections = a.upstream_max_connections;
+  // A TCP relay holds its connection for the client's whole connection: a limit would queue
+  // clients, not requests.
+  if (p.upstream_max_connections != 0 && p.kind != sv::proxy_kind::http &&
+      p.kind != sv::proxy_kind::https)
+    fail(2, "--upstream-max-connections needs --proxy http or https");
   if (p.kind != sv::proxy_kind::none && a.ready.rfind("http://", 0) == 0) {
     // With --proxy the generation's own address is probed: only the URL's path counts.
     const auto path_at = a.ready.find('/', 7);

@@ -375,18 +375,17 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
     response_framing_.upgrade = request_->wants_upgrade();
     response_framing_.client_version = request_->http_version();
 
-    reused_ = conn.reused;
-    answer_started_ = false;
-    held_ = request_held::whole;
+    record_ = {};
+    record_.reused = conn.reused;
     // request_out_ is kept for a retry, unless the body pump takes it over.
-    accepted_ = co_await asio::async_write(*upstream_, asio::buffer(request_out_),
-                                           redirect_error(use_awaitable, ec));
+    record_.accepted = co_await asio::async_write(*upstream_, asio::buffer(request_out_),
+                                                  redirect_error(use_awaitable, ec));
     // A failed write still lets us read what the upstream said (it may have answered and
     // closed); the response side decides between that answer and a 502.
     if (ec) failure_ = body_failure::upstream_gone;
     if (!ec && !request_->is_done()) {
       request_out_.clear();
-      held_ = request_held::streamed;
+      record_.held = request_held::streamed;
       start_task(&http_connection::pump_body);
     }
 
@@ -414,14 +413,6 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
 
   enum class response_outcome { complete, failed, tunnel, send_again };
 
-  // The pooled connection ended under the request before a byte of its answer, and the
-  // request may go again (retry.hpp).
-  bool lost_before_answer(const boost::system::error_code& ec) const {
-    return reused_ && !answer_started_ && connection_ended(ec) &&
-           (failure_ == body_failure::none || failure_ == body_failure::upstream_gone) &&
-           may_send_again(request_->method(), accepted_, held_);
-  }
-
   asio::awaitable<response_outcome> relay_response(bool client_keep_alive) {
     boost::system::error_code ec;
     response_out_.clear();
@@ -445,9 +436,12 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
           }
           co_return co_await fail_response(false);
         }
-        if (ec && lost_before_answer(ec)) co_return response_outcome::send_again;
+        // A pooled connection lost the request (retry.hpp); not when the client side failed.
+        if (ec && record_.lost(request_->method(), ec) &&
+            (failure_ == body_failure::none || failure_ == body_failure::upstream_gone))
+          co_return response_outcome::send_again;
         if (ec) co_return co_await fail_response(timed_out);
-        answer_started_ = true;
+        record_.answer_started = true;
         upstream_in_.commit(n);
       }
       if (!response_->is_header_done()) {
@@ -741,12 +735,7 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
   stream* tunnel_upstream_ = nullptr;
   body_failure failure_ = body_failure::none;
   refusal body_refusal_ = refusal::bad_request;
-  // For a retry (retry.hpp): the connection came from the pool; bytes of the request the
-  // kernel took on it; whether the body was streamed; whether a byte of the answer came.
-  bool reused_ = false;
-  std::size_t accepted_ = 0;
-  request_held held_ = request_held::whole;
-  bool answer_started_ = false;
+  exchange_record record_;  // for a retry (retry.hpp)
   bool response_sent_ = false;
   bool response_over_ = false;
   std::uint64_t served_ = 0;

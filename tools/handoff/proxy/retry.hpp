@@ -60,4 +60,18 @@ constexpr bool may_send_again(boost::beast::http::verb method, std::size_t accep
   return held == request_held::whole && idempotent(method);
 }
 
+// What the relay notes of one exchange (one request on one upstream connection) for the rule.
+struct exchange_record {
+  bool reused = false;       // the connection came from the pool
+  std::size_t accepted = 0;  // bytes of the request the kernel took on it
+  request_held held = request_held::whole;
+  bool answer_started = false;  // a byte of the answer came
+
+  // The connection ended with `ec` under the request: may it go again on a new one?
+  bool lost(boost::beast::http::verb method, const boost::system::error_code& ec) const noexcept {
+    return reused && !answer_started && connection_ended(ec) &&
+           may_send_again(method, accepted, held);
+  }
+};
+
 }  // namespace handoff::proxy
