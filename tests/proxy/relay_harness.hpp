@@ -165,10 +165,14 @@ class test_router final : public router {
   test_router(asio::io_context& ioc, std::uint16_t upstream_port)
       : ioc_(ioc), port_(upstream_port) {}
 
-  asio::awaitable<std::optional<upstream_connection>> acquire(std::size_t) override {
+  asio::awaitable<std::optional<upstream_connection>> acquire(std::size_t,
+                                                              connection_source source) override {
     ++acquired;
+    if (source == connection_source::new_only) ++new_only;
     if (!available) co_return std::nullopt;
-    if (!idle_.empty()) {
+    // Unlike the front's router, no check of an idle connection: a test may lend one the
+    // upstream has closed, as happens when the app's close crosses the request.
+    if (!idle_.empty() && source == connection_source::pool_or_new) {
       auto c = std::move(idle_.back());
       idle_.pop_back();
       c.reused = true;
@@ -186,7 +190,10 @@ class test_router final : public router {
         stream(ioc_, asio::generic::stream_protocol(AF_INET, IPPROTO_TCP), native), 1, false};
   }
   void release(upstream_connection c, bool reusable) override {
-    if (reusable) idle_.push_back(std::move(c));
+    if (reusable) {
+      last_idle_fd = c.socket.native_handle();
+      idle_.push_back(std::move(c));
+    }
     std::lock_guard lock(mutex_);
     releases_.push_back(reusable);
     released_.notify_all();
@@ -201,6 +208,8 @@ class test_router final : public router {
   }
 
   std::atomic<int> acquired{0};
+  std::atomic<int> new_only{0};       // acquires for a retry
+  std::atomic<int> last_idle_fd{-1};  // the connection given back last, reusable
   std::atomic<int> opened{0};
   std::atomic<bool> available{true};
   std::atomic<bool> closing_flag{false};

@@ -1,5 +1,7 @@
 // The front (proxy/front.hpp) in-process, against real loopback sockets and a scripted
-// upstream on a thread: pooled connections the app closed are never reused, a retired
+// upstream on a thread: pooled connections the app closed are never reused, a request a
+// pooled connection lost goes again when it may, idle ones expire, the per-generation limit
+// queues requests; a retired
 // generation is reported drained once nothing is in flight, forget() cuts a TCP relay; a
 // parked connection is handed over with its bytes read ahead and adopted by another front.
 #include <gtest/gtest.h>
@@ -77,16 +79,24 @@ std::string read_until(int fd, const std::string& end) {
 // A client may be accepted before the serve() a test calls right after this has reached the
 // front's thread (the accept loop takes what is queued as soon as it runs): as in production, it
 // waits for a generation, here up to 10 s, unless a test wants the timeout itself.
-std::unique_ptr<front> start_front(unique_fd public_socket, proxy_mode mode,
-                                   std::chrono::milliseconds queue_timeout = 10s) {
+// Pooled connections expire after a minute here, not the second of production: a test that
+// expects its next request on the same upstream connection must not depend on the machine's
+// load (those about expiry set their own).
+std::unique_ptr<front> start_front(unique_fd public_socket, front_options o) {
   std::vector<unique_fd> listeners;
   listeners.push_back(std::move(public_socket));
-  front_options o;
-  o.mode = mode;
-  o.queue_timeout = queue_timeout;
   auto f = front::start(std::move(listeners), o);
   EXPECT_TRUE(f) << f.error().message();
   return std::move(*f);
+}
+
+std::unique_ptr<front> start_front(unique_fd public_socket, proxy_mode mode,
+                                   std::chrono::milliseconds queue_timeout = 10s) {
+  front_options o;
+  o.mode = mode;
+  o.queue_timeout = queue_timeout;
+  o.upstream_idle_timeout = 60s;
+  return start_front(std::move(public_socket), o);
 }
 
 bool wait_readable(int fd, std::chrono::milliseconds timeout) {
@@ -135,6 +145,150 @@ TEST(Front, APooledConnectionTheAppClosedIsNotReused) {
   EXPECT_EQ(s.bad_gateway, 0U);
   EXPECT_EQ(s.requests, 2U);
   EXPECT_EQ(s.accepted, 1U);
+}
+
+// ---- pooled upstream connections: retry, expiry, the per-generation limit -------------------
+
+const std::string ok_answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+void send_all(int fd, const std::string& bytes) {
+  ASSERT_EQ(::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(bytes.size()));
+}
+
+unique_fd accept_within(int listener, std::chrono::milliseconds timeout) {
+  if (!wait_readable(listener, timeout)) return unique_fd();
+  return unique_fd(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
+}
+
+// The app's keep-alive timeout crossing our reuse, made deterministic: the app reads the next
+// request on the pooled connection and closes it without answering. The check before the lend
+// passed (the connection was open), so only the retry saves the GET; the POST, which the app
+// had in hand, is not sent again.
+TEST(Front, ARequestAPooledConnectionLostGoesAgainIfItMay) {
+  int app_port = 0, public_port = 0;
+  unique_fd app = tcp_listener(app_port);
+  auto f = start_front(tcp_listener(public_port), proxy_mode::http);
+  f->serve(1, {loopback(app_port)});
+  unique_fd client = connect_to(public_port);
+  send_all(client.get(), "GET /1 HTTP/1.1\r\nHost: x\r\n\r\n");
+  unique_fd first = accept_within(app.get(), 10s);
+  ASSERT_TRUE(first);
+  EXPECT_NE(read_until(first.get(), "\r\n\r\n").find("GET /1"), std::string::npos);
+  send_all(first.get(), ok_answer);
+  EXPECT_EQ(read_until(client.get(), "ok").rfind("HTTP/1.1 200", 0), 0U);
+
+  send_all(client.get(), "GET /2 HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_NE(read_until(first.get(), "\r\n\r\n").find("GET /2"), std::string::npos);
+  first.reset();
+  unique_fd second = accept_within(app.get(), 10s);
+  ASSERT_TRUE(second);
+  EXPECT_NE(read_until(second.get(), "\r\n\r\n").find("GET /2"), std::string::npos);
+  send_all(second.get(), ok_answer);
+  EXPECT_EQ(read_until(client.get(), "ok").rfind("HTTP/1.1 200", 0), 0U);
+
+  send_all(client.get(), "POST /3 HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nz");
+  EXPECT_NE(read_until(second.get(), "\r\n\r\nz").find("POST /3"), std::string::npos);
+  second.reset();
+  EXPECT_EQ(read_until(client.get(), "never").rfind("HTTP/1.1 502", 0), 0U);
+  EXPECT_FALSE(wait_readable(app.get(), 0ms)) << "the POST was sent again";
+  const auto s = f->stats();
+  EXPECT_EQ(s.retried, 1U);
+  EXPECT_EQ(s.bad_gateway, 1U);
+}
+
+// An idle pooled connection is closed once older than upstream_idle_timeout (before the
+// app's own timeout can cross a request), and the next request opens a new one.
+TEST(Front, AnIdlePooledConnectionPastItsExpiryIsClosedNotReused) {
+  int app_port = 0, public_port = 0;
+  unique_fd app = tcp_listener(app_port);
+  front_options o;
+  o.upstream_idle_timeout = 300ms;
+  auto f = start_front(tcp_listener(public_port), o);
+  f->serve(1, {loopback(app_port)});
+  unique_fd client = connect_to(public_port);
+  // Before the connection can be idle: a lower bound of its idle time, whatever the scheduling.
+  const auto before_idle = std::chrono::steady_clock::now();
+  send_all(client.get(), "GET /1 HTTP/1.1\r\nHost: x\r\n\r\n");
+  unique_fd first = accept_within(app.get(), 10s);
+  ASSERT_TRUE(first);
+  (void)read_until(first.get(), "\r\n\r\n");
+  send_all(first.get(), ok_answer);
+  EXPECT_EQ(read_until(client.get(), "ok").rfind("HTTP/1.1 200", 0), 0U);
+  // The front closes it (the app sees the end), no sooner than the expiry.
+  EXPECT_EQ(read_until(first.get(), "never"), "");
+  EXPECT_GE(std::chrono::steady_clock::now() - before_idle, 300ms);
+  send_all(client.get(), "GET /2 HTTP/1.1\r\nHost: x\r\n\r\n");
+  unique_fd second = accept_within(app.get(), 10s);
+  ASSERT_TRUE(second) << "the request went nowhere";
+  (void)read_until(second.get(), "\r\n\r\n");
+  send_all(second.get(), ok_answer);
+  EXPECT_EQ(read_until(client.get(), "ok").rfind("HTTP/1.1 200", 0), 0U);
+  const auto s = f->stats();
+  ASSERT_EQ(s.generations.size(), 1U);
+  EXPECT_EQ(s.generations.front().upstream_connections, 1U);
+  EXPECT_EQ(s.retried, 0U);
+}
+
+// Waits (bounded) until `ready` holds for the front's stats.
+template <typename Ready>
+bool stats_reach(front& f, Ready ready) {
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (ready(f.stats())) return true;
+    std::this_thread::sleep_for(5ms);
+  }
+  return false;
+}
+
+// With upstream_max_connections 1, a second request waits for the one connection rather than
+// open another (an app with one thread would not read it), and gets it when it comes back.
+TEST(Front, BeyondTheConnectionLimitARequestWaitsForAPooledOne) {
+  int app_port = 0, public_port = 0;
+  unique_fd app = tcp_listener(app_port);
+  front_options o;
+  o.upstream_max_connections = 1;
+  o.upstream_idle_timeout = 60s;
+  auto f = start_front(tcp_listener(public_port), o);
+  f->serve(1, {loopback(app_port)});
+  unique_fd one = connect_to(public_port), two = connect_to(public_port);
+  send_all(one.get(), "GET /1 HTTP/1.1\r\nHost: x\r\n\r\n");
+  unique_fd upstream = accept_within(app.get(), 10s);
+  ASSERT_TRUE(upstream);
+  EXPECT_NE(read_until(upstream.get(), "\r\n\r\n").find("GET /1"), std::string::npos);
+  send_all(two.get(), "GET /2 HTTP/1.1\r\nHost: x\r\n\r\n");
+  ASSERT_TRUE(stats_reach(*f, [](const front_stats& s) {
+    return !s.generations.empty() && s.generations.front().queued == 1;
+  }));
+  EXPECT_FALSE(wait_readable(app.get(), 0ms)) << "a second connection beyond the limit";
+  send_all(upstream.get(), ok_answer);
+  EXPECT_EQ(read_until(one.get(), "ok").rfind("HTTP/1.1 200", 0), 0U);
+  EXPECT_NE(read_until(upstream.get(), "\r\n\r\n").find("GET /2"), std::string::npos);
+  send_all(upstream.get(), ok_answer);
+  EXPECT_EQ(read_until(two.get(), "ok").rfind("HTTP/1.1 200", 0), 0U);
+  EXPECT_FALSE(wait_readable(app.get(), 0ms));
+  EXPECT_EQ(f->stats().generations.front().queued, 0U);
+}
+
+// The wait is bounded by the queue timeout: then 503, as with no generation at all.
+TEST(Front, ARequestQueuedBeyondTheLimitGets503AfterTheQueueTimeout) {
+  int app_port = 0, public_port = 0;
+  unique_fd app = tcp_listener(app_port);
+  front_options o;
+  o.upstream_max_connections = 1;
+  o.queue_timeout = 200ms;
+  auto f = start_front(tcp_listener(public_port), o);
+  f->serve(1, {loopback(app_port)});
+  unique_fd one = connect_to(public_port), two = connect_to(public_port);
+  send_all(one.get(), "GET /1 HTTP/1.1\r\nHost: x\r\n\r\n");
+  unique_fd upstream = accept_within(app.get(), 10s);
+  ASSERT_TRUE(upstream);
+  (void)read_until(upstream.get(), "\r\n\r\n");
+  send_all(two.get(), "GET /2 HTTP/1.1\r\nHost: x\r\n\r\n");
+  EXPECT_EQ(read_until(two.get(), "\r\n\r\n").rfind("HTTP/1.1 503", 0), 0U);
+  EXPECT_FALSE(wait_readable(app.get(), 0ms));
+  send_all(upstream.get(), ok_answer);
+  EXPECT_EQ(read_until(one.get(), "ok").rfind("HTTP/1.1 200", 0), 0U);
 }
 
 TEST(Front, ARetiredGenerationIsDrainedOnceNothingIsInFlight) {

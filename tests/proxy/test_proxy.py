@@ -420,6 +420,42 @@ class ProxyTest(SupervisorCase):
         self.assertTrue(out.startswith(b"HTTP/1.1 200"), out)
         self.assertEqual(self.sup.status()["proxy"]["unavailable"], 0)
 
+    def test_upstream_connections_are_limited_and_expire(self):
+        # Six requests at once, 400 ms each at the app (a thread per connection), under
+        # --upstream-max-connections 2: the front holds two connections to the app and queues
+        # the other requests, so the six take three rounds (one without the limit); once idle
+        # past --upstream-idle-timeout, the pooled connections are closed.
+        self.sup = Supervisor(self.tmp, ["--proxy", "http", "--ready", "http:///",
+                                         "--upstream-max-connections", "2",
+                                         "--upstream-idle-timeout", "300ms"],
+                              ["python3", PY_APP])
+        self.sup.wait_line(r"generation 1 took over", 60)
+        answers = []
+        request = b"GET /slow?ms=400 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        threads = [threading.Thread(target=lambda: answers.append(
+            http_request(self.sup.port, request, 60))) for _ in range(6)]
+        began = time.monotonic()
+        for t in threads:
+            t.start()
+        most_open = 0
+        while any(t.is_alive() for t in threads):
+            generation = self.sup.status()["generations"][-1]
+            most_open = max(most_open, generation["upstream_connections"])
+            time.sleep(0.02)
+        for t in threads:
+            t.join()
+        took = time.monotonic() - began
+        self.assertEqual([a[:12] for a in answers], [b"HTTP/1.1 200"] * 6,
+                         f"{answers}\n{self.sup.status()}\n{self.sup.log()}")
+        self.assertLessEqual(most_open, 2)
+        self.assertGreaterEqual(took, 1.2, "the requests did not wait for the two connections")
+        deadline = time.monotonic() + 20
+        while self.sup.status()["generations"][-1]["upstream_connections"] > 0:
+            self.assertLess(time.monotonic(), deadline,
+                            f"pooled connections never expired: {self.sup.status()}")
+            time.sleep(0.05)
+        self.assertEqual(self.sup.status()["proxy"]["bad_gateway"], 0)
+
     # ---- options --------------------------------------------------------------------------
 
     def test_probe_of_a_held_socket_is_refused(self):

@@ -1322,6 +1322,7 @@ TEST_F(SupervisorMetrics, ProxyCountsAreScraped) {
   EXPECT_EQ(metric(scraped, "handoff_proxy_responses_total{code=\"503\"}"), 0) << scraped;
   EXPECT_GE(metric(scraped, "handoff_proxy_client_connections"), 2) << "the keep-alive clients";
   EXPECT_EQ(metric(scraped, "handoff_proxy_upstream_errors_total"), 0) << scraped;
+  EXPECT_GE(metric(scraped, "handoff_proxy_retries_total"), 0) << scraped;
   EXPECT_EQ(metric(scraped, "handoff_reloads_total{outcome=\"ok\"}"), 1) << scraped;
   stop_supervisor(0);
 }

@@ -16,6 +16,7 @@ _handoff_values() {  # COMMAND: the options of COMMAND that take a value
         --processes --restart --max-draining --watchdog --control --name --pid-file \
         --log-format --log-timestamps --proxy --upstream --max-header-size --max-body-size \
         --header-timeout --idle-timeout --response-timeout --queue-timeout --metrics \
+        --upstream-idle-timeout --upstream-max-connections \
         --tls-ticket-key-rotation --tls-cert --tls-key
       ;;
     reload | status | stop | reexec) echo --control --name --timeout ;;

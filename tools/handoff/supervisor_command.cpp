@@ -86,7 +86,9 @@ struct run_args {
               log_timestamps = "auto", tls_ticket_key_rotation = "12h";
   std::string tls_cert, tls_key;
   std::string proxy, upstream, header_timeout = "10s", idle_timeout = "60s",
-                               response_timeout = "60s", queue_timeout = "5s";
+                               response_timeout = "60s", queue_timeout = "5s",
+                               upstream_idle_timeout = "1s";
+  std::size_t upstream_max_connections = 0;
   bool no_forwarded = false;
   std::uint32_t max_header = 16 * 1024;
   std::optional<std::uint64_t> max_body;
@@ -134,6 +136,15 @@ void run_command(run_args& a) {
   p.idle_timeout = duration_of(a.idle_timeout, "--idle-timeout");
   p.response_timeout = duration_of(a.response_timeout, "--response-timeout");
   p.queue_timeout = duration_of(a.queue_timeout, "--queue-timeout");
+  p.upstream_idle_timeout = duration_of(a.upstream_idle_timeout, "--upstream-idle-timeout");
+  if (p.upstream_idle_timeout.count() <= 0)
+    fail(2, "--upstream-idle-timeout: must be more than 0 (a pooled connection must expire)");
+  p.upstream_max_connections = a.upstream_max_connections;
+  // A TCP relay holds its connection for the client's whole connection: a limit would queue
+  // clients, not requests.
+  if (p.upstream_max_connections != 0 && p.kind != sv::proxy_kind::http &&
+      p.kind != sv::proxy_kind::https)
+    fail(2, "--upstream-max-connections needs --proxy http or https");
   if (p.kind != sv::proxy_kind::none && a.ready.rfind("http://", 0) == 0) {
     // With --proxy the generation's own address is probed: only the URL's path counts.
     const auto path_at = a.ready.find('/', 7);
@@ -315,6 +326,14 @@ void add_supervisor_commands(CLI::App& app) {
   run->add_option("--queue-timeout", run_a->queue_timeout,
                   "--proxy: with no generation ready, a request waits this long (then 503)")
       ->capture_default_str();
+  run->add_option("--upstream-idle-timeout", run_a->upstream_idle_timeout,
+                  "--proxy http: an idle pooled connection to the app is closed after this (keep "
+                  "it under the app's own keep-alive timeout)")
+      ->capture_default_str();
+  run->add_option("--upstream-max-connections", run_a->upstream_max_connections,
+                  "--proxy http: connections to one generation at most; more requests wait for "
+                  "one (up to --queue-timeout, then 503) (default: no limit)")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{1000000}));
   run->add_flag(
       "--tls-ticket-keys", run_a->o.tls_ticket_keys,
       "hold TLS session-ticket keys for the app (a memfd passed as handoff-tls-keys), so that "

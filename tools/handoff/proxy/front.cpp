@@ -65,7 +65,9 @@ struct front::impl {
   explicit impl(front_options o)
       : options(std::move(o)),
         router(
-            io.get_executor(), [this](int id) { on_drained(id); }, options.queue_timeout) {}
+            io.get_executor(), [this](int id) { on_drained(id); },
+            pool_options{options.queue_timeout, options.upstream_idle_timeout,
+                         options.upstream_max_connections}) {}
 
   void signal_event() {
     const std::uint64_t one = 1;
@@ -314,6 +316,7 @@ front_stats front::stats(std::chrono::milliseconds timeout) const {
     } else {
       s.requests = c.requests;
       s.bad_gateway = c.bad_gateway;
+      s.retried = c.retried;
       s.unavailable = c.unavailable;
       s.rejected = c.bad_request + c.too_large + c.header_too_large + c.request_timeout;
       s.tunnels = c.tunnels;

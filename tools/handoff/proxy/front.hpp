@@ -39,12 +39,17 @@ struct front_options {
   std::shared_ptr<asio::ssl::context> tls;
   // How long a request (tcp: a connection) waits for a generation to serve when none does.
   std::chrono::milliseconds queue_timeout{std::chrono::seconds(5)};
+  // Pooled upstream connections idle longer than this are closed (upstream.hpp).
+  std::chrono::milliseconds upstream_idle_timeout{std::chrono::seconds(1)};
+  // Upstream connections per generation; beyond it requests queue (0: no limit).
+  std::size_t upstream_max_connections = 0;
 };
 
 struct front_stats {
   std::vector<generation_stats> generations;
   std::uint64_t requests = 0;            // http: request headers accepted; tcp: connections relayed
   std::uint64_t bad_gateway = 0;         // 502
+  std::uint64_t retried = 0;             // http: sent again after a pooled connection lost it
   std::uint64_t unavailable = 0;         // 503 (tcp: connections closed for want of a generation)
   std::uint64_t rejected = 0;            // 400, 408, 413, 431
   std::uint64_t tunnels = 0;             // Upgrade / CONNECT

@@ -93,6 +93,7 @@ class request_framer final : public bhttp::basic_parser<true> {
   // After the header: what the relay needs to know of the request.
   bool head() const noexcept { return method_ == bhttp::verb::head; }
   bool connect() const noexcept { return method_ == bhttp::verb::connect; }
+  bhttp::verb method() const noexcept { return method_; }
   // An Upgrade the relay passes on (Connection: upgrade and an Upgrade field, HTTP/1.1).
   bool wants_upgrade() const noexcept { return upgrade_ >= 0; }
   bool expects_continue() const noexcept { return expect_continue_; }

@@ -25,6 +25,7 @@
 
 #include "proxy/http_framing.hpp"
 #include "proxy/relay_deadlines.hpp"
+#include "proxy/retry.hpp"
 
 namespace handoff::proxy {
 
@@ -325,21 +326,33 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
     ++served_;
     const bool client_keep_alive = request_->keep_alive();
 
-    auto acquired = co_await router_.acquire(listener_);
-    if (!acquired) {
-      ++counters_.unavailable;
-      // With a body still to come the connection cannot be reused: its end is unknown to us
-      // without reading it all.
-      const bool keep = client_keep_alive && request_->is_done() && !router_.closing();
-      co_await send_canned(503, keep);
-      co_return keep;
+    auto acquired = co_await router_.acquire(listener_, connection_source::pool_or_new);
+    if (!acquired) co_return co_await unavailable(client_keep_alive);
+    auto outcome = co_await exchange(*acquired, client_keep_alive);
+    if (outcome == exchange_outcome::send_again) {
+      // Once, on a new connection (retry.hpp): exchange() never sends again what a new one lost.
+      ++counters_.retried;
+      acquired = co_await router_.acquire(listener_, connection_source::new_only);
+      if (!acquired) co_return co_await unavailable(client_keep_alive);
+      outcome = co_await exchange(*acquired, client_keep_alive);
     }
-    co_return co_await exchange(*acquired, client_keep_alive);
+    co_return outcome == exchange_outcome::keep_open;
   }
 
-  // Sends the request on `conn` and its response back; true when the client connection
-  // stays open for another request.
-  asio::awaitable<bool> exchange(upstream_connection& conn, bool client_keep_alive) {
+  asio::awaitable<bool> unavailable(bool client_keep_alive) {
+    ++counters_.unavailable;
+    // With a body still to come the connection cannot be reused: its end is unknown to us
+    // without reading it all.
+    const bool keep = client_keep_alive && request_->is_done() && !router_.closing();
+    co_await send_canned(503, keep);
+    co_return keep;
+  }
+
+  enum class exchange_outcome { keep_open, close, send_again };
+
+  // Sends the request on `conn` and its response back, or gives it up for another connection
+  // when `conn` was a pooled one that lost it (retry.hpp).
+  asio::awaitable<exchange_outcome> exchange(upstream_connection& conn, bool client_keep_alive) {
     boost::system::error_code ec;
     upstream_ = &conn.socket;
     upstream_in_.clear();
@@ -353,19 +366,29 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
     response_framing_.upgrade = request_->wants_upgrade();
     response_framing_.client_version = request_->http_version();
 
+    record_ = {};
+    record_.reused = conn.reused;
+    // request_out_ is kept for a retry, unless the body pump takes it over.
     deadline(direction::upstream_write, options_.response_timeout);
-    co_await asio::async_write(*upstream_, asio::buffer(request_out_),
-                               redirect_error(use_awaitable, ec));
+    record_.accepted = co_await asio::async_write(*upstream_, asio::buffer(request_out_),
+                                                  redirect_error(use_awaitable, ec));
     deadlines_.clear(direction::upstream_write);
-    request_out_.clear();
     // A failed write still lets us read what the upstream said (it may have answered and
     // closed); the response side decides between that answer and a 502.
     if (ec) failure_ = body_failure::upstream_gone;
-    if (!ec && !request_->is_done()) start_task(&http_connection::pump_body);
+    if (!ec && !request_->is_done()) {
+      request_out_.clear();
+      record_.held = request_held::streamed;
+      start_task(&http_connection::pump_body);
+    }
 
     const auto outcome = co_await relay_response(client_keep_alive);
     co_await stop_task();
     upstream_ = nullptr;
+    if (outcome == response_outcome::send_again) {
+      router_.release(std::move(conn), false);
+      co_return exchange_outcome::send_again;
+    }
     const bool reusable = outcome == response_outcome::complete && request_->is_done() &&
                           failure_ == body_failure::none && response_->upstream_reusable() &&
                           upstream_in_.size() == 0;
@@ -373,14 +396,15 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
       ++counters_.tunnels;
       co_await tunnel(conn);
       router_.release(std::move(conn), false);
-      co_return false;
+      co_return exchange_outcome::close;
     }
     router_.release(std::move(conn), reusable);
-    co_return outcome == response_outcome::complete && response_->client_keep_alive() &&
-        request_->is_done() && failure_ == body_failure::none;
+    const bool keep = outcome == response_outcome::complete && response_->client_keep_alive() &&
+                      request_->is_done() && failure_ == body_failure::none;
+    co_return keep ? exchange_outcome::keep_open : exchange_outcome::close;
   }
 
-  enum class response_outcome { complete, failed, tunnel };
+  enum class response_outcome { complete, failed, tunnel, send_again };
 
   asio::awaitable<response_outcome> relay_response(bool client_keep_alive) {
     boost::system::error_code ec;
@@ -408,7 +432,12 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
           }
           co_return co_await fail_response(false);
         }
+        // A pooled connection lost the request (retry.hpp); not when the client side failed.
+        if (ec && record_.lost(request_->method(), ec) &&
+            (failure_ == body_failure::none || failure_ == body_failure::upstream_gone))
+          co_return response_outcome::send_again;
         if (ec) co_return co_await fail_response(timed_out);
+        record_.answer_started = true;
         upstream_in_.commit(n);
       }
       if (!response_->is_header_done()) {
@@ -699,6 +728,7 @@ class http_connection final : public std::enable_shared_from_this<http_connectio
   stream* tunnel_upstream_ = nullptr;
   body_failure failure_ = body_failure::none;
   refusal body_refusal_ = refusal::bad_request;
+  exchange_record record_;  // for a retry (retry.hpp)
   bool response_sent_ = false;
   bool response_over_ = false;
   std::uint64_t served_ = 0;

@@ -5,7 +5,13 @@
 // side stays plaintext.
 //
 // Invariants:
-// - A request is written upstream at most once; nothing of it is sent again once a byte went.
+// - A request goes to at most two upstream connections, and to a second one only when the
+//   first was a pooled (reused) connection that ended (EOF, ECONNRESET, EPIPE) before any byte
+//   of the answer, and either the kernel took no byte of the request there (the first write
+//   failed) or the request is idempotent (RFC 9110 9.2.2) and still whole in our hands (its
+//   body, if any, came with its header rather than streamed after). The second is a new
+//   connection, and its failure is answered. Accepted by the kernel counts as taken: we cannot
+//   know whether the app read it (retry.hpp has the reasoning).
 // - Requests on one client connection are answered in order, one at a time; bytes that arrive
 //   ahead (pipelining) wait in the connection's buffer for the next request.
 // - The client connection outlives upstream connections: an upstream that closes after a
@@ -63,6 +69,7 @@ struct relay_counters {
   std::uint64_t bad_gateway = 0;       // 502, or a response cut after it began (client closed)
   std::uint64_t unavailable = 0;       // 503: no generation
   std::uint64_t gateway_timeout = 0;   // 504
+  std::uint64_t retried = 0;           // sent again on a new connection (retry.hpp)
   std::uint64_t tunnels = 0;           // Upgrade / CONNECT tunnels opened
   std::uint64_t tls_handshake_failures = 0;  // https: refused, not TLS, or cut by the deadline
 };

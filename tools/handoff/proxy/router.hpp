@@ -23,18 +23,25 @@ using stream = asio::generic::stream_protocol::socket;
 struct upstream_connection {
   stream socket;
   int generation = 0;
-  bool reused = false;  // taken from the idle pool rather than opened for this request
+  // Taken from the idle pool rather than opened for this request: the app may have closed it
+  // as the request was written (its idle timeout), which a relay may retry (http_relay.hpp).
+  bool reused = false;
 };
+
+// Where acquire() may take a connection from: a relay retrying a request that a pooled
+// connection lost asks for a new one, as the other pooled ones may be just as stale.
+enum class connection_source { pool_or_new, new_only };
 
 class router {
  public:
   virtual ~router() = default;
   // A connection to the generation that serves now, for a client of public socket `listener`
-  // (its index in the front's list): an idle one of ours that is still open, else a new one.
-  // A connect that fails (nothing of the request was written yet) is tried again on whatever
-  // generation serves then, a bounded number of times. nullopt: no generation is ready, or
-  // none could be reached; the relay answers 503 with Retry-After.
-  virtual asio::awaitable<std::optional<upstream_connection>> acquire(std::size_t listener) = 0;
+  // (its index in the front's list): an idle one of ours that is still open (unless `source`
+  // is new_only), else a new one. A connect that fails (nothing of the request was written yet) is
+  // tried again on whatever generation serves then, a bounded number of times. nullopt: no
+  // generation is ready, or none could be reached; the relay answers 503 with Retry-After.
+  virtual asio::awaitable<std::optional<upstream_connection>> acquire(std::size_t listener,
+                                                                      connection_source source) = 0;
   // The request (or tunnel) is over. `reusable`: the response was read to its end and neither
   // side asked to close, so the connection may carry another request of its generation (the
   // front closes it instead when that generation is retired).

@@ -167,7 +167,7 @@ class tcp_relay final : public parking_lot::member {
 
 asio::awaitable<void> relay_tcp(stream client, upstream_router& r, std::size_t listener,
                                 tcp_counters& counters, parking_lot* lot) {
-  auto upstream = co_await r.acquire(listener);
+  auto upstream = co_await r.acquire(listener, connection_source::pool_or_new);
   if (!upstream) {
     // No generation to take it: the client sees the connection closed, not reset.
     ++counters.unavailable;

@@ -37,13 +37,64 @@ upstream_router::generation_state* upstream_router::find(int id) {
   return it == generations_.end() ? nullptr : &it->second;
 }
 
-asio::awaitable<std::optional<upstream_connection>> upstream_router::acquire(std::size_t listener) {
-  const auto queue_deadline = std::chrono::steady_clock::now() + queue_timeout_;
+std::optional<stream> upstream_router::take_idle(generation_state& g, std::size_t listener) {
+  auto& pool = g.idle[listener];
+  const auto now = clock_type::now();
+  while (!pool.empty()) {
+    idle_connection c = std::move(pool.back());
+    pool.pop_back();
+    if (now - c.since >= options_.idle_timeout) {
+      // The newest is past it, so every older one is too (the purge timer was about to).
+      g.open -= std::min(g.open, pool.size() + 1);
+      pool.clear();
+      break;
+    }
+    if (still_idle(c.socket)) return std::move(c.socket);
+    if (g.open > 0) --g.open;  // closed as `c` goes
+  }
+  return std::nullopt;
+}
+
+bool upstream_router::room_for_new(generation_state& g, std::size_t listener) {
+  if (options_.max_connections == 0 || g.open + g.connecting < options_.max_connections)
+    return true;
+  for (std::size_t other = 0; other < g.idle.size(); ++other) {
+    auto& pool = g.idle[other];
+    if (other == listener || pool.empty()) continue;
+    pool.pop_front();  // the oldest idle one, of a public socket nobody waits on
+    if (g.open > 0) --g.open;
+    return true;
+  }
+  return false;
+}
+
+void upstream_router::slot_freed(generation_state& g) {
+  if (g.queue.empty() || !room_for_new(g, g.queue.front()->listener)) return;
+  queued_request* q = g.queue.front();
+  g.queue.pop_front();
+  q->queued = false;
+  q->slot = true;
+  q->wake->cancel();
+}
+
+void upstream_router::wake_queue(generation_state& g) {
+  for (queued_request* q : g.queue) {
+    q->queued = false;
+    q->wake->cancel();
+  }
+  g.queue.clear();
+}
+
+asio::awaitable<std::optional<upstream_connection>> upstream_router::acquire(
+    std::size_t listener, connection_source source) {
+  const auto queue_deadline = clock_type::now() + options_.queue_timeout;
+  // Woken from the queue with room to connect: it goes first if it has to queue again.
+  bool granted = false;
   for (int attempt = 0; attempt < connect_attempts && !closing_;) {
     generation_state* g = find(serving_);
     if (g == nullptr) {
       // Wait for serve() (or stop()), bounded: the caller answers 503 after that.
-      if (std::chrono::steady_clock::now() >= queue_deadline) co_return std::nullopt;
+      if (clock_type::now() >= queue_deadline) co_return std::nullopt;
       asio::steady_timer wait(executor_, queue_deadline);
       const auto at = waiting_.insert(waiting_.end(), &wait);
       boost::system::error_code ignored;
@@ -51,21 +102,52 @@ asio::awaitable<std::optional<upstream_connection>> upstream_router::acquire(std
       waiting_.erase(at);
       continue;
     }
-    ++attempt;
     if (listener >= g->upstreams.size()) co_return std::nullopt;
     const int id = g->id;
-    auto& pool = g->idle[listener];
-    while (!pool.empty()) {
-      stream s = std::move(pool.back());
-      pool.pop_back();
-      if (still_idle(s)) {
+    // Requests queued under max_connections come first: a newcomer takes no idle connection
+    // and no room from them.
+    const bool ahead = !g->queue.empty() && !granted;
+    if (source == connection_source::pool_or_new && !ahead) {
+      if (auto s = take_idle(*g, listener)) {
         ++g->in_flight;
         ++g->requests;
-        g->lent[s.native_handle()] = {listener, -1};
-        co_return upstream_connection{std::move(s), id, true};
+        g->lent[s->native_handle()] = {listener, -1};
+        co_return upstream_connection{std::move(*s), id, true};
       }
-      --g->open;  // closed as `s` goes
     }
+    if (ahead || !room_for_new(*g, listener)) {
+      if (clock_type::now() >= queue_deadline) co_return std::nullopt;
+      asio::steady_timer wait(executor_, queue_deadline);
+      queued_request q;
+      q.wake = &wait;
+      q.listener = listener;
+      const auto at = g->queue.insert(granted ? g->queue.begin() : g->queue.end(), &q);
+      boost::system::error_code ignored;
+      co_await wait.async_wait(asio::redirect_error(asio::use_awaitable, ignored));
+      g = find(id);
+      // Still queued: the deadline passed. (The entry outlives its queue: forget() and
+      // retire() empty the queue before it can go.)
+      if (q.queued) {
+        if (g != nullptr) g->queue.erase(at);
+        co_return std::nullopt;
+      }
+      granted = q.slot;
+      if (q.handed) {
+        const bool usable = g != nullptr && !g->retired && !g->forgotten && !closing_;
+        if (usable && still_idle(*q.handed)) {
+          ++g->in_flight;
+          ++g->requests;
+          g->lent[q.handed->native_handle()] = {listener, -1};
+          co_return upstream_connection{std::move(*q.handed), id, true};
+        }
+        q.handed.reset();
+        if (g != nullptr && g->open > 0) --g->open;
+        granted = usable;  // its slot is ours: a new connection
+      }
+      continue;  // at the top again: the generation may have changed meanwhile
+    }
+    granted = false;
+    ++attempt;
     const endpoint where = g->upstreams[listener];
     const int family = where.protocol().family();
     // Born close-on-exec and non-blocking: the supervisor's thread forks while we run.
@@ -77,13 +159,16 @@ asio::awaitable<std::optional<upstream_connection>> upstream_router::acquire(std
     stream s(executor_, asio::generic::stream_protocol(family, 0), fd);
     // Counted in flight while connecting, so that a retire in the meantime waits for it.
     ++g->in_flight;
+    ++g->connecting;
     boost::system::error_code ec;
     co_await s.async_connect(where, asio::redirect_error(asio::use_awaitable, ec));
     g = find(id);  // forget() may have run meanwhile; the entry stays while in_flight > 0
+    if (g != nullptr && g->connecting > 0) --g->connecting;
     if (ec || g == nullptr || g->forgotten) {
       ++connect_failures_;
       if (g != nullptr) {
         --g->in_flight;
+        slot_freed(*g);
         check_drained(id);
       }
       continue;  // nothing of the request was written: the serving generation gets it
@@ -107,15 +192,59 @@ void upstream_router::release(upstream_connection c, bool reusable) {
   const std::size_t listener = it != g->lent.end() ? it->second.listener : 0;
   if (it != g->lent.end()) g->lent.erase(it);
   if (g->in_flight > 0) --g->in_flight;
-  if (reusable && c.socket.is_open() && !g->retired && !closing_ &&
-      g->idle[listener].size() < idle_limit) {
-    g->idle[listener].push_back(std::move(c.socket));
-  } else {
-    boost::system::error_code ignored;
-    c.socket.close(ignored);
-    if (g->open > 0) --g->open;
+  if (reusable && c.socket.is_open() && !g->retired && !closing_) {
+    // The first request queued for this public socket takes it at once.
+    for (auto q = g->queue.begin(); q != g->queue.end(); ++q) {
+      if ((*q)->listener != listener) continue;
+      (*q)->handed.emplace(std::move(c.socket));
+      (*q)->queued = false;
+      (*q)->wake->cancel();
+      g->queue.erase(q);
+      return;
+    }
+    // Queued requests of other public sockets only: closed, so that one of them connects.
+    if (g->queue.empty() && g->idle[listener].size() < idle_limit) {
+      g->idle[listener].push_back({std::move(c.socket), clock_type::now()});
+      arm_purge();
+      return;
+    }
   }
+  boost::system::error_code ignored;
+  c.socket.close(ignored);
+  if (g->open > 0) --g->open;
+  slot_freed(*g);
   check_drained(c.generation);
+}
+
+void upstream_router::arm_purge() {
+  if (!purge_armed_) purge_at(clock_type::now() + options_.idle_timeout);
+}
+
+void upstream_router::purge_at(clock_type::time_point when) {
+  purge_armed_ = true;
+  purge_timer_.expires_at(when);
+  purge_timer_.async_wait([this](const boost::system::error_code& ec) {
+    purge_armed_ = false;
+    if (!ec) purge();
+  });
+}
+
+void upstream_router::purge() {
+  const auto now = clock_type::now();
+  auto next = clock_type::time_point::max();
+  for (auto& [id, g] : generations_) {
+    bool closed = false;
+    for (auto& pool : g.idle) {
+      while (!pool.empty() && now - pool.front().since >= options_.idle_timeout) {
+        pool.pop_front();
+        if (g.open > 0) --g.open;
+        closed = true;
+      }
+      if (!pool.empty()) next = std::min(next, pool.front().since + options_.idle_timeout);
+    }
+    if (closed) slot_freed(g);
+  }
+  if (next != clock_type::time_point::max()) purge_at(next);
 }
 
 void upstream_router::disown(int generation, int fd) {
@@ -124,6 +253,7 @@ void upstream_router::disown(int generation, int fd) {
   g->lent.erase(fd);
   if (g->in_flight > 0) --g->in_flight;
   if (g->open > 0) --g->open;
+  slot_freed(*g);
 }
 
 upstream_connection upstream_router::adopt(int generation, std::size_t listener, stream s) {
@@ -177,6 +307,7 @@ void upstream_router::retire(int generation) {
     return;
   }
   g->retired = true;
+  wake_queue(*g);  // they go to the generation that serves now
   check_drained(generation);
 }
 
@@ -185,6 +316,7 @@ void upstream_router::forget(int generation) {
   generation_state* g = find(generation);
   if (g == nullptr) return;
   g->retired = g->forgotten = true;
+  wake_queue(*g);
   close_idle(*g);
   // Our own connected sockets: shutdown(2) wakes every relay blocked on them. Never applied
   // to a listening socket.
@@ -197,8 +329,12 @@ void upstream_router::forget(int generation) {
 
 void upstream_router::stop() {
   closing_ = true;
-  for (auto& [id, g] : generations_) close_idle(g);
+  for (auto& [id, g] : generations_) {
+    wake_queue(g);
+    close_idle(g);
+  }
   wake_waiting();
+  purge_timer_.cancel();
 }
 
 void upstream_router::attach_client(upstream_connection& c, int client_fd) {
@@ -219,6 +355,7 @@ std::vector<generation_stats> upstream_router::stats() const {
     s.upstream_connections = g.open;
     for (const auto& pool : g.idle) s.idle += pool.size();
     s.requests = g.requests;
+    s.queued = g.queue.size();
     out.push_back(s);
   }
   return out;

@@ -150,6 +150,10 @@ std::string supervisor_core::metrics_text() {
     family(out, "handoff_proxy_upstream_errors_total", "counter",
            "--proxy: connects to a generation's upstream that failed (then tried again).");
     out += fmt::format("handoff_proxy_upstream_errors_total {}\n", f.connect_failures);
+    family(out, "handoff_proxy_retries_total", "counter",
+           "--proxy http: requests sent again on a new connection after a pooled one ended "
+           "before any byte of the answer.");
+    out += fmt::format("handoff_proxy_retries_total {}\n", f.retried);
     family(out, "handoff_proxy_responses_total", "counter",
            "--proxy: answers made by the proxy itself, by status code: 502 (the app failed the "
            "request), 503 (no generation ready within --queue-timeout).");

@@ -46,6 +46,11 @@ struct proxy_settings {
   // With no generation ready (the first one starting, a crashed one restarting), how long a
   // request or TCP connection waits for one before the 503 (tcp: the close).
   std::chrono::milliseconds queue_timeout{std::chrono::seconds(5)};
+  // --proxy http|https: an idle pooled connection to the app is closed after this, before the
+  // app's own keep-alive timeout can cross a request (proxy/upstream.hpp).
+  std::chrono::milliseconds upstream_idle_timeout{std::chrono::seconds(1)};
+  // Connections to one generation at most (0: no limit); requests beyond wait for one.
+  std::size_t upstream_max_connections = 0;
   // https: PEM files, read at start and again by every reload.
   std::string tls_certificate;
   std::string tls_key;

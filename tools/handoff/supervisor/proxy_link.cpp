@@ -85,6 +85,8 @@ proxy_link::proxy_link(const run_options& o, const std::vector<public_socket>& s
   fo.relay.handshake_timeout = o.proxy.header_timeout;
   fo.relay.scheme = o.proxy.kind == proxy_kind::https ? "https" : "http";
   fo.queue_timeout = o.proxy.queue_timeout;
+  fo.upstream_idle_timeout = o.proxy.upstream_idle_timeout;
+  fo.upstream_max_connections = o.proxy.upstream_max_connections;
   auto f = proxy::front::start(std::move(copies), std::move(fo));
   if (!f) throw std::runtime_error(f.error().message());
   front_ = std::move(*f);

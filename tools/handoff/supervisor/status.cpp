@@ -97,10 +97,12 @@ std::string supervisor_core::status_text(bool as_json) const {
       entry["requests_in_flight"] = p->in_flight;
       entry["upstream_connections"] = p->upstream_connections;
       entry["upstream_idle"] = p->idle;
+      entry["requests_queued"] = p->queued;  // --upstream-max-connections
     } else if (front) {
       entry["requests_in_flight"] = 0;
       entry["upstream_connections"] = 0;
       entry["upstream_idle"] = 0;
+      entry["requests_queued"] = 0;
     }
     generations.push_back(std::move(entry));
   }
@@ -109,6 +111,7 @@ std::string supervisor_core::status_text(bool as_json) const {
     root["proxy"] = json::object{{"mode", to_string(o_.proxy.kind)},
                                  {"requests", front->requests},
                                  {"bad_gateway", front->bad_gateway},
+                                 {"retried", front->retried},
                                  {"unavailable", front->unavailable},
                                  {"rejected", front->rejected},
                                  {"tunnels", front->tunnels},
