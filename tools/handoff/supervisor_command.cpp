@@ -167,7 +167,7 @@ void run_command(run_args& a) {
       fail(2,
            "--ready tcp with --upstream fds or fds:tcp proves nothing: the supervisor holds "
            "the generation's socket, so the kernel completes the connect by itself; use "
-           "--ready notify, --ready http://PATH, or --upstream port");
+           "--ready notify, --ready http:///PATH, or --upstream port");
     if (!o.ready_target.empty())
       fail(2, "--ready tcp:" + o.ready_target +
                   " with --proxy: give --ready tcp, which "
