@@ -12,6 +12,7 @@
 #include "handoff/listeners.hpp"
 #include "handoff/socket_info.hpp"
 #include "handoff/ticket_keys.hpp"
+#include "supervisor/command_line_expand.hpp"
 #include "supervisor/core.hpp"
 
 namespace handoff::supervisor {
@@ -91,6 +92,8 @@ result<void> supervisor_core::spawn_slot(generation& g, slot& s) {
         std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(
                            std::min<std::chrono::milliseconds>(o_.watchdog, watchdog_max))
                            .count()));
+  // $PORT and the others in the arguments, once every variable of ours is known.
+  so.argv = expand_command_line(o_.command, so.extra_environment);
   auto pid = os_.spawn(so);
   if (!pid) return pid.error();
   ++transitions_;
