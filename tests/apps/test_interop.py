@@ -54,8 +54,17 @@ class InteropTest(unittest.TestCase):
             finally:
                 self.sup.kill()
 
-    def start(self, args, command, ready=r"generation 1 took over", timeout=30):
-        self.sup = Supervisor(self.tmp, args, command)
+    def start(self, args, command, ready=r"generation 1 took over", timeout=30, env_port=None):
+        # PORT in handoff's own environment (Popen passes os.environ): as a platform sets it.
+        saved = os.environ.pop("PORT", None)
+        if env_port:
+            os.environ["PORT"] = env_port
+        try:
+            self.sup = Supervisor(self.tmp, args, command)
+        finally:
+            os.environ.pop("PORT", None)
+            if saved is not None:
+                os.environ["PORT"] = saved
         if ready:
             self.sup.wait_line(ready, timeout)
         return self.sup
@@ -127,12 +136,18 @@ class InteropTest(unittest.TestCase):
         self.assertEqual(body["argv"][4:], ["--gen=1", "$HOME", "$PORT"])
 
     def test_port_in_the_arguments_without_upstream_port_is_refused(self):
+        env = {k: v for k, v in os.environ.items() if k != "PORT"}
         r = subprocess.run([HANDOFF, "run", "--control", os.path.join(self.tmp, "c.sock"),
                             "-l", "127.0.0.1:0", "--", *APP, "--port", "$PORT"],
-                           capture_output=True, text=True, timeout=20)
+                           capture_output=True, text=True, timeout=20, env=env)
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("$PORT", r.stderr)
         self.assertIn("--upstream port", r.stderr)
+        # A PORT of handoff's own environment (a platform's) is the app's: not refused, and
+        # left as written for the app (or its shell) to read.
+        sup = self.start([], [*APP, "--notify", "raw", "$PORT"], env_port="8765")
+        _, body = get(sup.port)
+        self.assertEqual(body["argv"][2:], ["$PORT"])
 
     # 19: --nodelay reaches the app's listener and what it accepts; --backlog the listen queue.
     def test_nodelay_and_backlog_reach_the_socket(self):

@@ -211,10 +211,12 @@ void run_command(run_args& a) {
   else
     fail(2, "--notify-socket: \"" + a.notify_socket + "\" is not path or abstract");
   // $PORT in the arguments is expanded for the app (command_line_expand.hpp); in a mode where
-  // handoff sets no such variable the app would get the literal text, and fail obscurely.
+  // handoff sets no such variable the app would get the literal text, and fail obscurely. One
+  // that our own environment has (PORT of a platform, for `sh -c '... ${PORT}'`) is the app's.
   for (const auto& name : sv::command_line_references(o.command))
     if ((name == "PORT" || name.rfind("HANDOFF_PORT_", 0) == 0) &&
-        (p.kind == sv::proxy_kind::none || p.upstream != sv::upstream_kind::port))
+        (p.kind == sv::proxy_kind::none || p.upstream != sv::upstream_kind::port) &&
+        std::getenv(name.c_str()) == nullptr)
       fail(2, "the command names $" + name +
                   ", which handoff sets only with --proxy and --upstream port (without them "
                   "the app gets its sockets by LISTEN_FDS; write $$" +
