@@ -1,8 +1,10 @@
 // The supervisor's state and its parts, shared by the files that each own one role:
 //
 //   setup.cpp      signals, sockets, pid file (once, before the first generation)
+//   notify_socket.cpp   the app's NOTIFY_SOCKET (a file beside the control socket, or abstract)
 //   generation.cpp the state machine of generations: start, ready, take over, retire, fail,
 //                  stop, a process's exit
+//   command_line_expand.cpp  $PORT and the other variables of ours in the app's arguments
 //   reap.cpp       children's exits (waitid) and adopted main processes (pidfd)
 //   notify_dispatch.cpp  a notification from the app, applied to its slot
 //   timers.cpp     every timed check, each reporting its next deadline (timers.hpp)
