@@ -10,6 +10,7 @@ Waits are on lines of the supervisor's log and on process exits, never a sleep.
 import http.client
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -54,13 +55,14 @@ class InteropTest(unittest.TestCase):
             finally:
                 self.sup.kill()
 
-    def start(self, args, command, ready=r"generation 1 took over", timeout=30, env_port=None):
+    def start(self, args, command, ready=r"generation 1 took over", timeout=30, env_port=None,
+              **kw):
         # PORT in handoff's own environment (Popen passes os.environ): as a platform sets it.
         saved = os.environ.pop("PORT", None)
         if env_port:
             os.environ["PORT"] = env_port
         try:
-            self.sup = Supervisor(self.tmp, args, command)
+            self.sup = Supervisor(self.tmp, args, command, **kw)
         finally:
             os.environ.pop("PORT", None)
             if saved is not None:
@@ -134,6 +136,17 @@ class InteropTest(unittest.TestCase):
         self.assertEqual(body["argv"][2], "--port")
         self.assertGreater(int(body["argv"][3]), 0)
         self.assertEqual(body["argv"][4:], ["--gen=1", "$HOME", "$PORT"])
+
+    def test_a_named_sockets_port_in_the_arguments_is_expanded(self):
+        # Two public sockets: the first one's upstream port is $PORT (the app leaves it alone),
+        # web-1's is $HANDOFF_PORT_WEB_1, which the app binds.
+        sup = self.start(["-l", "web-1=127.0.0.1:0", "--proxy", "http", "--upstream", "port",
+                          "--ready", "delay:200ms"],
+                         [*APP, "--notify", "none", "--port", "${HANDOFF_PORT_WEB_1}"])
+        line = sup.wait_line(r"holding web-1=tcp 127\.0\.0\.1:\d+", 5)
+        status, body = get(int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1)))
+        self.assertEqual(status, 200)
+        self.assertGreater(int(body["argv"][3]), 0)
 
     def test_port_in_the_arguments_without_upstream_port_is_refused(self):
         env = {k: v for k, v in os.environ.items() if k != "PORT"}
