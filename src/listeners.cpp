@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -208,6 +209,13 @@ result<unique_fd> open_unix(const address& where, const listen_options& options)
 }
 
 }  // namespace
+
+result<void> set_nodelay(int fd) {
+  const int on = 1;
+  if (::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on) != 0)
+    return error::from_errno(errno, "setsockopt TCP_NODELAY on fd " + std::to_string(fd));
+  return {};
+}
 
 int kernel_somaxconn() noexcept {
   int value = SOMAXCONN;

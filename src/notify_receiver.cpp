@@ -130,7 +130,9 @@ result<notify_receiver> notify_receiver::open(std::string where) {
 }
 
 notify_receiver notify_receiver::adopt(unique_fd fd, std::string address) {
-  return notify_receiver(std::move(fd), std::move(address), {});
+  // The process that bound a path is still this one (an exec keeps the pid): the file is ours.
+  std::string created = !address.empty() && address.front() == '/' ? address : std::string();
+  return notify_receiver(std::move(fd), std::move(address), std::move(created));
 }
 
 result<notify_receiver> notify_receiver::open_unique() {

@@ -32,6 +32,11 @@ struct listen_options {
 
 result<unique_fd> open_listener(const address& where, const listen_options& options = {});
 
+// TCP_NODELAY on a TCP socket (systemd's NoDelay=). Set on a listening socket, Linux copies it
+// to every connection accepted from it (tcp(7) options are inherited by accept(2)), so an app
+// handed the listener answers without waiting for the client's delayed ACK.
+result<void> set_nodelay(int fd);
+
 // net.core.somaxconn, or SOMAXCONN when /proc cannot be read.
 int kernel_somaxconn() noexcept;
 

@@ -56,7 +56,8 @@ class notify_receiver {
   // An abstract socket with a kernel-chosen unique name (autobind), nothing in the file system.
   static result<notify_receiver> open_unique();
   // Takes over a receiver's socket that this process held before an exec of itself (its fd and
-  // address() as they were). Nothing was created by this receiver, so nothing is removed.
+  // address() as they were). A path was bound by this same process (the pid survives exec), so
+  // its file is removed on destruction as open()'s would be; an abstract name leaves nothing.
   static notify_receiver adopt(unique_fd fd, std::string address);
 
   notify_receiver(notify_receiver&&) noexcept;

@@ -474,6 +474,8 @@ class ProxyTest(SupervisorCase):
                            capture_output=True, text=True, timeout=20)
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("proves nothing", r.stderr)
+        # The form that works with --proxy (host and port ignored), not http://PATH.
+        self.assertIn("--ready http:///PATH", r.stderr)
 
 
 if __name__ == "__main__":

@@ -210,6 +210,50 @@ TEST_F(StateMachine, NotReadyWithinTheReadyTimeoutFails) {
   EXPECT_EQ(os.signals_to(new_pid, SIGKILL), 1);
 }
 
+// An app that never speaks the protocol (uvicorn, Node) is told apart from a slow one: with not a
+// single message from the process, the failure says so and names the other --ready modes.
+TEST_F(StateMachine, ASilentAppsReadyTimeoutNamesTheAlternatives) {
+  make();
+  sv->start_generation(false, std::nullopt);
+  EXPECT_NE(sv->status_text(false).find("nothing on NOTIFY_SOCKET yet"), std::string::npos);
+  os.time = settle();
+  settle();
+  EXPECT_EQ(state_of(1), generation_state::failed);
+  const std::string status = sv->status_text(false);
+  EXPECT_NE(status.find("last start failure: generation 1 failed: pid"), std::string::npos)
+      << status;
+  EXPECT_NE(status.find("nothing at all arrived on NOTIFY_SOCKET"), std::string::npos) << status;
+  EXPECT_NE(status.find("--ready delay:"), std::string::npos) << status;
+  EXPECT_NE(status.find("--ready http:///PATH"), std::string::npos) << status;
+  EXPECT_NE(status.find("--proxy"), std::string::npos) << status;
+  EXPECT_NE(sv->status_text(true).find("\"last_start_failure\":\"generation 1 failed"),
+            std::string::npos);
+
+  // A process that spoke (STATUS=, no READY=1) is slow, not silent: no such hint.
+  os.time = settle();  // the restart's backoff
+  settle();
+  ASSERT_EQ(state_of(2), generation_state::starting);
+  notify_message m;
+  m.pid = os.spawned.back();
+  m.fields = {{"STATUS", "loading"}};
+  sv->on_notify_message(m);
+  os.time = settle();
+  settle();
+  EXPECT_EQ(state_of(2), generation_state::failed);
+  EXPECT_EQ(sv->status_text(false).find("nothing at all arrived"), std::string::npos);
+}
+
+// A reload while the first generation is still starting has nothing to take over from: the
+// refusal says that, not "a reload is already in progress".
+TEST_F(StateMachine, AReloadBeforeTheFirstGenerationIsReadySaysItIsStillStarting) {
+  make();
+  sv->start_generation(false, std::nullopt);
+  const std::string why = sv->request_reload(std::nullopt);
+  EXPECT_EQ(why.find("already in progress"), std::string::npos) << why;
+  EXPECT_NE(why.find("generation 1 (the first) is still starting"), std::string::npos) << why;
+  EXPECT_NE(why.find("nothing to reload"), std::string::npos) << why;
+}
+
 TEST_F(StateMachine, OldGenerationIgnoringTheStopSignalIsKilledAfterTheStopTimeout) {
   make();
   const pid_t old_pid = serving_first();

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <functional>
 #include <ostream>
 #include <string>
@@ -177,6 +178,26 @@ TEST(NotifyReceiver, PathRoundTripWithOurCredentials) {
   EXPECT_EQ(m->uid, ::getuid());
   EXPECT_EQ(m->gid, ::getgid());
   EXPECT_TRUE(m->fds.empty());
+}
+
+// What an exec of ourselves hands on (the supervisor's `handoff reexec`): the adopting image is
+// the process that bound the path, so the file goes with its receiver, as with open()'s.
+TEST(NotifyReceiver, AnAdoptedPathStillWorksAndIsRemovedWithItsReceiver) {
+  test::temp_dir dir;
+  const std::string path = dir / "notify.sock";
+  auto before = notify_receiver::open(path);  // the image before the exec, still alive here
+  ASSERT_TRUE(before) << before.error().message();
+  unique_fd fd(::fcntl(before->fd(), F_DUPFD_CLOEXEC, 3));
+  ASSERT_TRUE(fd);
+  {
+    auto adopted = notify_receiver::adopt(std::move(fd), path);
+    auto sent = notifier(adopted.address()).ready();
+    ASSERT_TRUE(sent) << sent.error().message();
+    auto m = adopted.receive(5s);
+    ASSERT_TRUE(m) << m.error().message();
+    EXPECT_TRUE(m->has("READY"));
+  }
+  EXPECT_FALSE(std::filesystem::exists(path));
 }
 
 TEST(NotifyReceiver, AbstractRoundTrip) {

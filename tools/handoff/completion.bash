@@ -17,7 +17,7 @@ _handoff_values() {  # COMMAND: the options of COMMAND that take a value
         --log-format --log-timestamps --proxy --upstream --max-header-size --max-body-size \
         --header-timeout --idle-timeout --response-timeout --queue-timeout --metrics \
         --upstream-idle-timeout --upstream-max-connections \
-        --tls-ticket-key-rotation --tls-cert --tls-key
+        --tls-ticket-key-rotation --tls-cert --tls-key --notify-socket --backlog
       ;;
     reload | status | stop | reexec) echo --control --name --timeout ;;
     check)
@@ -31,7 +31,7 @@ _handoff_values() {  # COMMAND: the options of COMMAND that take a value
 _handoff_flags() {  # COMMAND (empty: none yet): the options of COMMAND that take no value
   case $1 in
     '') echo -h --help --version ;;
-    run) echo -h --help --version --nonblocking --no-forwarded-headers --tls-ticket-keys ;;
+    run) echo -h --help --version --nonblocking --no-forwarded-headers --tls-ticket-keys --nodelay ;;
     reload | stop | reexec) echo -h --help --version ;;
     status) echo -h --help --version --json ;;
     check) echo -h --help --version --fail-on-errors -q --quiet --insecure --tls-resume ;;
@@ -138,6 +138,7 @@ _handoff() {
         --log-timestamps) candidates=$(compgen -W 'auto yes no' -- "$cur") ;;
         --proxy) candidates=$(compgen -W 'http https tcp' -- "$cur") ;;
         --upstream) candidates=$(compgen -W 'fds fds:tcp port' -- "$cur") ;;
+        --notify-socket) candidates=$(compgen -W 'path abstract' -- "$cur") ;;
         --mode) candidates=$(compgen -W 'keepalive close' -- "$cur") ;;
         --method) candidates=$(compgen -W 'GET POST' -- "$cur") ;;
         --stop-signal)

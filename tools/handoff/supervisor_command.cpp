@@ -15,6 +15,7 @@
 
 #include "commands.hpp"
 #include "handoff/duration.hpp"
+#include "supervisor/command_line_expand.hpp"
 #include "supervisor/control.hpp"
 #include "supervisor/probe.hpp"
 #include "supervisor/supervisor.hpp"
@@ -83,7 +84,7 @@ struct run_args {
   sv::run_options o;
   std::string ready = "notify", ready_timeout = "60s", stop_signal = "TERM", stop_timeout = "30s",
               restart = "on-failure", log_format = "text", watchdog = "0", settle = "0",
-              log_timestamps = "auto", tls_ticket_key_rotation = "12h";
+              log_timestamps = "auto", tls_ticket_key_rotation = "12h", notify_socket = "path";
   std::string tls_cert, tls_key;
   std::string proxy, upstream, header_timeout = "10s", idle_timeout = "60s",
                                response_timeout = "60s", queue_timeout = "5s",
@@ -178,7 +179,7 @@ void run_command(run_args& a) {
       fail(2,
            "--ready tcp with --upstream fds or fds:tcp proves nothing: the supervisor holds "
            "the generation's socket, so the kernel completes the connect by itself; use "
-           "--ready notify, --ready http://PATH, or --upstream port");
+           "--ready notify, --ready http:///PATH, or --upstream port");
     if (!o.ready_target.empty())
       fail(2, "--ready tcp:" + o.ready_target +
                   " with --proxy: give --ready tcp, which "
@@ -214,6 +215,23 @@ void run_command(run_args& a) {
     o.log_timestamps = false;
   else if (a.log_timestamps != "auto")
     fail(2, "--log-timestamps: \"" + a.log_timestamps + "\" is not auto, yes or no");
+  if (a.notify_socket == "path")
+    o.notify_socket = sv::notify_socket_kind::path;
+  else if (a.notify_socket == "abstract")
+    o.notify_socket = sv::notify_socket_kind::abstract;
+  else
+    fail(2, "--notify-socket: \"" + a.notify_socket + "\" is not path or abstract");
+  // $PORT in the arguments is expanded for the app (command_line_expand.hpp); in a mode where
+  // handoff sets no such variable the app would get the literal text, and fail obscurely. One
+  // that our own environment has (PORT of a platform, for `sh -c '... ${PORT}'`) is the app's.
+  for (const auto& name : sv::command_line_references(o.command))
+    if ((name == "PORT" || name.rfind("HANDOFF_PORT_", 0) == 0) &&
+        (p.kind == sv::proxy_kind::none || p.upstream != sv::upstream_kind::port) &&
+        std::getenv(name.c_str()) == nullptr)
+      fail(2, "the command names $" + name +
+                  ", which handoff sets only with --proxy and --upstream port (without them "
+                  "the app gets its sockets by LISTEN_FDS; write $$" +
+                  name + " for the literal text)");
   std::string created_dir;
   if (o.control.empty()) {
     const std::string dir = sv::default_control_dir();
@@ -290,8 +308,19 @@ void add_supervisor_commands(CLI::App& app) {
   run->add_option("--log-timestamps", run_a->log_timestamps,
                   "auto | yes | no: time on text log lines (auto: not when stderr is the journal)")
       ->capture_default_str();
+  run->add_option("--notify-socket", run_a->notify_socket,
+                  "path | abstract: the app's NOTIFY_SOCKET, a socket file beside the control "
+                  "socket (NAME.notify, as systemd gives a path) or an abstract @name")
+      ->capture_default_str();
   run->add_flag("--nonblocking", run_a->o.nonblocking,
                 "O_NONBLOCK on the sockets handed to the app (systemd's NonBlocking=)");
+  run->add_flag("--nodelay", run_a->o.nodelay,
+                "TCP_NODELAY on the TCP sockets handed to the app, inherited by every connection "
+                "it accepts (systemd's NoDelay=)");
+  run->add_option("--backlog", run_a->o.backlog,
+                  "listen(2) backlog of the sockets handoff opens (systemd's Backlog=; default: "
+                  "net.core.somaxconn)")
+      ->check(CLI::Range(1, 1 << 20));
   run->add_option("--proxy", run_a->proxy,
                   "http | https | tcp: the supervisor accepts on the sockets and relays each "
                   "request (connection) to the generation that serves; the app gets private "

@@ -1,8 +1,10 @@
 // The supervisor's state and its parts, shared by the files that each own one role:
 //
 //   setup.cpp      signals, sockets, pid file (once, before the first generation)
+//   notify_socket.cpp   the app's NOTIFY_SOCKET (a file beside the control socket, or abstract)
 //   generation.cpp the state machine of generations: start, ready, take over, retire, fail,
 //                  stop, a process's exit
+//   command_line_expand.cpp  $PORT and the other variables of ours in the app's arguments
 //   reap.cpp       children's exits (waitid) and adopted main processes (pidfd)
 //   notify_dispatch.cpp  a notification from the app, applied to its slot
 //   timers.cpp     every timed check, each reporting its next deadline (timers.hpp)
@@ -125,6 +127,7 @@ class supervisor_core {
   void schedule_app_restart();
   void check_sockets_served(const generation& g);
   void check_progress();
+  std::string silence_hint(const slot& s) const;  // timers.cpp
   void remove_gone_generations();
   // Events of the real process (reap.cpp, notify_dispatch.cpp, supervisor.cpp).
   void check_ready_target() const;
@@ -168,6 +171,7 @@ class supervisor_core {
   std::optional<exit_status> last_status_;
   int reloads_ = 0, reloads_failed_ = 0, restarts_ = 0;
   std::string last_reload_;
+  std::string last_start_failure_;  // any generation's, the first one's and restarts' too
   bool pid_file_written_ = false;
   // reexec.cpp, state.cpp. self_exe_: this image's binary (O_PATH on /proc/self/exe), kept to
   // exec it back when the next image cannot take the state; self_path_: where it was found

@@ -12,6 +12,7 @@
 #include "handoff/listeners.hpp"
 #include "handoff/socket_info.hpp"
 #include "handoff/ticket_keys.hpp"
+#include "supervisor/command_line_expand.hpp"
 #include "supervisor/core.hpp"
 
 namespace handoff::supervisor {
@@ -91,6 +92,8 @@ result<void> supervisor_core::spawn_slot(generation& g, slot& s) {
         std::to_string(std::chrono::duration_cast<std::chrono::microseconds>(
                            std::min<std::chrono::milliseconds>(o_.watchdog, watchdog_max))
                            .count()));
+  // $PORT and the others in the arguments, once every variable of ours is known.
+  so.argv = expand_command_line(o_.command, so.extra_environment);
   auto pid = os_.spawn(so);
   if (!pid) return pid.error();
   ++transitions_;
@@ -101,7 +104,7 @@ result<void> supervisor_core::spawn_slot(generation& g, slot& s) {
   s.pidfd = os_.open_pidfd(*pid);
   s.leader_reaped = false;
   s.watchdog_fired = false;
-  s.ready = s.stopping = s.reloading = false;
+  s.ready = s.stopping = s.reloading = s.heard = false;
   s.started = now;
   s.ready_deadline = now + o_.ready_timeout;
   s.watchdog = std::min<std::chrono::milliseconds>(o_.watchdog, watchdog_max);
@@ -266,6 +269,7 @@ void supervisor_core::fail_generation(generation& g, reload_failure why, const s
   if (current != nullptr)
     text += fmt::format("; generation {} (pid {}) keeps serving", current->id, current->pids());
   log_.log("start_failed", text, {{"generation", g.id}, {"cause", cause}});
+  last_start_failure_ = text;
   if (!g.is_restart && g.id > 1) {
     ++reloads_failed_;
     ++metrics_.reloads_failed[static_cast<std::size_t>(why)];
@@ -335,6 +339,15 @@ std::string supervisor_core::request_reload(std::optional<std::uint64_t> waiter)
   }
   if (generation* p = pending()) {
     refuse(reload_refusal::in_progress);
+    // With nothing serving, the starting generation is no reload: the first start, or a
+    // restart after the app died. A reload now would have nothing to take over from.
+    if (serving() == nullptr)
+      return fmt::format(
+          "generation {} ({}) is still starting, started {} ms ago: nothing serves yet, so "
+          "there is nothing to reload; wait until it is ready (handoff status shows it "
+          "serving, within --ready-timeout {}), then reload",
+          p->id, p->id == 1 ? "the first" : "a restart of the app", ms_since(p->started, os_.now()),
+          format_duration(o_.ready_timeout));
     return fmt::format("a reload is already in progress: generation {} ({}) started {} ms ago",
                        p->id, to_string(p->state), ms_since(p->started, os_.now()));
   }

@@ -47,6 +47,7 @@ struct slot {
   bool ready = false;
   bool stopping = false;  // STOPPING=1 received
   bool reloading = false;
+  bool heard = false;  // any notify message from this run (--ready notify: why not ready)
   clock::time_point started{}, ready_at{}, last_watchdog{};
   clock::time_point ready_deadline{};  // while not ready
   bool watchdog_fired = false;         // killed for silence: no further watchdog deadline

@@ -64,6 +64,7 @@ void supervisor_core::on_notify_message(notify_message& m) {
   }
   generation& g = *owner;
   slot& s = *from;
+  s.heard = true;
   if (auto text = m.get("STATUS")) s.status_text = std::string(*text);
   if (auto mp = m.get("MAINPID")) {
     const auto n = parse_decimal<pid_t>(*mp, 2);

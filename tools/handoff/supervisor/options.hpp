@@ -19,6 +19,9 @@ enum class proxy_kind { none, http, https, tcp };
 // the runtime directory, fds_tcp: 127.0.0.1:0, both passed by LISTEN_FDS; port: a free
 // loopback port in $PORT that the app binds itself.
 enum class upstream_kind { fds_unix, fds_tcp, port };
+// --notify-socket: the app's NOTIFY_SOCKET as a file beside the control socket (as systemd
+// gives one), or in the abstract namespace (notify_socket.hpp).
+enum class notify_socket_kind { path, abstract };
 
 inline const char* to_string(proxy_kind k) {
   switch (k) {
@@ -78,7 +81,12 @@ struct run_options {
   int max_draining = 4;
   std::chrono::milliseconds watchdog{0};  // 0: off
   std::size_t fdstore_max = 64;
-  bool nonblocking = false;            // O_NONBLOCK on the sockets handed to the app (NonBlocking=)
+  bool nonblocking = false;  // O_NONBLOCK on the sockets handed to the app (NonBlocking=)
+  notify_socket_kind notify_socket = notify_socket_kind::path;
+  // TCP_NODELAY on the TCP sockets handed to the app (systemd's NoDelay=): Linux gives it to
+  // every connection accepted from them. Public sockets and --upstream fds:tcp.
+  bool nodelay = false;
+  int backlog = 0;  // listen(2) backlog of the sockets handoff opens (Backlog=); 0: somaxconn
   std::optional<bool> log_timestamps;  // text logs; nullopt: on unless stderr is the journal
   proxy_settings proxy;
   std::string metrics;  // --metrics ADDRESS: GET /metrics served there ("": none)

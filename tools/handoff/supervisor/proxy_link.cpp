@@ -12,6 +12,7 @@
 #include <stdexcept>
 
 #include "handoff/http/tls_context.hpp"
+#include "handoff/listeners.hpp"
 #include "handoff/ticket_keys.hpp"
 
 namespace handoff::supervisor {
@@ -62,6 +63,7 @@ proxy_link::proxy_link(const run_options& o, const std::vector<public_socket>& s
       ticket_keys_(ticket_keys),
       log_(log),
       nonblocking_(o.nonblocking),
+      nodelay_(o.nodelay),
       runtime_dir_(std::move(runtime_dir)) {
   if (sockets.empty())
     throw std::runtime_error("--proxy: no public socket to accept on (give --listen)");
@@ -144,6 +146,8 @@ result<void> proxy_link::prepare(int generation) {
     }
     if (u.fd && nonblocking_)
       if (auto r = set_nonblocking(u.fd.get()); !r) return r.error();
+    if (u.fd && nodelay_ && u.path.empty())
+      if (auto r = set_nodelay(u.fd.get()); !r) return r.error();
     ups.push_back(std::move(u));
   }
   generations_[generation] = std::move(ups);

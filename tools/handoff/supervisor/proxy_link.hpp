@@ -108,6 +108,7 @@ class proxy_link {
   int ticket_keys_ = -1;
   const logger& log_;
   bool nonblocking_ = false;  // --nonblocking: the private sockets as the public ones would be
+  bool nodelay_ = false;      // --nodelay: the same for fds:tcp
   std::vector<std::string> names_;
   std::string runtime_dir_, prefix_;
   std::unique_ptr<proxy::front> front_;

@@ -21,6 +21,7 @@
 #include "handoff/socket_info.hpp"
 #include "handoff/ticket_keys.hpp"
 #include "supervisor/core.hpp"
+#include "supervisor/notify_socket.hpp"
 
 namespace handoff::supervisor {
 
@@ -266,6 +267,9 @@ void supervisor_core::setup() {
   } else {
     // Each --listen takes an inherited socket of that name or address when systemd passed one
     // (socket_set), else opens it; inherited sockets no --listen asked for are closed.
+    // --backlog is for the ones opened here: an inherited one keeps its manager's (Backlog=).
+    listen_options opening;
+    opening.backlog = o_.backlog;
     std::vector<address> wanted;
     for (const auto& text : o_.listen) {
       auto where = parse_address(text);
@@ -278,7 +282,7 @@ void supervisor_core::setup() {
     inherited_keys = inherited->take(ticket_keys_name);
     for (const auto& w : wanted) {
       const address* where = &w;
-      auto fd = inherited->listen(*where);
+      auto fd = inherited->listen(*where, opening);
       if (!fd) throw std::runtime_error(fd.error().message());
       auto own = duplicate_fd(*fd);
       if (!own) throw std::runtime_error(own.error().message());
@@ -299,6 +303,13 @@ void supervisor_core::setup() {
       if (auto r = set_nonblocking(s.fd.get()); !r)
         throw std::runtime_error("--nonblocking: " + r.error().message());
     }
+    // systemd's NoDelay=, on inherited sockets too: the option of the socket, whoever opened it.
+    if (o_.nodelay) {
+      const auto where = local_address(s.fd.get());
+      if (where && where->kind == transport::tcp)
+        if (auto r = set_nodelay(s.fd.get()); !r)
+          throw std::runtime_error("--nodelay: " + r.error().message());
+    }
   }
   for (const auto& s : sockets_)
     log_.log("socket", fmt::format("holding {}{}", s.name.empty() ? "" : s.name + "=", s.where),
@@ -308,15 +319,17 @@ void supervisor_core::setup() {
   check_ready_target();
   setup_ticket_keys(std::move(inherited_keys));
 
-  auto n = notify_receiver::open_unique();
-  if (!n) throw std::runtime_error(n.error().message());
-  notify_.emplace(std::move(*n));
-
+  // The control socket first: once it is ours, no live supervisor of this name holds the
+  // notify socket beside it, and a file there is a dead one's.
   if (!o_.control.empty()) {
     auto c = control_server::open(o_.control);
     if (!c) throw std::runtime_error("control socket: " + c.error().message());
     control_ = control_sessions(std::move(*c));
   }
+  auto n = open_notify_socket(o_.notify_socket, o_.control);
+  if (!n) throw std::runtime_error(n.error().message());
+  notify_.emplace(std::move(n->receiver));
+  if (!n->note.empty()) log_.log("notify_socket", n->note);
 
   if (!o_.metrics.empty()) {
     auto m = metrics_server::open(o_.metrics);

@@ -45,9 +45,12 @@ std::string supervisor_core::status_text(bool as_json) const {
       for (const auto& s : g.slots) {
         if (s.running())
           out += fmt::format("  pid {} {}{}, up {} ms, {} restarts{}\n", s.pid,
-                             s.ready ? "ready" : "not ready", s.reloading ? " (reloading)" : "",
-                             ms_since(s.started, now), s.restarts,
-                             s.status_text.empty() ? "" : ", status: " + s.status_text);
+                             s.ready ? "ready"
+                             : s.heard || o_.ready != ready_mode::notify
+                                 ? "not ready"
+                                 : "not ready (nothing on NOTIFY_SOCKET yet)",
+                             s.reloading ? " (reloading)" : "", ms_since(s.started, now),
+                             s.restarts, s.status_text.empty() ? "" : ", status: " + s.status_text);
         else
           out += fmt::format("  (no process{}), {} restarts\n",
                              s.restart_at != clock::time_point{} ? ": restart pending" : "",
@@ -62,6 +65,7 @@ std::string supervisor_core::status_text(bool as_json) const {
           front->client_connections, front->accepted);
     if (stopping_) out += "stopping\n";
     out += "last reload: " + (last_reload_.empty() ? std::string("none") : last_reload_) + "\n";
+    if (!last_start_failure_.empty()) out += "last start failure: " + last_start_failure_ + "\n";
     return out;
   }
   json::object root;
@@ -86,6 +90,7 @@ std::string supervisor_core::status_text(bool as_json) const {
     for (const auto& s : g.slots)
       processes.push_back(json::object{{"pid", s.pid},
                                        {"ready", s.ready},
+                                       {"notified", s.heard},
                                        {"uptime_ms", s.running() ? ms_since(s.started, now) : 0},
                                        {"restarts", s.restarts},
                                        {"status", s.status_text}});
@@ -120,6 +125,7 @@ std::string supervisor_core::status_text(bool as_json) const {
                                  {"connect_failures", front->connect_failures},
                                  {"tls_handshake_failures", front->tls_handshake_failures}};
   root["last_reload"] = last_reload_;
+  root["last_start_failure"] = last_start_failure_;
   return json::serialize(root) + "\n";
 }
 

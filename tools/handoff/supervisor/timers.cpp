@@ -7,6 +7,21 @@
 
 namespace handoff::supervisor {
 
+// --ready notify and not a single message from the process: most likely an app that does not
+// speak the protocol at all (uvicorn, Node, puma without its gem), which would be killed and
+// restarted for ever. Said once per failure, with the ways to start such an app.
+std::string supervisor_core::silence_hint(const slot& s) const {
+  if (o_.ready != ready_mode::notify || s.heard) return {};
+  return fmt::format(
+      ": nothing at all arrived on NOTIFY_SOCKET ({}) from it; if the app does not send READY=1 "
+      "(sd_notify), start it with --ready delay:DURATION, --ready http:///PATH{}",
+      notify_ ? notify_->address() : std::string("none"),
+      o_.proxy.kind == proxy_kind::none
+          ? " with --proxy http (the generation's own address is probed), or --ready "
+            "http://HOST:PORT/PATH on a port the app opens itself"
+          : " (probed on the generation's own address)");
+}
+
 clock::time_point supervisor_core::on_timers() {
   deadlines due(os_.now());
   // Pinged from here, the loop's own turn: a loop that is stuck stops the pings, and our
@@ -38,13 +53,14 @@ clock::time_point supervisor_core::on_timers() {
         } else if (due.reached(s.ready_deadline)) {
           if (g.state == generation_state::starting) {
             fail_generation(g, reload_failure::ready_timeout,
-                            fmt::format("pid {} not ready within {} (--ready-timeout)", s.pid,
-                                        format_duration(o_.ready_timeout)));
+                            fmt::format("pid {} not ready within {} (--ready-timeout){}", s.pid,
+                                        format_duration(o_.ready_timeout), silence_hint(s)));
             break;
           }
-          log_.log("ready_timeout", fmt::format("generation {}: restarted pid {} not ready within "
-                                                "{}; killing it",
-                                                g.id, s.pid, format_duration(o_.ready_timeout)));
+          last_start_failure_ =
+              fmt::format("generation {}: restarted pid {} not ready within {}{}; killing it", g.id,
+                          s.pid, format_duration(o_.ready_timeout), silence_hint(s));
+          log_.log("ready_timeout", last_start_failure_);
           kill_slot(s, SIGKILL);
           s.ready_deadline = clock::time_point::max();
         }
