@@ -140,6 +140,16 @@ bool forbidden_in_trailer(field name, std::string_view text) {
   return hop_by_hop(name, text) || name == field::host || name == field::expect;
 }
 
+// RFC 9110 5.6.2: what a coding name may be (parameters included, a coding is no more than a
+// token in practice; one that is not cannot be passed on as it was parsed).
+bool is_token(std::string_view t) {
+  return !t.empty() && std::all_of(t.begin(), t.end(), [](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    if ((u >= '0' && u <= '9') || (u >= 'a' && u <= 'z') || (u >= 'A' && u <= 'Z')) return true;
+    return std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+  });
+}
+
 // Counts the codings of a Transfer-Encoding line, the chunked ones, and whether the last
 // one so far is chunked.
 void count_codings(std::string_view value, coding_count& c) {
@@ -147,13 +157,14 @@ void count_codings(std::string_view value, coding_count& c) {
   any_token(value, [&](std::string_view t) {
     any = true;
     ++c.count;
+    if (!is_token(t)) c.invalid = true;
     c.last_chunked = beast::iequals(t, "chunked");
     if (c.last_chunked) ++c.chunked;
     return false;
   });
   if (!any) {  // an empty Transfer-Encoding is no coding we know
     ++c.count;
-    c.empty = true;
+    c.invalid = true;
     c.last_chunked = false;
   }
 }
@@ -553,7 +564,7 @@ void response_framer::on_header_impl(error_code& ec) {
   // before the final chunked (gzip, chunked) are relayed, but not to an HTTP/1.0 client, which
   // knows no Transfer-Encoding (RFC 9112 6.1).
   if (codings_.count > 0 &&
-      (content_length() || codings_.chunked != 1 || !codings_.last_chunked || codings_.empty ||
+      (content_length() || codings_.chunked != 1 || !codings_.last_chunked || codings_.invalid ||
        (codings_.count > 1 && options_.client_version < 11 && !is_done()))) {
     ec = bhttp::error::bad_transfer_encoding;
     return;

@@ -57,7 +57,7 @@ struct coding_count {
   int count = 0;    // tokens, over every line
   int chunked = 0;  // of which "chunked"
   bool last_chunked = false;
-  bool empty = false;  // an empty line: no coding we know
+  bool invalid = false;  // an empty line, or a coding that is not a token
 };
 
 // What a refused request is answered with.
