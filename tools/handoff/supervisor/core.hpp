@@ -11,7 +11,9 @@
 //   metrics.cpp    `GET /metrics` (--metrics; its transport is metrics_http.cpp)
 //   proxy_link.cpp --proxy: each generation's private upstreams, and the front's steps
 //   reexec.cpp     `handoff reexec`: exec the binary on disk with the same pid, and back
-//   state.cpp      the state that travels across that exec (state.hpp)
+//   reexec_probe.cpp  its probe of that binary, a child the loop watches
+//   state.cpp      the state that travels across that exec, to and from saved_state
+//                  (state.hpp; its codec is state_codec.cpp, its bytes byte_text.hpp)
 //   supervisor.cpp the loop itself
 //
 // Everything runs on one thread. The operating system is reached only through os_env (os.hpp)
