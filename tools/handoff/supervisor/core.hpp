@@ -13,7 +13,9 @@
 //   metrics.cpp    `GET /metrics` (--metrics; its transport is metrics_http.cpp)
 //   proxy_link.cpp --proxy: each generation's private upstreams, and the front's steps
 //   reexec.cpp     `handoff reexec`: exec the binary on disk with the same pid, and back
-//   state.cpp      the state that travels across that exec (state.hpp)
+//   reexec_probe.cpp  its probe of that binary, a child the loop watches
+//   state.cpp      the state that travels across that exec, to and from saved_state
+//                  (state.hpp; its codec is state_codec.cpp, its bytes byte_text.hpp)
 //   supervisor.cpp the loop itself
 //
 // Everything runs on one thread. The operating system is reached only through os_env (os.hpp)
@@ -44,6 +46,7 @@
 #include "supervisor/options.hpp"
 #include "supervisor/os.hpp"
 #include "supervisor/proxy_link.hpp"
+#include "supervisor/state.hpp"
 #include "supervisor/timers.hpp"
 
 namespace handoff::supervisor {
@@ -182,19 +185,49 @@ class supervisor_core {
   void start_proxy();
   // The old image's half of a re-exec once the binary passed the probe: write the state, exec.
   // With --proxy http, first park the client connections (on_parked() goes on).
-  void exec_image(std::optional<std::uint64_t> id, const std::string& version);
+  // What the binary at the path answered the probe: its version and the state versions it
+  // reads.
+  struct probed_binary {
+    std::string version;
+    int min = 0, max = 0;
+  };
+  void exec_image(std::optional<std::uint64_t> id, const probed_binary& binary);
   void on_parked(const std::string& outcome);
   void refuse_reexec(std::optional<std::uint64_t> id, const std::string& why);
-  // The version of the state this image writes: the lowest that carries it (version 1 when
-  // there is no front), so that a build before the front's handover still takes a state of
-  // direct mode.
-  int state_version_written() const;
-  std::string save_state(std::optional<std::uint64_t> waiter) const;
+  // reexec_probe.cpp: the probe as a child the loop watches. start_reexec_probe() answers the
+  // request itself when the probe cannot start (false); on_reexec_probe_exit() (from reap(),
+  // true when `pid` was the probe) refuses the re-exec or goes on with after_probe().
+  struct reexec_probe {
+    std::optional<std::uint64_t> id;
+    pid_t pid = 0;
+    unique_fd out;  // the read end of its stdout and stderr (nonblocking); closed at its end
+    std::string said;
+    clock::time_point deadline{};
+    bool killed = false, timed_out = false;
+  };
+  std::optional<reexec_probe> reexec_probe_;
+  bool start_reexec_probe(std::optional<std::uint64_t> id);
+  void on_reexec_probe_output();
+  void reexec_probe_timers(deadlines& due);
+  bool on_reexec_probe_exit(pid_t pid, const std::optional<exit_status>& status);
+  int reexec_probe_fd() const noexcept;
+  void after_probe(std::optional<std::uint64_t> id, const probed_binary& binary);
+  // "" when `binary` reads state `version`; else why not.
+  std::string state_version_refused(const probed_binary& binary, int version) const;
+  // The version of the state this image would write now: the lowest that carries it
+  // (state.hpp), so that a build before the front's handover still takes a state of direct
+  // mode.
+  int state_version_written() const { return save_state(std::nullopt).version; }
+  // state.cpp: this supervisor as the typed state, and as its text.
+  saved_state saved(std::optional<std::uint64_t> waiter) const;
+  encoded_state save_state(std::optional<std::uint64_t> waiter) const;
   // Every fd that save_state names: the ones whose close-on-exec is cleared for the exec.
   std::vector<int> state_fds() const;
-  // "" when the state was taken; else why not (then nothing of it was touched).
-  std::string check_state(const std::string& text) const;
-  void load_state(const std::string& text);
+  // "" when a decoded state fits this supervisor (its front, its open fds); else why not.
+  // Nothing of it is touched either way.
+  std::string check_state(const saved_state& s) const;
+  // Takes a state that passed check_state(); nothing in it can fail.
+  void load_state(saved_state s);
   unique_fd self_exe_;
   std::string self_path_;
   std::vector<std::string> self_argv_;
@@ -205,7 +238,7 @@ class supervisor_core {
   // --proxy http: a re-exec waiting for the client connections to park (front.hpp).
   struct pending_reexec {
     std::optional<std::uint64_t> id;
-    std::string version;  // of the binary at the path, as it answered the probe
+    probed_binary binary;  // as it answered the probe
   };
   std::optional<pending_reexec> reexec_pending_;
   // The client connections crossing the exec (handed over by the front, or read from the

@@ -13,6 +13,8 @@
 #include <cstdlib>
 #include <ctime>
 
+#include "supervisor/byte_text.hpp"
+
 namespace handoff::supervisor {
 
 namespace {
@@ -31,7 +33,8 @@ std::string utc_now() {
 }  // namespace
 
 void json_string(std::string& out, std::string_view text) {
-  out += boost::json::serialize(boost::json::string(text));
+  // JSON is UTF-8: bytes from outside (a name, a path) that are not become U+FFFD.
+  out += boost::json::serialize(boost::json::string(utf8_or_replacement(text)));
 }
 
 bool stderr_is_journal() {

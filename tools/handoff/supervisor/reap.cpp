@@ -15,6 +15,7 @@ void supervisor_core::reap() {
       for (auto& s : g.slots)
         if (s.pid == *pid && s.pgid > 0) kill_slot(s, SIGKILL);
     const auto status = os_.collect(*pid);
+    if (on_reexec_probe_exit(*pid, status)) continue;  // the probe of `handoff reexec`
     if (!status) continue;
     on_exit(*pid, status);
   }

@@ -2,13 +2,15 @@
 // its manager's MainPID, its children's parent and every pidfd stay what they were. The state
 // crosses in a memfd (state.hpp); the fds it names keep their numbers.
 //
-// Order of the old image: ask the binary at the path which state versions it reads (a binary
-// that is missing, not executable, exits at once or reads no version of ours is refused here,
-// and this image keeps running); write the state; clear close-on-exec on exactly the fds it
-// names; execve. A failed execve sets every flag back and answers the error. The new image
-// checks the whole state before it uses any of it; if it cannot take it, it execs this image's
-// binary back (an O_PATH fd on /proc/self/exe, kept across the exec) with the same state and
-// the reason, which the old image, restored, logs and answers.
+// Order of the old image: ask the binary at the path which state versions it reads (a child
+// the loop watches, reexec_probe.cpp: a binary that is missing, not executable, exits at once
+// or reads no version of ours is refused there, and this image keeps running); write the
+// state and read it back as the new image will (a state this image cannot read is refused
+// here); clear close-on-exec on exactly the fds it names; execve. A failed execve sets every
+// flag back and answers the error. The new image decodes the whole state into a saved_state
+// and checks it against itself before it uses any of it; if it cannot take it, it execs this
+// image's binary back (an O_PATH fd on /proc/self/exe, kept across the exec) with the same
+// state and the reason, which the old image, restored, logs and answers.
 #include <fcntl.h>
 #include <fmt/core.h>
 #include <poll.h>
@@ -25,7 +27,6 @@
 #include <stdexcept>
 
 #include "handoff/decimal.hpp"
-#include "handoff/spawn.hpp"
 #include "supervisor/core.hpp"
 #include "supervisor/state.hpp"
 
@@ -39,8 +40,6 @@ namespace {
 
 // The env var that names the O_PATH fd of the image to come back to.
 constexpr const char* env_self = "HANDOFF_REEXEC_SELF";
-// How long the binary at the path may take to answer which state versions it reads.
-constexpr auto probe_timeout = 5s;
 
 std::string read_all(int fd) {
   std::string out;
@@ -104,81 +103,6 @@ void set_cloexec(int fd, bool on) {
   if (flags >= 0) (void)::fcntl(fd, F_SETFD, on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC);
 }
 
-struct probe_answer {
-  std::string error;    // why the binary is refused ("" when it is not)
-  std::string version;  // what it says it is
-};
-
-// Runs `path` with HANDOFF_REEXEC_PROBE=1: it must print "handoff-reexec state MIN MAX
-// VERSION" and exit 0, with the version we write within MIN..MAX.
-probe_answer probe_binary(const std::string& path, int version_written) {
-  int p[2];
-  if (::pipe2(p, O_CLOEXEC) != 0) return {fmt::format("pipe: {}", std::strerror(errno)), {}};
-  unique_fd read_end(p[0]), write_end(p[1]);
-  spawn_options so;
-  so.argv = {path};
-  so.extra_environment = {std::string(env_probe) + "=1"};
-  so.stdout_fd = so.stderr_fd = write_end.get();
-  auto pid = spawn(so);
-  write_end.reset();
-  if (!pid) return {pid.error().message(), {}};
-  std::string out;
-  const auto deadline = clock::now() + probe_timeout;
-  bool timed_out = false;
-  for (;;) {
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - clock::now());
-    pollfd pfd{read_end.get(), POLLIN, 0};
-    const int ready = left.count() <= 0 ? 0 : ::poll(&pfd, 1, static_cast<int>(left.count()));
-    if (ready < 0 && errno == EINTR) continue;
-    if (ready <= 0) {
-      timed_out = true;
-      break;
-    }
-    char buf[1024];
-    const ssize_t n = ::read(read_end.get(), buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    if (out.size() < 4096) out.append(buf, static_cast<std::size_t>(n));
-  }
-  if (timed_out) (void)::kill(*pid, SIGKILL);
-  auto status = wait_exit(*pid, 5s);
-  if (!status) {
-    (void)::kill(*pid, SIGKILL);
-    (void)wait_exit(*pid, 5s);
-  }
-  std::string last;  // its last line of output, to say why it failed
-  {
-    std::string trimmed = out;
-    while (!trimmed.empty() && (trimmed.back() == '\n' || trimmed.back() == '\r'))
-      trimmed.pop_back();
-    last = trimmed.substr(trimmed.rfind('\n') == std::string::npos ? 0 : trimmed.rfind('\n') + 1);
-    if (last.size() > 200) last.resize(200);
-  }
-  const std::string said = last.empty() ? "" : fmt::format(" (its last words: \"{}\")", last);
-  if (timed_out)
-    return {fmt::format("did not answer the probe within {} s", probe_timeout.count()), {}};
-  if (!status || !status->success())
-    return {fmt::format("{} when probed{}",
-                        status ? status->describe() : std::string("did not exit"), said),
-            {}};
-  const std::string tag = "handoff-reexec state ";
-  const auto at = out.find(tag);
-  if (at == std::string::npos)
-    return {fmt::format("is not a handoff that can re-execute: no state versions in its "
-                        "answer{}",
-                        said),
-            {}};
-  int min = 0, max = 0;
-  char version[128] = {};
-  if (std::sscanf(out.c_str() + at + tag.size(), "%d %d %127[^\n]", &min, &max, version) != 3)
-    return {"answered the probe with a damaged line", {}};
-  if (version_written < min || version_written > max)
-    return {fmt::format("{} reads state versions {} to {}; this one writes version {}", version,
-                        min, max, version_written),
-            version};
-  return {{}, version};
-}
-
 }  // namespace
 
 void supervisor_core::remember_self() {
@@ -209,16 +133,20 @@ void supervisor_core::request_reexec(std::optional<std::uint64_t> id) {
   if (stopping_) return refuse_reexec(id, "the supervisor is stopping");
   if (self_path_.empty() || self_argv_.empty() || !self_exe_)
     return refuse_reexec(id, "the supervisor's own binary or argv is unknown (no /proc?)");
-  const auto probe = probe_binary(self_path_, state_version_written());
-  if (!probe.error.empty())
-    return refuse_reexec(
-        id, fmt::format("{} {}; {} keeps running", self_path_, probe.error, HANDOFF_VERSION_TEXT));
-  if (id) control_.wait(*id);  // answered by the new image, or below
+  if (reexec_probe_)
+    return refuse_reexec(id,
+                         "a re-exec is under way already (asking the binary at the path "
+                         "which state versions it reads)");
+  if (id) control_.wait(*id);  // answered once the probe has answered (reexec_probe.cpp)
+  (void)start_reexec_probe(id);
+}
+
+void supervisor_core::after_probe(std::optional<std::uint64_t> id, const probed_binary& binary) {
   if (proxy_) {
     // The client connections cross at request boundaries (tcp: once the bytes read from
     // either side are written to the other): every relay finishes the request it is in
     // (bounded like a retired generation's drain) and parks; on_parked() goes on.
-    reexec_pending_ = pending_reexec{id, probe.version};
+    reexec_pending_ = pending_reexec{id, binary};
     log_.log("reexec",
              fmt::format("reexec: parking the client connections at their next {} "
                          "(at most {})",
@@ -227,7 +155,7 @@ void supervisor_core::request_reexec(std::optional<std::uint64_t> id) {
     proxy_->park(o_.stop_timeout);
     return;
   }
-  exec_image(id, probe.version);
+  exec_image(id, binary);
 }
 
 void supervisor_core::on_parked(const std::string& outcome) {
@@ -252,10 +180,10 @@ void supervisor_core::on_parked(const std::string& outcome) {
         p.id, clients.error().message() + "; " + HANDOFF_VERSION_TEXT + " keeps running");
   }
   handed_clients_ = std::move(*clients);
-  exec_image(p.id, p.version);
+  exec_image(p.id, p.binary);
 }
 
-void supervisor_core::exec_image(std::optional<std::uint64_t> id, const std::string& version) {
+void supervisor_core::exec_image(std::optional<std::uint64_t> id, const probed_binary& binary) {
   // Whatever fails from here on, the client connections handed over come back to our front.
   const auto refuse = [&](const std::string& why) {
     if (proxy_) proxy_->adopt(std::exchange(handed_clients_, {}));
@@ -263,7 +191,17 @@ void supervisor_core::exec_image(std::optional<std::uint64_t> id, const std::str
   };
   unique_fd memfd(::memfd_create("handoff-state", MFD_CLOEXEC));
   if (!memfd) return refuse(fmt::format("memfd_create: {}", std::strerror(errno)));
-  const std::string state = save_state(id);
+  const auto encoded = save_state(id);
+  const std::string& state = encoded.text;
+  // Our own state read back as the next image will read it: a state that we could not read
+  // would also be refused there, and then not even this image could take it back.
+  if (auto own = decode_state(state); !own)
+    return refuse(fmt::format("this image cannot read the state it wrote ({}); {} keeps running",
+                              own.error().message(), HANDOFF_VERSION_TEXT));
+  // The state may have changed since the probe (an app's STATUS= that is not UTF-8 makes it
+  // version 4): the binary must still read it.
+  if (const auto why = state_version_refused(binary, encoded.version); !why.empty())
+    return refuse(fmt::format("{}; {} keeps running", why, HANDOFF_VERSION_TEXT));
   for (std::size_t sent = 0; sent < state.size();) {
     const ssize_t n = ::write(memfd.get(), state.data() + sent, state.size() - sent);
     if (n < 0 && errno == EINTR) continue;
@@ -275,12 +213,12 @@ void supervisor_core::exec_image(std::optional<std::uint64_t> id, const std::str
   log_.log("reexec",
            fmt::format("re-executing {} ({}) as pid {}: {} generations, {} sockets, {}{} bytes "
                        "of state",
-                       self_path_, version, ::getpid(), generations_.size(), sockets_.size(),
+                       self_path_, binary.version, ::getpid(), generations_.size(), sockets_.size(),
                        proxy_ ? fmt::format("{} client connections ({} bytes read ahead), ",
                                             handed_clients_.size(), read_ahead)
                               : std::string(),
                        state.size()),
-           {{"path", self_path_}, {"version", version}});
+           {{"path", self_path_}, {"version", binary.version}});
   // The lines still buffered would be lost with this image: a short wait for stderr.
   for (int i = 0; i < 50 && log_.poll_fd() >= 0; ++i) {
     pollfd p{log_.poll_fd(), POLLOUT, 0};
@@ -316,7 +254,14 @@ void supervisor_core::restore() {
   std::optional<std::string> came_back;
   if (const char* f = std::getenv(env_failed)) came_back = f;
   const std::string text = read_all(*state_fd);
-  if (const auto why = check_state(text); !why.empty()) {
+  int max = state_version;
+  // A test stands in for an older build this way (state.hpp).
+  if (const char* m = std::getenv(env_read_max))
+    if (auto v = parse_decimal<int>(m, 0)) max = std::min(max, *v);
+  // All of it read, and held against this supervisor, before any of it is used.
+  auto decoded = decode_state(text, max);
+  std::string why = decoded ? check_state(*decoded) : decoded.error().message();
+  if (!why.empty()) {
     if (came_back)
       throw std::runtime_error(
           fmt::format("reexec: came back after \"{}\" and cannot read its own state either: {}",
@@ -340,7 +285,8 @@ void supervisor_core::restore() {
   }
   for (const char* name : {env_state_fd, env_self, env_failed, env_read_max}) ::unsetenv(name);
   ::close(*state_fd);
-  load_state(text);
+  // The point of no return: from here on the fds of the state are ours.
+  load_state(std::move(*decoded));
   // Ours alone again: no child of ours may inherit them.
   for (const int fd : state_fds()) set_cloexec(fd, true);
   remember_self();

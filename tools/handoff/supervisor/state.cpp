@@ -1,21 +1,26 @@
-// The supervisor's state as state.hpp's format, and back. Only what cannot be rebuilt travels:
-// pidfds are reopened by pid (our own children, unreaped, so the pid is still theirs), probes
-// started again, the signalfd and the wake eventfd made anew.
+// The supervisor's state as saved_state (state.hpp, encoded by state_codec.cpp), and back.
+// Only what cannot be rebuilt travels: pidfds are reopened by pid (our own children, unreaped,
+// so the pid is still theirs), probes started again, the signalfd and the wake eventfd made
+// anew.
+//
+// The new image: decode_state() reads all of the state, check_state() holds it against this
+// supervisor (its front, its fds), and only then load_state() takes it, field by field, with
+// nothing left that can fail: until then not one fd of it has an owner here, so a refusal
+// leaves everything as the old image needs it back.
 #include "supervisor/state.hpp"
 
+#include <fcntl.h>
 #include <fmt/core.h>
 
-#include <boost/json.hpp>
+#include <algorithm>
 #include <cstdlib>
 #include <optional>
 #include <string_view>
 
-#include "handoff/decimal.hpp"
+#include "supervisor/byte_text.hpp"
 #include "supervisor/core.hpp"
 
 namespace handoff::supervisor {
-
-namespace json = boost::json;
 
 namespace {
 
@@ -23,77 +28,45 @@ std::int64_t ns(clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
 }
 
-clock::time_point at(const json::value& v) {
-  return clock::time_point(std::chrono::duration_cast<clock::duration>(
-      std::chrono::nanoseconds(v.to_number<std::int64_t>())));
+clock::time_point at(std::int64_t t) {
+  return clock::time_point(
+      std::chrono::duration_cast<clock::duration>(std::chrono::nanoseconds(t)));
 }
 
-json::value exit_json(const std::optional<exit_status>& s) {
-  if (!s) return nullptr;
-  return json::object{{"exited", s->exited}, {"code", s->code}, {"signal", s->signal}};
+std::optional<saved_state::exit_info> exit_info_of(const std::optional<exit_status>& s) {
+  if (!s) return std::nullopt;
+  return saved_state::exit_info{s->exited, s->code, s->signal};
 }
 
-std::optional<exit_status> exit_of(const json::value& v) {
-  if (v.is_null()) return std::nullopt;
-  exit_status s;
-  s.exited = v.at("exited").as_bool();
-  s.code = v.at("code").to_number<int>();
-  s.signal = v.at("signal").to_number<int>();
-  return s;
+std::optional<exit_status> exit_of(const std::optional<saved_state::exit_info>& s) {
+  if (!s) return std::nullopt;
+  exit_status e;
+  e.exited = s->exited;
+  e.code = s->code;
+  e.signal = s->signal;
+  return e;
 }
 
-template <std::size_t N>
-json::array counts_json(const std::array<std::uint64_t, N>& a) {
-  json::array out;
-  for (const auto n : a) out.push_back(n);
-  return out;
-}
-
-template <std::size_t N>
-void counts_of(const json::value& v, std::array<std::uint64_t, N>& a) {
-  const auto& arr = v.as_array();
-  for (std::size_t i = 0; i < N && i < arr.size(); ++i) a[i] = arr[i].to_number<std::uint64_t>();
-}
-
-generation_state state_of(std::string_view s) {
+std::optional<generation_state> generation_state_of(std::string_view s) {
   for (auto g : {generation_state::starting, generation_state::settling, generation_state::serving,
                  generation_state::retiring, generation_state::draining, generation_state::failed})
     if (s == to_string(g)) return g;
-  throw std::invalid_argument(fmt::format("unknown generation state \"{}\"", s));
+  return std::nullopt;
 }
 
-std::string str(const json::value& v) {
-  const auto& s = v.as_string();
-  return {s.data(), s.size()};
+template <std::size_t N>
+std::vector<std::uint64_t> vector_of(const std::array<std::uint64_t, N>& a) {
+  return {a.begin(), a.end()};
 }
 
-std::string to_hex(std::string_view bytes) {
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(bytes.size() * 2);
-  for (const char c : bytes) {
-    const auto b = static_cast<unsigned char>(c);
-    out += digits[b >> 4];
-    out += digits[b & 0xf];
-  }
-  return out;
+template <std::size_t N>
+void copy_counts(const std::vector<std::uint64_t>& v, std::array<std::uint64_t, N>& a) {
+  for (std::size_t i = 0; i < N && i < v.size(); ++i) a[i] = v[i];
 }
 
-std::optional<std::string> from_hex(std::string_view hex) {
-  if (hex.size() % 2 != 0) return std::nullopt;
-  const auto nibble = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    return -1;
-  };
-  std::string out;
-  out.reserve(hex.size() / 2);
-  for (std::size_t i = 0; i < hex.size(); i += 2) {
-    const int hi = nibble(hex[i]), lo = nibble(hex[i + 1]);
-    if (hi < 0 || lo < 0) return std::nullopt;
-    out += static_cast<char>(hi << 4 | lo);
-  }
-  return out;
+std::optional<std::int64_t> optional_ns(const std::optional<clock::time_point>& t) {
+  if (!t) return std::nullopt;
+  return ns(*t);
 }
 
 }  // namespace
@@ -122,395 +95,289 @@ std::vector<int> supervisor_core::state_fds() const {
   return fds;
 }
 
-int supervisor_core::state_version_written() const {
-  if (!proxy_) return 1;
-  return o_.proxy.kind == proxy_kind::tcp ? 3 : 2;
-}
-
-std::string supervisor_core::save_state(std::optional<std::uint64_t> waiter) const {
-  json::object root;
-  const int version = state_version_written();
-  root["version"] = version;
-  root["handoff"] = HANDOFF_VERSION_TEXT;
-  root["reexecs"] = reexecs_;
-  root["self_exe"] = self_exe_.get();
-  root["self_path"] = self_path_;
-  root["waiter"] = waiter ? json::value(*waiter) : json::value(nullptr);
-  json::array sockets;
-  for (const auto& s : sockets_)
-    sockets.push_back(json::object{{"fd", s.fd.get()},
-                                   {"name", s.name},
-                                   {"where", s.where},
-                                   {"inode", static_cast<std::uint64_t>(s.inode)},
-                                   {"unserved_by", s.unserved_by}});
-  root["sockets"] = std::move(sockets);
-  json::array store;
-  for (const auto& f : fdstore_)
-    store.push_back(json::object{{"fd", f.fd.get()}, {"name", f.name}});
-  root["fdstore"] = std::move(store);
+saved_state supervisor_core::saved(std::optional<std::uint64_t> waiter) const {
+  saved_state s;
+  s.handoff = HANDOFF_VERSION_TEXT;
+  s.reexecs = reexecs_;
+  s.self_exe = self_exe_.get();
+  s.self_path = self_path_;
+  s.waiter = waiter;
+  for (const auto& k : sockets_)
+    s.sockets.push_back(
+        {k.fd.get(), k.name, k.where, static_cast<std::uint64_t>(k.inode), k.unserved_by});
+  for (const auto& f : fdstore_) s.fdstore.push_back({f.fd.get(), f.name});
   // The TLS session-ticket keys (--tls-ticket-keys): the next generations must get the same
   // ones, or every session made so far stops resuming at the first reload after a re-exec.
-  if (ticket_keys_)
-    root["ticket_keys"] =
-        json::object{{"fd", ticket_keys_.get()}, {"next_rotation", ns(next_key_rotation_)}};
-  root["notify"] = json::object{{"fd", notify_->fd()}, {"address", notify_->address()}};
+  if (ticket_keys_) s.keys = saved_state::ticket_keys{ticket_keys_.get(), ns(next_key_rotation_)};
+  s.notify_socket = {notify_->fd(), notify_->address()};
   if (const auto* c = control_.server()) {
-    json::array sessions;
-    for (const auto& s : control_.sessions())
-      sessions.push_back(json::object{{"id", s.id},
-                                      {"fd", s.conn.fd.get()},
-                                      {"buffer", s.conn.buffer},
-                                      {"answered", s.conn.answered},
-                                      {"deadline", ns(s.conn.deadline)}});
-    root["control"] = json::object{{"fd", c->fd()},
-                                   {"path", c->path()},
-                                   {"dev", static_cast<std::uint64_t>(c->dev())},
-                                   {"ino", static_cast<std::uint64_t>(c->ino())},
-                                   {"next_id", control_.next_id()},
-                                   {"sessions", std::move(sessions)}};
+    // Assigned, not emplace()d: clang 14 judges a nested struct with default member
+    // initializers not default-constructible (asked while the enclosing class was incomplete).
+    auto& k = *(s.control_socket = saved_state::control{});
+    k.fd = c->fd();
+    k.path = c->path();
+    k.dev = static_cast<std::uint64_t>(c->dev());
+    k.ino = static_cast<std::uint64_t>(c->ino());
+    k.next_id = control_.next_id();
+    for (const auto& x : control_.sessions())
+      k.sessions.push_back(
+          {x.id, x.conn.fd.get(), x.conn.buffer, x.conn.answered, ns(x.conn.deadline)});
   }
   if (metrics_server_)
-    root["metrics"] = json::object{{"fd", metrics_server_->listener_fd()},
-                                   {"where", metrics_server_->where()},
-                                   {"path", metrics_server_->created_path()}};
-  json::array recent;
-  for (const auto pid : recent_exits_) recent.push_back(pid);
-  root["core"] = json::object{
-      {"started", ns(started_)},
-      {"next_id", next_id_},
-      {"final_generation", final_generation_},
-      {"app_failures", app_failures_},
-      {"next_start", next_start_ ? json::value(ns(*next_start_)) : json::value(nullptr)},
-      {"last_status", exit_json(last_status_)},
-      {"reloads", reloads_},
-      {"reloads_failed", reloads_failed_},
-      {"restarts", restarts_},
-      {"last_reload", last_reload_},
-      {"pid_file_written", pid_file_written_},
-      {"own_watchdog_us", own_watchdog_.count()},
-      {"next_ping", ns(next_ping_)},
-      {"last_ignored_sender", last_ignored_sender_},
-      {"recent_exits", std::move(recent)},
-      {"recent_exits_next", recent_exits_next_}};
-  json::array buckets;
-  for (const auto n : metrics_.time_to_ready.buckets) buckets.push_back(n);
-  root["metrics_counts"] = json::object{
-      {"reloads_ok", metrics_.reloads_ok},
-      {"reloads_failed", counts_json(metrics_.reloads_failed)},
-      {"reloads_refused", counts_json(metrics_.reloads_refused)},
-      {"app_restarts", metrics_.app_restarts},
-      {"stop_escalations", metrics_.stop_escalations},
-      {"notify_refused", counts_json(metrics_.notify_refused)},
-      {"ready_buckets", std::move(buckets)},
-      {"ready_sum", metrics_.time_to_ready.sum},
-      {"ready_count", metrics_.time_to_ready.count},
-      {"last_reload_ok",
-       metrics_.last_reload_ok ? json::value(ns(*metrics_.last_reload_ok)) : json::value(nullptr)},
-      {"first_ready",
-       metrics_.first_ready ? json::value(ns(*metrics_.first_ready)) : json::value(nullptr)}};
-  json::array generations;
+    s.metrics = saved_state::metrics_listener{
+        metrics_server_->listener_fd(), metrics_server_->where(), metrics_server_->created_path()};
+  auto& c = s.core_state;
+  c.started = ns(started_);
+  c.next_id = next_id_;
+  c.final_generation = final_generation_;
+  c.app_failures = app_failures_;
+  c.next_start = optional_ns(next_start_);
+  c.last_status = exit_info_of(last_status_);
+  c.reloads = reloads_;
+  c.reloads_failed = reloads_failed_;
+  c.restarts = restarts_;
+  c.last_reload = last_reload_;
+  c.pid_file_written = pid_file_written_;
+  c.own_watchdog_us = own_watchdog_.count();
+  c.next_ping = ns(next_ping_);
+  c.last_ignored_sender = last_ignored_sender_;
+  c.recent_exits.assign(recent_exits_.begin(), recent_exits_.end());
+  c.recent_exits_next = recent_exits_next_;
+  auto& m = s.counts;
+  m.reloads_ok = metrics_.reloads_ok;
+  m.reloads_failed = vector_of(metrics_.reloads_failed);
+  m.reloads_refused = vector_of(metrics_.reloads_refused);
+  m.app_restarts = metrics_.app_restarts;
+  m.stop_escalations = metrics_.stop_escalations;
+  m.notify_refused = vector_of(metrics_.notify_refused);
+  m.ready_buckets = vector_of(metrics_.time_to_ready.buckets);
+  m.ready_sum = metrics_.time_to_ready.sum;
+  m.ready_count = metrics_.time_to_ready.count;
+  m.last_reload_ok = optional_ns(metrics_.last_reload_ok);
+  m.first_ready = optional_ns(metrics_.first_ready);
   for (const auto& g : generations_) {
-    json::array slots;
-    for (const auto& s : g.slots) {
-      json::array former;
-      for (const auto pid : s.former) former.push_back(pid);
-      slots.push_back(json::object{{"pid", s.pid},
-                                   {"pgid", s.pgid},
-                                   {"former", std::move(former)},
-                                   {"leader_reaped", s.leader_reaped},
-                                   {"ready", s.ready},
-                                   {"stopping", s.stopping},
-                                   {"reloading", s.reloading},
-                                   {"started", ns(s.started)},
-                                   {"ready_at", ns(s.ready_at)},
-                                   {"last_watchdog", ns(s.last_watchdog)},
-                                   {"ready_deadline", ns(s.ready_deadline)},
-                                   {"watchdog_fired", s.watchdog_fired},
-                                   {"restart_at", ns(s.restart_at)},
-                                   {"watchdog_ms", s.watchdog.count()},
-                                   {"last_exit", exit_json(s.last_exit)},
-                                   {"status_text", s.status_text},
-                                   {"restarts", s.restarts},
-                                   {"failures_in_a_row", s.failures_in_a_row}});
+    auto& x = s.generations.emplace_back();
+    x.id = g.id;
+    x.state = to_string(g.state);
+    x.started = ns(g.started);
+    x.ready_deadline = ns(g.ready_deadline);
+    x.settle_deadline = ns(g.settle_deadline);
+    x.stop_deadline = ns(g.stop_deadline);
+    x.retire_deadline = ns(g.retire_deadline);
+    x.stop_sent = g.stop_sent;
+    x.killed = g.killed;
+    x.is_restart = g.is_restart;
+    x.failure = g.failure;
+    x.waiters = g.waiters;
+    for (const auto& sl : g.slots) {
+      auto& y = x.slots.emplace_back();
+      y.pid = sl.pid;
+      y.pgid = sl.pgid;
+      y.former = sl.former;
+      y.leader_reaped = sl.leader_reaped;
+      y.ready = sl.ready;
+      y.stopping = sl.stopping;
+      y.reloading = sl.reloading;
+      y.started = ns(sl.started);
+      y.ready_at = ns(sl.ready_at);
+      y.last_watchdog = ns(sl.last_watchdog);
+      y.ready_deadline = ns(sl.ready_deadline);
+      y.watchdog_fired = sl.watchdog_fired;
+      y.restart_at = ns(sl.restart_at);
+      y.watchdog_ms = sl.watchdog.count();
+      y.last_exit = exit_info_of(sl.last_exit);
+      y.status_text = sl.status_text;
+      y.restarts = sl.restarts;
+      y.failures_in_a_row = sl.failures_in_a_row;
     }
-    json::array waiters;
-    for (const auto id : g.waiters) waiters.push_back(id);
-    generations.push_back(json::object{{"id", g.id},
-                                       {"state", to_string(g.state)},
-                                       {"started", ns(g.started)},
-                                       {"ready_deadline", ns(g.ready_deadline)},
-                                       {"settle_deadline", ns(g.settle_deadline)},
-                                       {"stop_deadline", ns(g.stop_deadline)},
-                                       {"retire_deadline", ns(g.retire_deadline)},
-                                       {"stop_sent", g.stop_sent},
-                                       {"killed", g.killed},
-                                       {"is_restart", g.is_restart},
-                                       {"failure", g.failure},
-                                       {"waiters", std::move(waiters)},
-                                       {"slots", std::move(slots)}});
   }
-  root["generations"] = std::move(generations);
   if (proxy_) {
-    // Version 2: each generation's private upstreams, and the client connections handed over
-    // at a request boundary with the bytes read ahead (hex: JSON strings must be UTF-8).
-    json::array upstreams;
+    auto& p = s.front.emplace();
+    p.mode = to_string(o_.proxy.kind);
     for (const auto& [id, ups] : proxy_->saved_upstreams()) {
-      json::array list;
-      for (const auto& u : ups)
-        list.push_back(json::object{{"fd", u.fd}, {"path", u.path}, {"port", u.port}});
-      upstreams.push_back(json::object{{"generation", id},
-                                       {"drained", proxy_->drained_generations().count(id) != 0},
-                                       {"upstreams", std::move(list)}});
+      auto& g = p.generations.emplace_back();
+      g.generation = id;
+      g.drained = proxy_->drained_generations().count(id) != 0;
+      for (const auto& u : ups) g.upstreams.push_back({u.fd, u.path, u.port});
     }
-    json::array clients;
-    for (const auto& c : handed_clients_) {
-      json::object client{
-          {"fd", c.fd.get()}, {"listener", c.listener}, {"buffered", to_hex(c.buffered)}};
-      if (version >= 3) {
-        client["upstream"] = c.upstream ? c.upstream.get() : -1;
-        client["generation"] = c.generation;
-        client["client_done"] = c.client_done;
-        client["upstream_done"] = c.upstream_done;
-      }
-      clients.push_back(std::move(client));
+    for (const auto& x : handed_clients_) {
+      auto& y = p.clients.emplace_back();
+      y.fd = x.fd.get();
+      y.listener = x.listener;
+      y.buffered = x.buffered;
+      if (o_.proxy.kind == proxy_kind::tcp)
+        y.tcp = saved_state::tcp_relay{x.upstream ? x.upstream.get() : -1, x.generation,
+                                       x.client_done, x.upstream_done};
     }
     // The front's totals go on in the next image (status, /metrics).
     const auto f = proxy_->stats();
-    const json::object counts{{"requests", f.requests},
-                              {"bad_gateway", f.bad_gateway},
-                              {"unavailable", f.unavailable},
-                              {"rejected", f.rejected},
-                              {"tunnels", f.tunnels},
-                              {"accepted", f.accepted},
-                              {"connect_failures", f.connect_failures},
-                              {"tls_handshake_failures", f.tls_handshake_failures}};
-    root["proxy"] = json::object{{"mode", to_string(o_.proxy.kind)},
-                                 {"generations", std::move(upstreams)},
-                                 {"clients", std::move(clients)},
-                                 {"counts", counts}};
+    p.counts = saved_state::proxy_counts{
+        f.requests, f.bad_gateway, f.unavailable,      f.rejected,
+        f.tunnels,  f.accepted,    f.connect_failures, f.tls_handshake_failures};
   }
-  return fmt::format("{}{}\n{}\n", state_header, version, json::serialize(root));
+  return s;
 }
 
-std::string supervisor_core::check_state(const std::string& text) const {
-  const std::string header = state_header;
-  if (text.rfind(header, 0) != 0)
-    return fmt::format("the state does not start with \"{}\" ({} bytes)", header, text.size());
-  const auto nl = text.find('\n');
-  const auto version =
-      parse_decimal<int>(std::string_view(text).substr(header.size(), nl - header.size()), 0);
-  if (nl == std::string::npos || !version) return "the state's header line is damaged";
-  int max = state_version;
-  // A test stands in for an older build this way (state.hpp).
-  if (const char* m = std::getenv(env_read_max))
-    if (auto v = parse_decimal<int>(m, 0)) max = std::min(max, *v);
-  if (*version < state_version_min || *version > max)
-    return fmt::format("state version {}: this binary ({}) reads versions {} to {}", *version,
-                       HANDOFF_VERSION_TEXT, state_version_min, max);
-  boost::system::error_code ec;
-  auto v = json::parse(std::string_view(text).substr(nl + 1), ec);
-  if (ec || !v.is_object()) return "the state is not one JSON object: " + ec.message();
-  // Everything read before anything is used: a damaged state is refused whole.
-  try {
-    const auto& root = v.as_object();
-    for (const char* key :
-         {"sockets", "fdstore", "notify", "core", "metrics_counts", "generations"})
-      if (!root.contains(key)) return fmt::format("the state has no \"{}\"", key);
-    if (const auto* k = root.if_contains("ticket_keys")) {
-      (void)k->at("fd").to_number<int>();
-      (void)at(k->at("next_rotation"));
-    }
-    for (const auto& g : root.at("generations").as_array()) {
-      (void)state_of(str(g.at("state")));
-      for (const auto& s : g.at("slots").as_array()) (void)s.at("pid").to_number<pid_t>();
-    }
-    const auto* p = root.if_contains("proxy");
-    const std::string mode = p != nullptr ? str(p->at("mode")) : "none";
-    // The same command line on both sides: a front of another kind would be a damaged state.
-    if (mode != to_string(o_.proxy.kind) && (p != nullptr || *version >= 2))
-      return fmt::format("the state's front is \"{}\", this supervisor's \"{}\"", mode,
-                         to_string(o_.proxy.kind));
-    if (p != nullptr) {
-      for (const auto& g : p->at("generations").as_array()) {
-        (void)g.at("generation").to_number<int>();
-        (void)g.at("drained").as_bool();
-        for (const auto& u : g.at("upstreams").as_array()) {
-          (void)u.at("fd").to_number<int>();
-          (void)str(u.at("path"));
-          (void)u.at("port").to_number<int>();
-        }
-      }
-      if (const auto* n = p->as_object().if_contains("counts"))
-        for (const auto& [key, value] : n->as_object()) (void)value.to_number<std::uint64_t>();
-      for (const auto& c : p->at("clients").as_array()) {
-        (void)c.at("fd").to_number<int>();
-        (void)c.at("listener").to_number<std::size_t>();
-        if (!from_hex(str(c.at("buffered"))))
-          return "the state is damaged: a client's buffered bytes are not hex";
-        if (*version >= 3) {
-          (void)c.at("upstream").to_number<int>();
-          (void)c.at("generation").to_number<int>();
-          (void)c.at("client_done").as_bool();
-          (void)c.at("upstream_done").as_bool();
-        }
-      }
-    }
-  } catch (const std::exception& e) {
-    return std::string("the state is damaged: ") + e.what();
-  }
+encoded_state supervisor_core::save_state(std::optional<std::uint64_t> waiter) const {
+  return encode_state(saved(waiter));
+}
+
+std::string supervisor_core::check_state(const saved_state& s) const {
+  const std::string mode = s.front ? s.front->mode : "none";
+  // The same command line on both sides: a front of another kind would be a damaged state.
+  if (mode != to_string(o_.proxy.kind) && (s.front || s.version >= 2))
+    return fmt::format("the state's front is \"{}\", this supervisor's \"{}\"", escaped_text(mode),
+                       to_string(o_.proxy.kind));
+  for (const auto& g : s.generations)
+    if (!generation_state_of(g.state))
+      return fmt::format("generation {}: unknown state \"{}\"", g.id, escaped_text(g.state));
+  // Every fd it names must be open here: the old image cleared close-on-exec on each.
+  for (const int fd : state_fds_of(s))
+    if (::fcntl(fd, F_GETFD) < 0)
+      return fmt::format("the state names fd {}, which is not open in the new image", fd);
   return {};
 }
 
-void supervisor_core::load_state(const std::string& text) {
-  const auto root = json::parse(std::string_view(text).substr(text.find('\n') + 1)).as_object();
-  if (const auto* p = root.if_contains("proxy")) {
-    for (const auto& g : p->at("generations").as_array()) {
-      const int id = g.at("generation").to_number<int>();
-      auto& ups = restored_upstreams_[id];
-      for (const auto& u : g.at("upstreams").as_array())
-        ups.push_back(
-            {u.at("fd").to_number<int>(), str(u.at("path")), u.at("port").to_number<int>()});
-      if (g.at("drained").as_bool()) restored_drained_.insert(id);
+void supervisor_core::load_state(saved_state s) {
+  if (auto& p = s.front) {
+    for (auto& g : p->generations) {
+      auto& ups = restored_upstreams_[g.generation];
+      for (auto& u : g.upstreams) ups.push_back({u.fd, std::move(u.path), u.port});
+      if (g.drained) restored_drained_.insert(g.generation);
     }
-    if (const auto* n = p->as_object().if_contains("counts")) {
-      const auto count = [n](const char* key) {
-        const auto* v = n->as_object().if_contains(key);
-        return v != nullptr ? v->to_number<std::uint64_t>() : 0;
-      };
-      restored_counts_.requests = count("requests");
-      restored_counts_.bad_gateway = count("bad_gateway");
-      restored_counts_.unavailable = count("unavailable");
-      restored_counts_.rejected = count("rejected");
-      restored_counts_.tunnels = count("tunnels");
-      restored_counts_.accepted = count("accepted");
-      restored_counts_.connect_failures = count("connect_failures");
-      restored_counts_.tls_handshake_failures = count("tls_handshake_failures");
+    if (const auto& n = p->counts) {
+      restored_counts_.requests = n->requests;
+      restored_counts_.bad_gateway = n->bad_gateway;
+      restored_counts_.unavailable = n->unavailable;
+      restored_counts_.rejected = n->rejected;
+      restored_counts_.tunnels = n->tunnels;
+      restored_counts_.accepted = n->accepted;
+      restored_counts_.connect_failures = n->connect_failures;
+      restored_counts_.tls_handshake_failures = n->tls_handshake_failures;
     }
-    for (const auto& c : p->at("clients").as_array()) {
+    for (auto& c : p->clients) {
       proxy::handed_client h;
-      h.fd.reset(c.at("fd").to_number<int>());
-      h.listener = c.at("listener").to_number<std::size_t>();
-      h.buffered = *from_hex(str(c.at("buffered")));
-      if (const auto* u = c.as_object().if_contains("upstream")) {
-        if (const int fd = u->to_number<int>(); fd >= 0) h.upstream.reset(fd);
-        h.generation = c.at("generation").to_number<int>();
-        h.client_done = c.at("client_done").as_bool();
-        h.upstream_done = c.at("upstream_done").as_bool();
+      h.fd.reset(c.fd);
+      h.listener = static_cast<std::size_t>(c.listener);
+      h.buffered = std::move(c.buffered);
+      if (c.tcp) {
+        if (c.tcp->upstream >= 0) h.upstream.reset(c.tcp->upstream);
+        h.generation = c.tcp->generation;
+        h.client_done = c.tcp->client_done;
+        h.upstream_done = c.tcp->upstream_done;
       }
       handed_clients_.push_back(std::move(h));
     }
   }
-  reexecs_ = root.at("reexecs").to_number<int>();
-  self_exe_.reset(root.at("self_exe").to_number<int>());
-  self_path_ = str(root.at("self_path"));
-  if (!root.at("waiter").is_null()) reexec_waiter_ = root.at("waiter").to_number<std::uint64_t>();
-  for (const auto& v : root.at("sockets").as_array()) {
+  reexecs_ = s.reexecs;
+  self_exe_.reset(s.self_exe);
+  self_path_ = std::move(s.self_path);
+  reexec_waiter_ = s.waiter;
+  for (auto& k : s.sockets) {
     held_socket h;
-    h.fd.reset(v.at("fd").to_number<int>());
-    h.name = str(v.at("name"));
-    h.where = str(v.at("where"));
-    h.inode = v.at("inode").to_number<ino_t>();
-    h.unserved_by = v.at("unserved_by").to_number<int>();
+    h.fd.reset(k.fd);
+    h.name = std::move(k.name);
+    h.where = std::move(k.where);
+    h.inode = static_cast<ino_t>(k.inode);
+    h.unserved_by = k.unserved_by;
     sockets_.push_back(std::move(h));
   }
-  for (const auto& v : root.at("fdstore").as_array()) {
-    stored_fd f;
-    f.fd.reset(v.at("fd").to_number<int>());
-    f.name = str(v.at("name"));
-    fdstore_.push_back(std::move(f));
+  for (auto& f : s.fdstore) {
+    stored_fd x;
+    x.fd.reset(f.fd);
+    x.name = std::move(f.name);
+    fdstore_.push_back(std::move(x));
   }
-  // Optional: the states of builds before --tls-ticket-keys have none.
-  if (const auto* k = root.if_contains("ticket_keys")) {
-    ticket_keys_.reset(k->at("fd").to_number<int>());
-    next_key_rotation_ = at(k->at("next_rotation"));
+  if (s.keys) {
+    ticket_keys_.reset(s.keys->fd);
+    next_key_rotation_ = at(s.keys->next_rotation);
   }
-  const auto& n = root.at("notify");
   notify_.emplace(
-      notify_receiver::adopt(unique_fd(n.at("fd").to_number<int>()), str(n.at("address"))));
-  if (const auto* c = root.if_contains("control")) {
-    control_ = control_sessions(
-        control_server::adopt(unique_fd(c->at("fd").to_number<int>()), str(c->at("path")),
-                              c->at("dev").to_number<dev_t>(), c->at("ino").to_number<ino_t>()));
-    control_.set_next_id(c->at("next_id").to_number<std::uint64_t>());
-    for (const auto& v : c->at("sessions").as_array()) {
-      control_sessions::session s;
-      s.id = v.at("id").to_number<std::uint64_t>();
-      s.conn.fd.reset(v.at("fd").to_number<int>());
-      s.conn.buffer = str(v.at("buffer"));
-      s.conn.answered = v.at("answered").as_bool();
-      s.conn.deadline = at(v.at("deadline"));
-      control_.adopt(std::move(s));
+      notify_receiver::adopt(unique_fd(s.notify_socket.fd), std::move(s.notify_socket.address)));
+  if (auto& c = s.control_socket) {
+    control_ = control_sessions(control_server::adopt(unique_fd(c->fd), std::move(c->path),
+                                                      static_cast<dev_t>(c->dev),
+                                                      static_cast<ino_t>(c->ino)));
+    control_.set_next_id(c->next_id);
+    for (auto& v : c->sessions) {
+      control_sessions::session x;
+      x.id = v.id;
+      x.conn.fd.reset(v.fd);
+      x.conn.buffer = std::move(v.buffer);
+      x.conn.answered = v.answered;
+      x.conn.deadline = at(v.deadline);
+      control_.adopt(std::move(x));
     }
   }
-  if (const auto* m = root.if_contains("metrics"))
-    metrics_server_.emplace(metrics_server::adopt(unique_fd(m->at("fd").to_number<int>()),
-                                                  str(m->at("where")), str(m->at("path"))));
-  const auto& c = root.at("core");
-  started_ = at(c.at("started"));
-  next_id_ = c.at("next_id").to_number<int>();
-  final_generation_ = c.at("final_generation").to_number<int>();
-  app_failures_ = c.at("app_failures").to_number<int>();
-  if (!c.at("next_start").is_null()) next_start_ = at(c.at("next_start"));
-  last_status_ = exit_of(c.at("last_status"));
-  reloads_ = c.at("reloads").to_number<int>();
-  reloads_failed_ = c.at("reloads_failed").to_number<int>();
-  restarts_ = c.at("restarts").to_number<int>();
-  last_reload_ = str(c.at("last_reload"));
-  pid_file_written_ = c.at("pid_file_written").as_bool();
-  own_watchdog_ = std::chrono::microseconds(c.at("own_watchdog_us").to_number<std::int64_t>());
-  next_ping_ = at(c.at("next_ping"));
-  last_ignored_sender_ = c.at("last_ignored_sender").to_number<pid_t>();
-  const auto& recent = c.at("recent_exits").as_array();
-  for (std::size_t i = 0; i < recent_exits_.size() && i < recent.size(); ++i)
-    recent_exits_[i] = recent[i].to_number<pid_t>();
-  recent_exits_next_ = c.at("recent_exits_next").to_number<std::size_t>() % recent_exits_.size();
-  const auto& m = root.at("metrics_counts");
-  metrics_.reloads_ok = m.at("reloads_ok").to_number<std::uint64_t>();
-  counts_of(m.at("reloads_failed"), metrics_.reloads_failed);
-  counts_of(m.at("reloads_refused"), metrics_.reloads_refused);
-  metrics_.app_restarts = m.at("app_restarts").to_number<std::uint64_t>();
-  metrics_.stop_escalations = m.at("stop_escalations").to_number<std::uint64_t>();
-  counts_of(m.at("notify_refused"), metrics_.notify_refused);
-  counts_of(m.at("ready_buckets"), metrics_.time_to_ready.buckets);
-  metrics_.time_to_ready.sum = m.at("ready_sum").to_number<double>();
-  metrics_.time_to_ready.count = m.at("ready_count").to_number<std::uint64_t>();
-  if (!m.at("last_reload_ok").is_null()) metrics_.last_reload_ok = at(m.at("last_reload_ok"));
-  if (!m.at("first_ready").is_null()) metrics_.first_ready = at(m.at("first_ready"));
-  for (const auto& v : root.at("generations").as_array()) {
+  if (auto& m = s.metrics)
+    metrics_server_.emplace(
+        metrics_server::adopt(unique_fd(m->fd), std::move(m->where), std::move(m->path)));
+  const auto& c = s.core_state;
+  started_ = at(c.started);
+  next_id_ = c.next_id;
+  final_generation_ = c.final_generation;
+  app_failures_ = c.app_failures;
+  if (c.next_start) next_start_ = at(*c.next_start);
+  last_status_ = exit_of(c.last_status);
+  reloads_ = c.reloads;
+  reloads_failed_ = c.reloads_failed;
+  restarts_ = c.restarts;
+  last_reload_ = c.last_reload;
+  pid_file_written_ = c.pid_file_written;
+  own_watchdog_ = std::chrono::microseconds(c.own_watchdog_us);
+  next_ping_ = at(c.next_ping);
+  last_ignored_sender_ = c.last_ignored_sender;
+  for (std::size_t i = 0; i < recent_exits_.size() && i < c.recent_exits.size(); ++i)
+    recent_exits_[i] = c.recent_exits[i];
+  recent_exits_next_ = static_cast<std::size_t>(c.recent_exits_next % recent_exits_.size());
+  const auto& m = s.counts;
+  metrics_.reloads_ok = m.reloads_ok;
+  copy_counts(m.reloads_failed, metrics_.reloads_failed);
+  copy_counts(m.reloads_refused, metrics_.reloads_refused);
+  metrics_.app_restarts = m.app_restarts;
+  metrics_.stop_escalations = m.stop_escalations;
+  copy_counts(m.notify_refused, metrics_.notify_refused);
+  copy_counts(m.ready_buckets, metrics_.time_to_ready.buckets);
+  metrics_.time_to_ready.sum = m.ready_sum;
+  metrics_.time_to_ready.count = m.ready_count;
+  if (m.last_reload_ok) metrics_.last_reload_ok = at(*m.last_reload_ok);
+  if (m.first_ready) metrics_.first_ready = at(*m.first_ready);
+  for (auto& v : s.generations) {
     generation& g = generations_.emplace_back();
-    g.id = v.at("id").to_number<int>();
-    g.state = state_of(str(v.at("state")));
-    g.started = at(v.at("started"));
-    g.ready_deadline = at(v.at("ready_deadline"));
-    g.settle_deadline = at(v.at("settle_deadline"));
-    g.stop_deadline = at(v.at("stop_deadline"));
-    g.retire_deadline = at(v.at("retire_deadline"));
-    g.stop_sent = v.at("stop_sent").as_bool();
-    g.killed = v.at("killed").as_bool();
-    g.is_restart = v.at("is_restart").as_bool();
-    g.failure = str(v.at("failure"));
-    for (const auto& id : v.at("waiters").as_array())
-      g.waiters.push_back(id.to_number<std::uint64_t>());
-    for (const auto& sv : v.at("slots").as_array()) {
-      slot& s = g.slots.emplace_back();
-      s.pid = sv.at("pid").to_number<pid_t>();
-      s.pgid = sv.at("pgid").to_number<pid_t>();
-      for (const auto& p : sv.at("former").as_array()) s.former.push_back(p.to_number<pid_t>());
-      s.leader_reaped = sv.at("leader_reaped").as_bool();
-      s.ready = sv.at("ready").as_bool();
-      s.stopping = sv.at("stopping").as_bool();
-      s.reloading = sv.at("reloading").as_bool();
-      s.started = at(sv.at("started"));
-      s.ready_at = at(sv.at("ready_at"));
-      s.last_watchdog = at(sv.at("last_watchdog"));
-      s.ready_deadline = at(sv.at("ready_deadline"));
-      s.watchdog_fired = sv.at("watchdog_fired").as_bool();
-      s.restart_at = at(sv.at("restart_at"));
-      s.watchdog = std::chrono::milliseconds(sv.at("watchdog_ms").to_number<std::int64_t>());
-      s.last_exit = exit_of(sv.at("last_exit"));
-      s.status_text = str(sv.at("status_text"));
-      s.restarts = sv.at("restarts").to_number<int>();
-      s.failures_in_a_row = sv.at("failures_in_a_row").to_number<int>();
+    g.id = v.id;
+    g.state = generation_state_of(v.state).value_or(generation_state::failed);  // checked
+    g.started = at(v.started);
+    g.ready_deadline = at(v.ready_deadline);
+    g.settle_deadline = at(v.settle_deadline);
+    g.stop_deadline = at(v.stop_deadline);
+    g.retire_deadline = at(v.retire_deadline);
+    g.stop_sent = v.stop_sent;
+    g.killed = v.killed;
+    g.is_restart = v.is_restart;
+    g.failure = std::move(v.failure);
+    g.waiters = std::move(v.waiters);
+    for (auto& sv : v.slots) {
+      slot& x = g.slots.emplace_back();
+      x.pid = sv.pid;
+      x.pgid = sv.pgid;
+      x.former = std::move(sv.former);
+      x.leader_reaped = sv.leader_reaped;
+      x.ready = sv.ready;
+      x.stopping = sv.stopping;
+      x.reloading = sv.reloading;
+      x.started = at(sv.started);
+      x.ready_at = at(sv.ready_at);
+      x.last_watchdog = at(sv.last_watchdog);
+      x.ready_deadline = at(sv.ready_deadline);
+      x.watchdog_fired = sv.watchdog_fired;
+      x.restart_at = at(sv.restart_at);
+      x.watchdog = std::chrono::milliseconds(std::clamp<std::int64_t>(
+          sv.watchdog_ms, 0,
+          std::chrono::duration_cast<std::chrono::milliseconds>(watchdog_max).count()));
+      x.last_exit = exit_of(sv.last_exit);
+      x.status_text = std::move(sv.status_text);
+      x.restarts = sv.restarts;
+      x.failures_in_a_row = sv.failures_in_a_row;
     }
   }
 }

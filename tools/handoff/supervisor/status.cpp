@@ -1,15 +1,24 @@
 // `handoff status`: the supervisor's state as text for a person, or as one JSON object
-// (Boost.JSON: one writer, one escaping rule).
+// (Boost.JSON: one writer, one escaping rule). Bytes from outside (an app's STATUS=, names,
+// paths) need not be UTF-8: JSON gets them as valid UTF-8 (U+FFFD for what is not), the text
+// escaped (byte_text.hpp), so that the answer is always valid JSON and one line per item.
 #include <fmt/core.h>
 #include <unistd.h>
 
 #include <boost/json.hpp>
 
+#include "supervisor/byte_text.hpp"
 #include "supervisor/core.hpp"
 
 namespace handoff::supervisor {
 
 namespace json = boost::json;
+
+namespace {
+
+std::string text_of(std::string_view bytes) { return utf8_or_replacement(bytes); }
+
+}  // namespace
 
 std::string supervisor_core::status_text(bool as_json) const {
   const auto now = os_.now();
@@ -26,12 +35,14 @@ std::string supervisor_core::status_text(bool as_json) const {
     std::string out = fmt::format(
         "{}: supervisor pid {}, up {} s, {} reloads ({} failed), {} "
         "restarts\n",
-        o_.name, ::getpid(), ms_since(started_, now) / 1000, reloads_, reloads_failed_, restarts_);
+        escaped_text(o_.name), ::getpid(), ms_since(started_, now) / 1000, reloads_,
+        reloads_failed_, restarts_);
     out += fmt::format("{}, re-executed {} times{}\n", HANDOFF_VERSION_TEXT, reexecs_,
-                       last_reexec_.empty() ? "" : "; last reexec: " + last_reexec_);
+                       last_reexec_.empty() ? "" : "; last reexec: " + escaped_text(last_reexec_));
     for (const auto& s : sockets_)
       out += fmt::format(
-          "socket {}{}{}\n", s.name.empty() ? "" : s.name + "=", s.where,
+          "socket {}{}{}\n", s.name.empty() ? "" : escaped_text(s.name) + "=",
+          escaped_text(s.where),
           s.unserved_by == 0
               ? ""
               : fmt::format(" NOT SERVED: no process of generation {} holds it", s.unserved_by));
@@ -44,13 +55,14 @@ std::string supervisor_core::status_text(bool as_json) const {
       out += "\n";
       for (const auto& s : g.slots) {
         if (s.running())
-          out += fmt::format("  pid {} {}{}, up {} ms, {} restarts{}\n", s.pid,
-                             s.ready ? "ready"
-                             : s.heard || o_.ready != ready_mode::notify
-                                 ? "not ready"
-                                 : "not ready (nothing on NOTIFY_SOCKET yet)",
-                             s.reloading ? " (reloading)" : "", ms_since(s.started, now),
-                             s.restarts, s.status_text.empty() ? "" : ", status: " + s.status_text);
+          out +=
+              fmt::format("  pid {} {}{}, up {} ms, {} restarts{}\n", s.pid,
+                          s.ready ? "ready"
+                          : s.heard || o_.ready != ready_mode::notify
+                              ? "not ready"
+                              : "not ready (nothing on NOTIFY_SOCKET yet)",
+                          s.reloading ? " (reloading)" : "", ms_since(s.started, now), s.restarts,
+                          s.status_text.empty() ? "" : ", status: " + escaped_text(s.status_text));
         else
           out += fmt::format("  (no process{}), {} restarts\n",
                              s.restart_at != clock::time_point{} ? ": restart pending" : "",
@@ -64,16 +76,18 @@ std::string supervisor_core::status_text(bool as_json) const {
           to_string(o_.proxy.kind), front->requests, front->bad_gateway, front->unavailable,
           front->client_connections, front->accepted);
     if (stopping_) out += "stopping\n";
-    out += "last reload: " + (last_reload_.empty() ? std::string("none") : last_reload_) + "\n";
-    if (!last_start_failure_.empty()) out += "last start failure: " + last_start_failure_ + "\n";
+    out += "last reload: " +
+           (last_reload_.empty() ? std::string("none") : escaped_text(last_reload_)) + "\n";
+    if (!last_start_failure_.empty())
+      out += "last start failure: " + escaped_text(last_start_failure_) + "\n";
     return out;
   }
   json::object root;
-  root["name"] = o_.name;
+  root["name"] = text_of(o_.name);
   root["pid"] = ::getpid();
   root["version"] = HANDOFF_VERSION_TEXT;
   root["reexecs"] = reexecs_;
-  root["last_reexec"] = last_reexec_;
+  root["last_reexec"] = text_of(last_reexec_);
   root["uptime_ms"] = ms_since(started_, now);
   root["reloads"] = reloads_;
   root["reloads_failed"] = reloads_failed_;
@@ -81,8 +95,8 @@ std::string supervisor_core::status_text(bool as_json) const {
   root["stopping"] = stopping_;
   json::array sockets;
   for (const auto& s : sockets_)
-    sockets.push_back(
-        json::object{{"name", s.name}, {"address", s.where}, {"served", s.unserved_by == 0}});
+    sockets.push_back(json::object{
+        {"name", text_of(s.name)}, {"address", text_of(s.where)}, {"served", s.unserved_by == 0}});
   root["sockets"] = std::move(sockets);
   json::array generations;
   for (const auto& g : generations_) {
@@ -93,7 +107,7 @@ std::string supervisor_core::status_text(bool as_json) const {
                                        {"notified", s.heard},
                                        {"uptime_ms", s.running() ? ms_since(s.started, now) : 0},
                                        {"restarts", s.restarts},
-                                       {"status", s.status_text}});
+                                       {"status", text_of(s.status_text)}});
     json::object entry{{"id", g.id},
                        {"state", to_string(g.state)},
                        {"uptime_ms", ms_since(g.started, now)},
@@ -124,8 +138,8 @@ std::string supervisor_core::status_text(bool as_json) const {
                                  {"accepted", front->accepted},
                                  {"connect_failures", front->connect_failures},
                                  {"tls_handshake_failures", front->tls_handshake_failures}};
-  root["last_reload"] = last_reload_;
-  root["last_start_failure"] = last_start_failure_;
+  root["last_reload"] = text_of(last_reload_);
+  root["last_start_failure"] = text_of(last_start_failure_);
   return json::serialize(root) + "\n";
 }
 

@@ -137,6 +137,8 @@ int supervisor_core::loop() {
     if (proxy_) fds.push_back({proxy_->event_fd(), POLLIN, 0});
     const std::size_t first_metrics = fds.size();
     if (metrics_server_) metrics_server_->poll_fds(fds, metrics_ids);
+    const std::size_t probe_at = fds.size();  // `handoff reexec`'s probe (reexec_probe.cpp)
+    fds.push_back({reexec_probe_fd(), POLLIN, 0});
     const auto wait = next == clock::time_point::max()
                           ? 3'600'000LL
                           : std::chrono::ceil<ms>(next - os_.now()).count();
@@ -156,6 +158,7 @@ int supervisor_core::loop() {
       (void)!::read(wake_fd_.get(), &count, sizeof count);
     }
     if (fds[3].revents != 0) log_.flush();
+    if (fds[probe_at].revents != 0) on_reexec_probe_output();
     // Pidfds of adopted main processes; the owners may be gone by now, so look them up again.
     for (std::size_t i = 0; i < pidfd_owner.size(); ++i) {
       if (fds[4 + i].revents == 0) continue;

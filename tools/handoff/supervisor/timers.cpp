@@ -33,6 +33,7 @@ clock::time_point supervisor_core::on_timers() {
   }
   remove_gone_generations();
   rotate_ticket_keys(due);
+  reexec_probe_timers(due);
   if (next_start_ && !stopping_ && due.reached(*next_start_)) {
     next_start_.reset();
     if (pending() == nullptr) {
