@@ -181,6 +181,40 @@ TEST(Front, ForgetCutsATcpRelay) {
   EXPECT_EQ(read_until(upstream.get(), "never"), "");
 }
 
+// --max-connections: at the bound the front stops accepting (the newcomer waits in the
+// kernel's listen queue, never accepted, so never relayed) and takes it as soon as one closes.
+TEST(Front, AtMaxConnectionsNewcomersWaitInTheListenQueueUntilOneCloses) {
+  int app_port = 0, public_port = 0;
+  unique_fd app = tcp_listener(app_port);
+  std::vector<unique_fd> listeners;
+  listeners.push_back(tcp_listener(public_port));
+  front_options o;
+  o.mode = proxy_mode::tcp;
+  o.max_connections = 2;
+  auto started = front::start(std::move(listeners), o);
+  ASSERT_TRUE(started) << started.error().message();
+  auto f = std::move(*started);
+  f->serve(1, {loopback(app_port)});
+  std::vector<unique_fd> clients, upstreams;
+  for (int i = 0; i < 3; ++i) clients.push_back(connect_to(public_port));
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(wait_readable(app.get(), 10s)) << "upstream connection " << i;
+    upstreams.emplace_back(::accept4(app.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  }
+  EXPECT_FALSE(wait_readable(app.get(), 300ms)) << "a third connection relayed past the bound";
+  auto s = f->stats();
+  EXPECT_EQ(s.client_connections, 2U);
+  EXPECT_EQ(s.accepted, 2U);
+  EXPECT_EQ(s.max_connections, 2U);
+  EXPECT_GE(s.limit_reached, 1U);
+  clients.front().reset();
+  ASSERT_TRUE(wait_readable(app.get(), 10s)) << "the waiting client was not taken once one closed";
+  unique_fd third(::accept4(app.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  ASSERT_EQ(::send(clients.back().get(), "ping", 4, MSG_NOSIGNAL), 4);
+  EXPECT_EQ(read_until(third.get(), "ping"), "ping");
+  EXPECT_EQ(f->stats().accepted, 3U);
+}
+
 TEST(Front, NoGenerationServingIs503AfterTheQueueTimeout) {
   int public_port = 0;
   auto f = start_front(tcp_listener(public_port), proxy_mode::http, 200ms);

@@ -90,6 +90,7 @@ struct run_args {
   bool no_forwarded = false;
   std::uint32_t max_header = 16 * 1024;
   std::optional<std::uint64_t> max_body;
+  std::optional<std::uint64_t> max_connections;
 };
 
 struct client_args {
@@ -134,6 +135,9 @@ void run_command(run_args& a) {
   p.idle_timeout = duration_of(a.idle_timeout, "--idle-timeout");
   p.response_timeout = duration_of(a.response_timeout, "--response-timeout");
   p.queue_timeout = duration_of(a.queue_timeout, "--queue-timeout");
+  if (a.max_connections && p.kind == sv::proxy_kind::none)
+    fail(2, "--max-connections needs --proxy http, https or tcp");
+  p.max_connections = a.max_connections;
   if (p.kind != sv::proxy_kind::none && a.ready.rfind("http://", 0) == 0) {
     // With --proxy the generation's own address is probed: only the URL's path counts.
     const auto path_at = a.ready.find('/', 7);
@@ -313,6 +317,11 @@ void add_supervisor_commands(CLI::App& app) {
   run->add_option("--queue-timeout", run_a->queue_timeout,
                   "--proxy: with no generation ready, a request waits this long (then 503)")
       ->capture_default_str();
+  run->add_option("--max-connections", run_a->max_connections,
+                  "--proxy: client connections open at most; beyond, new ones wait in the "
+                  "kernel's listen queue (default: what the fd limit holds, 2 fds each, less a "
+                  "reserve)")
+      ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 32));
   run->add_flag(
       "--tls-ticket-keys", run_a->o.tls_ticket_keys,
       "hold TLS session-ticket keys for the app (a memfd passed as handoff-tls-keys), so that "

@@ -46,6 +46,9 @@ struct proxy_settings {
   // With no generation ready (the first one starting, a crashed one restarting), how long a
   // request or TCP connection waits for one before the 503 (tcp: the close).
   std::chrono::milliseconds queue_timeout{std::chrono::seconds(5)};
+  // --max-connections: client connections open at most (HAProxy's maxconn); beyond, they wait
+  // in the kernel's listen queue. nullopt: derived from the fd limit at start (fd_limits.hpp).
+  std::optional<std::uint64_t> max_connections;
   // https: PEM files, read at start and again by every reload.
   std::string tls_certificate;
   std::string tls_key;

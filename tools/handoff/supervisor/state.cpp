@@ -133,6 +133,9 @@ std::string supervisor_core::save_state(std::optional<std::uint64_t> waiter) con
   root["version"] = version;
   root["handoff"] = HANDOFF_VERSION_TEXT;
   root["reexecs"] = reexecs_;
+  // The soft RLIMIT_NOFILE we were started with (fd_limits.hpp): the next image starts with
+  // our raised one and cannot know it otherwise. Optional on reading (images before it).
+  root["nofile_soft"] = nofile_.original_soft;
   root["self_exe"] = self_exe_.get();
   root["self_path"] = self_path_;
   root["waiter"] = waiter ? json::value(*waiter) : json::value(nullptr);
@@ -401,6 +404,8 @@ void supervisor_core::load_state(const std::string& text) {
     }
   }
   reexecs_ = root.at("reexecs").to_number<int>();
+  if (const auto* soft = root.if_contains("nofile_soft"))
+    nofile_.original_soft = std::min(soft->to_number<std::uint64_t>(), nofile_.soft);
   self_exe_.reset(root.at("self_exe").to_number<int>());
   self_path_ = str(root.at("self_path"));
   if (!root.at("waiter").is_null()) reexec_waiter_ = root.at("waiter").to_number<std::uint64_t>();
