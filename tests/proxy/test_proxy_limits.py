@@ -145,6 +145,25 @@ class ProxyLimitsTest(SupervisorCase):
         self.assertTrue(http_request(sup.port, GET).startswith(b"HTTP/1.1 200"))
         self.assertEqual(sup.stop(), 0, sup.log())
 
+    def test_the_apps_limit_crosses_a_reexec(self):
+        # The image a re-exec starts inherits the raised limit: the one the app gets comes
+        # from the state.
+        binary = wrapper(self.tmp, ["ulimit -S -n 128", "ulimit -H -n 256"])
+        self.sup = Supervisor(self.tmp, ["--proxy", "http", "--ready", "http:///"],
+                              ["python3", PY_APP], binary=binary)
+        sup = self.sup
+        sup.wait_line(r"generation 1 took over", 60)
+        r = sup.ctl("reexec")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(sup.status()["open_files"]["app_limit"], 128)
+        r = sup.reload()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        st = sup.status()
+        pid = [g for g in st["generations"] if g["state"] == "serving"][0]["processes"][0]["pid"]
+        self.assertEqual(soft_nofile(pid), 128)
+        self.assertEqual(soft_nofile(sup.proc.pid), 256)
+        self.assertEqual(sup.stop(), 0, sup.log())
+
     def test_max_connections_is_given_and_shown(self):
         self.sup = Supervisor(self.tmp, ["--proxy", "http", "--ready", "http:///",
                                          "--max-connections", "3"], ["python3", PY_APP])
