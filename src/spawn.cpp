@@ -83,7 +83,16 @@ result<std::string> resolve_program(const std::string& name) {
 }
 
 // What the child reports through the pipe when a step before exec fails.
-enum class child_step : int { move_fd = 1, stdio, pass_fd, close_fds, setpgid, chdir, exec };
+enum class child_step : int {
+  move_fd = 1,
+  stdio,
+  pass_fd,
+  close_fds,
+  setpgid,
+  chdir,
+  set_rlimit,
+  exec
+};
 struct child_report {
   child_step step;
   int err;
@@ -103,6 +112,8 @@ struct child_plan {
   const char* working_directory = nullptr;
   bool new_group = false;
   int death_signal = 0;
+  bool set_open_files = false;
+  rlimit open_files{};  // the child's RLIMIT_NOFILE, when set_open_files
   pid_t parent = 0;
   int report_fd = -1;
 };
@@ -202,6 +213,10 @@ int close_from(unsigned low, unsigned keep) {
   if (plan.working_directory != nullptr && ::chdir(plan.working_directory) != 0)
     child_fail(report_fd, child_step::chdir, errno, 0);
   if (plan.pid_digits != nullptr) format_pid(plan.pid_digits, ::getpid());
+  // setrlimit is a plain system call (prlimit64), safe here. After close_from: a lower soft
+  // limit leaves open fds above it open, but nothing of ours is left there to use.
+  if (plan.set_open_files && ::setrlimit(RLIMIT_NOFILE, &plan.open_files) != 0)
+    child_fail(report_fd, child_step::set_rlimit, errno, 0);
 
   sigset_t none;
   sigemptyset(&none);
@@ -226,6 +241,8 @@ std::string describe_failure(const child_report& report, const std::string& prog
       return "setpgid in the child of " + program;
     case child_step::chdir:
       return "chdir " + options.working_directory.value_or("");
+    case child_step::set_rlimit:
+      return "setrlimit RLIMIT_NOFILE in the child of " + program;
     case child_step::exec:
       return "exec " + program;
   }
@@ -329,6 +346,15 @@ result<pid_t> spawn(const spawn_options& options) {
   plan.working_directory = options.working_directory ? options.working_directory->c_str() : nullptr;
   plan.new_group = options.group == process_group::new_group;
   plan.death_signal = options.parent_death_signal;
+  if (options.open_files_soft_limit) {
+    rlimit current{};
+    if (::getrlimit(RLIMIT_NOFILE, &current) != 0)
+      return error::from_errno(errno, "getrlimit RLIMIT_NOFILE for " + name);
+    plan.set_open_files = true;
+    plan.open_files.rlim_max = current.rlim_max;
+    plan.open_files.rlim_cur =
+        std::min<rlim_t>(static_cast<rlim_t>(*options.open_files_soft_limit), current.rlim_max);
+  }
   plan.parent = ::getpid();
   plan.report_fd = report_write.get();
 

@@ -12,6 +12,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
@@ -45,6 +46,11 @@ struct spawn_options {
   // signal at once. Only the child itself is covered: a process it hands its place to (a
   // fork, MAINPID=) needs its own.
   int parent_death_signal = 0;
+  // The child's soft RLIMIT_NOFILE (its hard limit stays this process's), set just before exec;
+  // nullopt: inherited. A parent that raised its own soft limit (it never uses select(2)) gives
+  // a child the one it was started with, as systemd gives services 1024: select() in the child
+  // fails on any fd above 1023.
+  std::optional<std::uint64_t> open_files_soft_limit;
 };
 
 // The child runs the program by the time this returns (exec succeeded); the caller reaps it.

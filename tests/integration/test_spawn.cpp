@@ -5,6 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -438,6 +439,29 @@ TEST(SpawnPath, RunsSystemPrograms) {
   EXPECT_EQ(status->code, 7);
   EXPECT_FALSE(status->success());
   EXPECT_EQ(status->describe(), "exited with status 7");
+}
+
+// A parent that raised its own soft RLIMIT_NOFILE hands the child the one it asks for (the
+// supervisor: the soft limit it was started with); the hard limit stays the parent's.
+TEST(SpawnLimits, TheChildGetsTheSoftOpenFilesLimitAsked) {
+  rlimit mine{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &mine), 0);
+  ASSERT_GE(mine.rlim_cur, 100U);
+  spawn_options options;
+  // The shell's exit status says what it saw: 0 when its soft limit is 100 and its hard one ours.
+  options.argv = {"sh", "-c", "test \"$(ulimit -Sn)\" = 100 && test \"$(ulimit -Hn)\" = \"$1\"",
+                  "sh",
+                  mine.rlim_max == RLIM_INFINITY ? "unlimited" : std::to_string(mine.rlim_max)};
+  options.open_files_soft_limit = 100;
+  auto pid = spawn(options);
+  ASSERT_TRUE(pid) << pid.error().message();
+  auto status = wait_exit(*pid, 20s);
+  ASSERT_TRUE(status) << status.error().message();
+  EXPECT_TRUE(status->success()) << status->describe();
+  // Ours is untouched.
+  rlimit after{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &after), 0);
+  EXPECT_EQ(after.rlim_cur, mine.rlim_cur);
 }
 
 TEST(SpawnEnvironment, ChildEnvironmentReplacesAndRemoves) {

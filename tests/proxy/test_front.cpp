@@ -335,6 +335,55 @@ TEST(Front, ForgetCutsATcpRelay) {
   EXPECT_EQ(read_until(upstream.get(), "never"), "");
 }
 
+// --max-connections: at the bound the front stops accepting (the newcomer waits in the
+// kernel's listen queue, never accepted) and takes it as soon as one closes. HTTP: an idle
+// client connection holds no upstream one, and its close ends its relay at once.
+TEST(Front, AtMaxConnectionsNewcomersWaitInTheListenQueueUntilOneCloses) {
+  int app_port = 0, public_port = 0;
+  unique_fd app = tcp_listener(app_port);
+  std::vector<unique_fd> listeners;
+  listeners.push_back(tcp_listener(public_port));
+  front_options o;
+  o.mode = proxy_mode::http;
+  o.max_connections = 2;
+  auto started = front::start(std::move(listeners), o);
+  ASSERT_TRUE(started) << started.error().message();
+  auto f = std::move(*started);
+  f->serve(1, {loopback(app_port)});
+  // The front's counts, until `done` says they are what the test waits for (10 s at most).
+  const auto stats_until = [&f](const std::function<bool(const front_stats&)>& done) {
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    auto s = f->stats();
+    while (!done(s) && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(10ms);
+      s = f->stats();
+    }
+    return s;
+  };
+  std::vector<unique_fd> clients;
+  for (int i = 0; i < 3; ++i) clients.push_back(connect_to(public_port));
+  auto s = stats_until([](const front_stats& x) { return x.limit_reached >= 1; });
+  EXPECT_EQ(s.client_connections, 2U);
+  EXPECT_EQ(s.accepted, 2U);
+  EXPECT_EQ(s.max_connections, 2U);
+  EXPECT_GE(s.limit_reached, 1U);
+  // The third sends its request while it waits: nothing of it reaches the app.
+  const std::string request = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  ASSERT_EQ(::send(clients.back().get(), request.data(), request.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(request.size()));
+  EXPECT_FALSE(wait_readable(app.get(), 300ms)) << "a request relayed past the bound";
+  EXPECT_EQ(f->stats().accepted, 2U);
+  clients.front().reset();
+  ASSERT_TRUE(wait_readable(app.get(), 10s)) << "the waiting client was not taken once one closed";
+  unique_fd upstream(::accept4(app.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  (void)read_until(upstream.get(), "\r\n\r\n");
+  const std::string answer = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+  ASSERT_EQ(::send(upstream.get(), answer.data(), answer.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(answer.size()));
+  EXPECT_EQ(read_until(clients.back().get(), "ok").rfind("HTTP/1.1 200", 0), 0U);
+  EXPECT_EQ(f->stats().accepted, 3U);
+}
+
 TEST(Front, NoGenerationServingIs503AfterTheQueueTimeout) {
   int public_port = 0;
   auto f = start_front(tcp_listener(public_port), proxy_mode::http, 200ms);

@@ -15,8 +15,8 @@ _handoff_values() {  # COMMAND: the options of COMMAND that take a value
       echo -l --listen --ready --ready-timeout --settle --stop-signal --stop-timeout \
         --processes --restart --max-draining --watchdog --control --name --pid-file \
         --log-format --log-timestamps --proxy --upstream --max-header-size --max-body-size \
-        --header-timeout --idle-timeout --response-timeout --queue-timeout --metrics \
-        --upstream-idle-timeout --upstream-max-connections \
+        --header-timeout --idle-timeout --response-timeout --queue-timeout --max-connections \
+        --metrics --upstream-idle-timeout --upstream-max-connections \
         --tls-ticket-key-rotation --tls-cert --tls-key --notify-socket --backlog
       ;;
     reload | status | stop | reexec) echo --control --name --timeout ;;

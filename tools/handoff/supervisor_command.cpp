@@ -93,6 +93,7 @@ struct run_args {
   bool no_forwarded = false;
   std::uint32_t max_header = 16 * 1024;
   std::optional<std::uint64_t> max_body;
+  std::optional<std::uint64_t> max_connections;
 };
 
 struct client_args {
@@ -146,6 +147,9 @@ void run_command(run_args& a) {
   if (p.upstream_max_connections != 0 && p.kind != sv::proxy_kind::http &&
       p.kind != sv::proxy_kind::https)
     fail(2, "--upstream-max-connections needs --proxy http or https");
+  if (a.max_connections && p.kind == sv::proxy_kind::none)
+    fail(2, "--max-connections needs --proxy http, https or tcp");
+  p.max_connections = a.max_connections;
   if (p.kind != sv::proxy_kind::none && a.ready.rfind("http://", 0) == 0) {
     // With --proxy the generation's own address is probed: only the URL's path counts.
     const auto path_at = a.ready.find('/', 7);
@@ -363,6 +367,11 @@ void add_supervisor_commands(CLI::App& app) {
                   "--proxy http: connections to one generation at most; more requests wait for "
                   "one (up to --queue-timeout, then 503) (default: no limit)")
       ->check(CLI::Range(std::size_t{1}, std::size_t{1000000}));
+  run->add_option("--max-connections", run_a->max_connections,
+                  "--proxy: client connections open at most; beyond, new ones wait in the "
+                  "kernel's listen queue (default: what the fd limit holds, 2 fds each, less a "
+                  "reserve)")
+      ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 32));
   run->add_flag(
       "--tls-ticket-keys", run_a->o.tls_ticket_keys,
       "hold TLS session-ticket keys for the app (a memfd passed as handoff-tls-keys), so that "

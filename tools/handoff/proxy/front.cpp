@@ -37,6 +37,10 @@ struct front::impl {
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
   std::thread thread;
   std::uint64_t accepted = 0, open_clients = 0;
+  std::uint64_t limit_reached = 0, accept_failures = 0;
+  // Where accept loops wait while max_connections are open: cancelled (every waiter wakes) when
+  // one closes, and by pause and stop.
+  asio::steady_timer room{io};
   bool stopped = false;
   // Accept loops of another epoch end (paused, then started again).
   std::uint64_t accept_epoch = 0;
@@ -56,6 +60,7 @@ struct front::impl {
   // open (never shutdown(2): every holder would see it).
   void stop_accepting() {
     stopped = true;
+    room.cancel();
     for (auto& a : acceptors) {
       boost::system::error_code ignored;
       a->close(ignored);
@@ -67,7 +72,9 @@ struct front::impl {
         router(
             io.get_executor(), [this](int id) { on_drained(id); },
             pool_options{options.queue_timeout, options.upstream_idle_timeout,
-                         options.upstream_max_connections}) {}
+                         options.upstream_max_connections}) {
+    room.expires_at(asio::steady_timer::time_point::max());
+  }
 
   void signal_event() {
     const std::uint64_t one = 1;
@@ -130,6 +137,7 @@ struct front::impl {
   void pause_accepting() {
     accept_paused = true;
     ++accept_epoch;
+    room.cancel();
     for (auto& a : acceptors) {
       boost::system::error_code ignored;
       a->cancel(ignored);
@@ -180,8 +188,13 @@ struct front::impl {
                    // A relay that throws (out of memory) loses its one connection, never the front.
                    [this](const std::exception_ptr&) {
                      --open_clients;
+                     if (!at_limit()) room.cancel();
                      check_parked();
                    });
+  }
+
+  bool at_limit() const noexcept {
+    return options.max_connections != 0 && open_clients >= options.max_connections;
   }
 
   asio::awaitable<void> accept_loop(std::size_t index) {
@@ -197,8 +210,18 @@ struct front::impl {
     // the next client connects. So the loop waits only once accept4 said the queue is empty;
     // nothing runs on this front's one thread between that EAGAIN and the wait.
     while (running()) {
+      if (at_limit()) {
+        // The clients beyond the bound wait in the kernel's queue (its backlog) until one of
+        // ours closes; then the loop accepts first, as after any wait (see below).
+        ++limit_reached;
+        // `room` never expires (see impl()): only a cancel ends the wait. Its expiry is never
+        // set again here, since that would cancel the other listeners' waits.
+        while (at_limit() && running())
+          co_await room.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        continue;
+      }
       bool empty = false;
-      for (int taken = 0; taken < 64 && running(); ++taken) {
+      for (int taken = 0; taken < 64 && running() && !at_limit(); ++taken) {
         // accept4: the connection is born close-on-exec (the supervisor's thread forks) and
         // non-blocking (the TCP relay splices without blocking).
         const int fd = ::accept4(a.native_handle(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
@@ -209,7 +232,8 @@ struct front::impl {
         if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
         if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
           // Out of fds or memory: the queued clients wait in the backlog until some close.
-          pause.expires_after(std::chrono::milliseconds(50));
+          ++accept_failures;
+          pause.expires_after(accept_pause);
           co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
         } else {
           empty = true;  // EAGAIN (or the socket failed: the wait below says so)
@@ -324,6 +348,9 @@ front_stats front::stats(std::chrono::milliseconds timeout) const {
     }
     s.client_connections = i->open_clients;
     s.accepted = i->accepted;
+    s.max_connections = i->options.max_connections;
+    s.limit_reached = i->limit_reached + i->before.limit_reached;
+    s.accept_failures = i->accept_failures + i->before.accept_failures;
     s.connect_failures = i->router.connect_failures();
     const auto& b = i->before;
     s.requests += b.requests;

@@ -9,6 +9,12 @@
 // once; what the front has to say comes back through event_fd() (readable when a retired
 // generation has drained: take_drained()).
 //
+// Connections at most (--max-connections, HAProxy's maxconn): with max_connections client
+// connections open, the front stops accepting, so that newcomers wait in the kernel's listen
+// queue rather than take the fds the supervisor and the upstream connections need; it accepts
+// again as soon as one closes. An accept that fails for want of fds or memory pauses that
+// listener for accept_pause (the queued clients wait in the backlog), never a busy loop.
+//
 // Invariants: the front never closes or shuts down a public socket, only its own duplicates
 // of them; every fd it opens is close-on-exec; a generation is lent connections only between
 // serve() and retire()/forget() (upstream.hpp); after stop(), no client connection is accepted
@@ -43,7 +49,12 @@ struct front_options {
   std::chrono::milliseconds upstream_idle_timeout{std::chrono::seconds(1)};
   // Upstream connections per generation; beyond it requests queue (0: no limit).
   std::size_t upstream_max_connections = 0;
+  // Client connections open at most (0: no bound); connections handed over by a re-exec are
+  // taken whatever their number.
+  std::uint64_t max_connections = 0;
 };
+
+inline constexpr std::chrono::milliseconds accept_pause{100};
 
 struct front_stats {
   std::vector<generation_stats> generations;
@@ -57,6 +68,9 @@ struct front_stats {
   std::uint64_t accepted = 0;            // client connections accepted so far
   std::uint64_t connect_failures = 0;    // upstream connects that failed (then tried again)
   std::uint64_t tls_handshake_failures = 0;  // https: connections that ended in the handshake
+  std::uint64_t max_connections = 0;         // the bound (0: none)
+  std::uint64_t limit_reached = 0;           // times accepting stopped at max_connections
+  std::uint64_t accept_failures = 0;         // accepts that failed for want of fds or memory
 };
 
 class front {

@@ -1,5 +1,6 @@
 #include "supervisor/control.hpp"
 
+#include <fcntl.h>
 #include <fmt/core.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -90,8 +91,18 @@ result<unique_fd> control_server::accept(uid_t& rejected) {
 
 using namespace std::chrono_literals;
 
+namespace {
+
+unique_fd open_spare() { return unique_fd(::open("/dev/null", O_RDONLY | O_CLOEXEC)); }
+
+}  // namespace
+
+control_sessions::control_sessions(control_server server)
+    : server_(std::move(server)), spare_(open_spare()) {}
+
 void control_sessions::poll_fds(std::vector<pollfd>& fds, std::vector<std::uint64_t>& ids) const {
-  fds.push_back({server_ ? server_->fd() : -1, POLLIN, 0});
+  const bool paused = accept_paused_until_ != clock::time_point{};
+  fds.push_back({server_ && !paused ? server_->fd() : -1, POLLIN, 0});
   for (const auto& s : sessions_) {
     fds.push_back({s.conn.fd.get(), POLLIN, 0});
     ids.push_back(s.id);
@@ -104,13 +115,26 @@ control_sessions::session* control_sessions::find(std::uint64_t id) {
   return nullptr;
 }
 
+result<unique_fd> control_sessions::accept_one(uid_t& rejected) {
+  auto fd = server_->accept(rejected);
+  if (fd || !(fd.error() == std::errc::too_many_files_open) || !spare_) return fd;
+  // Our last fd, given up for this connection (the request a person is waiting for); taken back
+  // by expire() once one is free again. The front's thread may take it first: then this
+  // connection waits like the others.
+  spare_.reset();
+  return server_->accept(rejected);
+}
+
 void control_sessions::accept(const logger& log, clock::time_point now) {
-  if (!server_) return;
+  if (!server_ || accept_paused_until_ != clock::time_point{}) return;
   for (int budget = 0; budget < 16; ++budget) {
     uid_t rejected = 0;
-    auto fd = server_->accept(rejected);
+    auto fd = accept_one(rejected);
     if (!fd) {
-      log.log("control_error", fd.error().message());
+      // Whatever the error, the listener stays readable: polled at once again, it would spin.
+      accept_paused_until_ = now + accept_backoff;
+      log.log("control_error", fmt::format("{}; not accepting for {} ms", fd.error().message(),
+                                           accept_backoff.count()));
       return;
     }
     if (rejected != static_cast<uid_t>(-1)) {
@@ -183,6 +207,9 @@ void control_sessions::wait(std::uint64_t id) {
 }
 
 void control_sessions::expire(deadlines& due) {
+  if (accept_paused_until_ != clock::time_point{} && due.reached(accept_paused_until_))
+    accept_paused_until_ = {};
+  if (server_ && !spare_) spare_ = open_spare();
   std::erase_if(sessions_, [&](session& s) {
     if (s.conn.answered || !due.reached(s.conn.deadline)) return false;
     send_reply(s.conn.fd.get(), "error no request line within 5 s\n");

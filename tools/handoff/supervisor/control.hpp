@@ -15,6 +15,11 @@
 // connections are open: a new one beyond that closes the oldest that has not sent its request. Only
 // the supervisor's own user or root may connect (SO_PEERCRED); others get "error permission
 // denied".
+//
+// Out of fds: the sessions keep one spare fd (/dev/null), closed to accept one connection when
+// accept(2) says EMFILE (as libuv and nginx's reserve do), so a `handoff status` is answered
+// even then; when accepting fails all the same, the listener is not polled for
+// accept_backoff (poll is level-triggered: a listener that stays readable would spin the loop).
 #pragma once
 
 #include <poll.h>
@@ -34,6 +39,8 @@ namespace handoff::supervisor {
 inline constexpr std::size_t control_line_max = 256;
 // Open connections at most; a new one past that closes the oldest idle one (never refused).
 inline constexpr std::size_t control_sessions_max = 64;
+// How long a listener whose accept failed (out of fds, out of memory) is left alone.
+inline constexpr std::chrono::milliseconds accept_backoff{250};
 
 // One accepted connection, until its request line is complete.
 struct control_client {
@@ -80,11 +87,12 @@ class logger;
 class control_sessions {
  public:
   control_sessions() = default;
-  explicit control_sessions(control_server server) : server_(std::move(server)) {}
+  explicit control_sessions(control_server server);
   bool listening() const noexcept { return server_.has_value(); }
   const control_server* server() const noexcept { return server_ ? &*server_ : nullptr; }
 
-  // The listener's pollfd (fd -1 without one) and then one per session, with its id.
+  // The listener's pollfd (fd -1 without one, or while accepting is paused) and then one per
+  // session, with its id.
   void poll_fds(std::vector<pollfd>& fds, std::vector<std::uint64_t>& ids) const;
   // Accepts the connections that wait (a bounded number per call).
   void accept(const logger& log, clock::time_point now);
@@ -96,7 +104,8 @@ class control_sessions {
   // Sends `text` and keeps the session open, waiting for an event (a reload's outcome).
   void reply_and_wait(std::uint64_t id, const std::string& text);
   void wait(std::uint64_t id);
-  // Sessions that said nothing within their deadline are answered and closed.
+  // Sessions that said nothing within their deadline are answered and closed; a pause of
+  // accepting ends.
   void expire(deadlines& due);
   // At exit: every open session gets `text`.
   void answer_all(const std::string& text);
@@ -114,7 +123,11 @@ class control_sessions {
 
  private:
   session* find(std::uint64_t id);
+  // Accepts one connection, with the spare fd when out of fds; an error when none could be.
+  result<unique_fd> accept_one(uid_t& rejected);
   std::optional<control_server> server_;
+  unique_fd spare_;                          // /dev/null, given up to accept when out of fds
+  clock::time_point accept_paused_until_{};  // accepting paused until then (zero: not paused)
   std::vector<session> sessions_;
   std::uint64_t next_id_ = 1;
 };

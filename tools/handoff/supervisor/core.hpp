@@ -12,6 +12,8 @@
 //   status.cpp     `handoff status` as text and JSON
 //   metrics.cpp    `GET /metrics` (--metrics; its transport is metrics_http.cpp)
 //   proxy_link.cpp --proxy: each generation's private upstreams, and the front's steps
+//   upstream_owner.cpp  --upstream port: a generation's port is listened on by it alone
+//   fd_limits.cpp  RLIMIT_NOFILE raised at start, the app's given back; --max-connections
 //   reexec.cpp     `handoff reexec`: exec the binary on disk with the same pid, and back
 //   reexec_probe.cpp  its probe of that binary, a child the loop watches
 //   state.cpp      the state that travels across that exec, to and from saved_state
@@ -39,6 +41,7 @@
 #include "handoff/fd.hpp"
 #include "handoff/notify_receiver.hpp"
 #include "supervisor/control.hpp"
+#include "supervisor/fd_limits.hpp"
 #include "supervisor/generation.hpp"
 #include "supervisor/log.hpp"
 #include "supervisor/metrics.hpp"
@@ -129,6 +132,11 @@ class supervisor_core {
   void kill_slot(slot& s, int sig);
   void schedule_app_restart();
   void check_sockets_served(const generation& g);
+  // upstream_owner.cpp, --upstream port: "" when every listener on the generation's ports is
+  // one of its processes' (or no verdict); else what is wrong.
+  std::string upstream_intruder(const generation& g);
+  // Whether a ready generation may be routed to; fails it at --ready-timeout when not.
+  bool upstream_is_ours(generation& g);
   void check_progress();
   std::string silence_hint(const slot& s) const;  // timers.cpp
   void remove_gone_generations();
@@ -144,6 +152,8 @@ class supervisor_core {
   run_options o_;
   os_env& os_;
   logger log_;
+  // RLIMIT_NOFILE as raised at start (fd_limits.hpp); the app gets original_soft.
+  open_files_limit nofile_;
   clock::time_point started_;
   std::vector<held_socket> sockets_;
   std::vector<stored_fd> fdstore_;

@@ -85,6 +85,8 @@ result<void> supervisor_core::spawn_slot(generation& g, slot& s) {
   // A supervisor killed outright (SIGKILL) takes its children with it rather than leaving
   // them holding the ports; they get the stop signal, as on any stop.
   so.parent_death_signal = o_.stop_signal;
+  // The soft limit we were started with, not the one we raised for ourselves (fd_limits.hpp).
+  if (nofile_.raised()) so.open_files_soft_limit = nofile_.original_soft;
   so.extra_environment.push_back("HANDOFF_GENERATION=" + std::to_string(g.id));
   if (o_.watchdog.count() > 0)
     so.extra_environment.push_back(
@@ -317,6 +319,8 @@ void supervisor_core::stop_generation(generation& g, int sig) {
 void supervisor_core::check_progress() {
   generation* g = pending();
   if (g == nullptr || g->state != generation_state::starting || !g->all_ready()) return;
+  // --upstream port: a port someone else took would get the clients (upstream_owner.hpp).
+  if (!upstream_is_ours(*g)) return;
   // Settling protects an old generation that still serves; with none, there is nothing to wait for.
   if (o_.settle.count() > 0 && serving() != nullptr) {
     ++transitions_;

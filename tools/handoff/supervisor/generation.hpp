@@ -32,6 +32,8 @@ namespace handoff::supervisor {
 
 // The longest watchdog interval: a longer one (WATCHDOG_USEC= up to 2^64-1 us) is cut to it,
 // so that deadlines computed from it stay far from the clock's range.
+inline constexpr std::chrono::milliseconds upstream_recheck_interval{100};
+
 inline constexpr std::chrono::milliseconds watchdog_max = std::chrono::hours(24 * 366);
 
 enum class generation_state { starting, settling, serving, retiring, draining, failed };
@@ -67,6 +69,9 @@ struct generation {
   std::vector<slot> slots;
   clock::time_point started{}, ready_deadline{}, settle_deadline{}, stop_deadline{};
   clock::time_point retire_deadline{};  // while retiring: stop it then at the latest
+  // --upstream port: ready, but its port not yet found listened on by it alone (upstream_owner):
+  // when to look again (zero: not waiting for that).
+  clock::time_point upstream_recheck{};
   bool stop_sent = false, killed = false;
   bool is_restart = false;             // started because the app died, not by a reload
   std::string failure;                 // why it failed

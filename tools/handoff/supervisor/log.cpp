@@ -103,6 +103,30 @@ std::string logger::format(std::string_view event, std::string_view message,
 }
 
 void logger::log(std::string_view event, std::string_view message, const log_fields& fields) const {
+  std::uint64_t suppressed = 0;
+  if (!limiter_.admit(event, message, std::chrono::steady_clock::now(), suppressed)) return;
+  if (suppressed == 0) {
+    write_line(event, message, fields);
+    return;
+  }
+  log_fields more = fields;
+  more.emplace_back("suppressed", static_cast<long long>(suppressed));
+  write_line(event, fmt::format("{} ({} similar messages suppressed)", message, suppressed), more);
+}
+
+void logger::report_suppressed(deadlines& due) const {
+  // The limiter runs on the real clock (log() has no other); `due` may be a test's.
+  const auto now = std::chrono::steady_clock::now();
+  auto next = clock::time_point::max();
+  for (auto& r : limiter_.take_reports(now, next))
+    write_line(r.kind,
+               fmt::format("{} similar messages suppressed; the last: {}", r.suppressed, r.last),
+               {{"suppressed", static_cast<long long>(r.suppressed)}});
+  if (next != clock::time_point::max()) (void)due.reached(due.now() + (next - now));
+}
+
+void logger::write_line(std::string_view event, std::string_view message,
+                        const log_fields& fields) const {
   const std::string line = format(event, message, fields);
   if (!pending_.empty() || dropped_ > 0) {
     flush();

@@ -9,6 +9,10 @@
 // once waits in a bounded buffer (log_buffer_max bytes) that the loop flushes when stderr is
 // writable (poll_fd(), flush()); lines beyond the bound are dropped and counted, and the count
 // is logged once writing works again.
+//
+// Repeated lines are limited per event (log_limiter.hpp): a flood of one kind of line (an
+// accept that keeps failing, a stranger's notifications) costs at most one line per second
+// once a burst is spent, each saying how many similar ones were left out.
 #pragma once
 
 #include <cstdint>
@@ -18,7 +22,9 @@
 #include <variant>
 #include <vector>
 
+#include "supervisor/log_limiter.hpp"
 #include "supervisor/options.hpp"
+#include "supervisor/timers.hpp"
 
 namespace handoff::supervisor {
 
@@ -51,10 +57,14 @@ class logger {
   int poll_fd() const noexcept;
   void flush() const;
   std::uint64_t dropped() const noexcept { return dropped_total_; }
+  // The counts of lines left out by the limiter that no later line of their kind reported yet,
+  // written once their kind may write again (at the latest one log_refill after the last).
+  void report_suppressed(deadlines& due) const;
 
  private:
   std::string format(std::string_view event, std::string_view message,
                      const log_fields& fields) const;
+  void write_line(std::string_view event, std::string_view message, const log_fields& fields) const;
   // Bytes written, or -1 when nothing could be (would block, or an error).
   long write_some(std::string_view text) const;
   std::string name_;
@@ -66,6 +76,7 @@ class logger {
   bool nonblocking_ = false;
   mutable std::string pending_;
   mutable std::uint64_t dropped_ = 0, dropped_total_ = 0;
+  mutable log_limiter limiter_;
 };
 
 }  // namespace handoff::supervisor

@@ -138,6 +138,14 @@ std::string supervisor_core::metrics_text() {
     out += fmt::format("handoff_notify_refused_total{{reason=\"{}\"}} {}\n",
                        to_string(static_cast<notify_refusal>(i)), m.notify_refused[i]);
 
+  family(out, "handoff_open_files_limit", "gauge",
+         "The supervisor's RLIMIT_NOFILE (soft; raised to the hard limit at start).");
+  out += fmt::format("handoff_open_files_limit {}\n", nofile_.soft);
+  if (const auto open_fds = open_fd_count()) {
+    family(out, "handoff_open_files", "gauge", "File descriptors the supervisor has open.");
+    out += fmt::format("handoff_open_files {}\n", *open_fds);
+  }
+
   if (proxy_) {
     // The front counts on its own thread; a snapshot that does not come within the bound
     // leaves the last one standing (counters never go back to zero).
@@ -162,6 +170,17 @@ std::string supervisor_core::metrics_text() {
     family(out, "handoff_proxy_client_connections", "gauge",
            "--proxy: client connections open now.");
     out += fmt::format("handoff_proxy_client_connections {}\n", f.client_connections);
+    family(out, "handoff_proxy_max_connections", "gauge",
+           "--proxy: client connections open at most (--max-connections); beyond, they wait in "
+           "the kernel's listen queue.");
+    out += fmt::format("handoff_proxy_max_connections {}\n", o_.proxy.max_connections.value_or(0));
+    family(out, "handoff_proxy_accept_paused_total", "counter",
+           "--proxy: times accepting paused, by reason: max_connections (the bound reached), "
+           "out_of_fds (accept failed for want of fds or memory).");
+    out += fmt::format("handoff_proxy_accept_paused_total{{reason=\"max_connections\"}} {}\n",
+                       f.limit_reached);
+    out += fmt::format("handoff_proxy_accept_paused_total{{reason=\"out_of_fds\"}} {}\n",
+                       f.accept_failures);
   }
   return out;
 }

@@ -69,6 +69,7 @@ result<metrics_server> metrics_server::open(const std::string& address_text) {
                                          ": metrics are served over TCP or a unix stream socket");
   listen_options options;
   options.backlog = 64;
+  options.unix_mode = 0600;  // chmod before listen(): no connect gets in under the umask's mode
   // open_listener refuses a unix path a live process listens on and replaces a stale one.
   auto fd = open_listener(*where, options);
   if (!fd) return fd.error();
@@ -139,7 +140,7 @@ metrics_server::~metrics_server() {
 }
 
 void metrics_server::poll_fds(std::vector<pollfd>& fds, std::vector<std::uint64_t>& ids) const {
-  fds.push_back({fd_.get(), POLLIN, 0});
+  fds.push_back({accept_paused_until_ == clock::time_point{} ? fd_.get() : -1, POLLIN, 0});
   for (const auto& c : connections_) {
     fds.push_back({c.fd.get(), static_cast<short>(c.answering ? POLLOUT : POLLIN), 0});
     ids.push_back(c.id);
@@ -147,11 +148,16 @@ void metrics_server::poll_fds(std::vector<pollfd>& fds, std::vector<std::uint64_
 }
 
 void metrics_server::accept(clock::time_point now) {
+  if (accept_paused_until_ != clock::time_point{}) return;
   for (int budget = 0; budget < 16; ++budget) {
     unique_fd fd(::accept4(fd_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
     if (!fd) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
-      return;  // EAGAIN, or out of fds: the connection waits in the backlog
+      // Out of fds (or any other failure): the connection waits in the backlog, and the
+      // listener, still readable, is left alone a while rather than polled at once again.
+      if (errno != EAGAIN && errno != EWOULDBLOCK)
+        accept_paused_until_ = now + metrics_accept_backoff;
+      return;
     }
     // A newcomer is never refused (it may be the scraper): the oldest makes room; its
     // deadline is the nearest anyway.
@@ -234,6 +240,8 @@ void metrics_server::on_ready(std::uint64_t id, const std::function<std::string(
 }
 
 void metrics_server::expire(deadlines& due) {
+  if (accept_paused_until_ != clock::time_point{} && due.reached(accept_paused_until_))
+    accept_paused_until_ = {};
   std::erase_if(connections_, [&](const connection& c) { return due.reached(c.deadline); });
 }
 

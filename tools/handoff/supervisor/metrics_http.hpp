@@ -7,7 +7,10 @@
 // loop or grow its memory: every socket is nonblocking; a connection has metrics_timeout from
 // its accept to the end of its answer, then it is closed; at most metrics_connections_max are
 // open (a newcomer beyond that closes the oldest); at most metrics_request_max bytes are read
-// from one. Invariants: every fd is close-on-exec (the app never inherits one); a unix socket
+// from one; an accept that fails (out of fds) leaves the listener unpolled for
+// accept_backoff (poll is level-triggered: a readable listener would spin the loop); a unix
+// socket is 0600 whatever the umask (the supervisor's user and root only, like the control
+// socket). Invariants: every fd is close-on-exec (the app never inherits one); a unix socket
 // file is removed at destruction only while it is still the one this server created.
 #pragma once
 
@@ -29,6 +32,7 @@ namespace handoff::supervisor {
 inline constexpr std::size_t metrics_request_max = 4096;
 inline constexpr std::size_t metrics_connections_max = 16;
 inline constexpr std::chrono::seconds metrics_timeout{5};
+inline constexpr std::chrono::milliseconds metrics_accept_backoff{250};
 
 // What a request head asks for: the status of the answer (200 for the metrics).
 int metrics_request_status(const std::string& head);
@@ -48,15 +52,15 @@ class metrics_server {
   int listener_fd() const noexcept { return fd_.get(); }
   const std::string& created_path() const noexcept { return path_; }
   static metrics_server adopt(unique_fd fd, std::string where, std::string path);
-  // The listener's pollfd, then one per connection (POLLIN while reading, POLLOUT while
-  // writing), with its id.
+  // The listener's pollfd (fd -1 while accepting is paused), then one per connection (POLLIN while
+  // reading, POLLOUT while writing), with its id.
   void poll_fds(std::vector<pollfd>& fds, std::vector<std::uint64_t>& ids) const;
   // Accepts the connections that wait (a bounded number per call).
   void accept(clock::time_point now);
   // Connection `id` is readable or writable: reads its request, or sends more of its answer.
   // `render` makes the metrics text, called only for a complete GET /metrics.
   void on_ready(std::uint64_t id, const std::function<std::string()>& render);
-  // Connections past their deadline are closed.
+  // Connections past their deadline are closed; a pause of accepting ends.
   void expire(deadlines& due);
   std::size_t size() const noexcept { return connections_.size(); }
 
@@ -81,6 +85,7 @@ class metrics_server {
   ino_t ino_ = 0;
   std::vector<connection> connections_;
   std::uint64_t next_id_ = 1;
+  clock::time_point accept_paused_until_{};  // zero: not paused
 };
 
 }  // namespace handoff::supervisor

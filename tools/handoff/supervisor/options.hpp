@@ -54,6 +54,9 @@ struct proxy_settings {
   std::chrono::milliseconds upstream_idle_timeout{std::chrono::seconds(1)};
   // Connections to one generation at most (0: no limit); requests beyond wait for one.
   std::size_t upstream_max_connections = 0;
+  // --max-connections: client connections open at most (HAProxy's maxconn); beyond, they wait
+  // in the kernel's listen queue. nullopt: derived from the fd limit at start (fd_limits.hpp).
+  std::optional<std::uint64_t> max_connections;
   // https: PEM files, read at start and again by every reload.
   std::string tls_certificate;
   std::string tls_key;

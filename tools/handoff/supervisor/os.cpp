@@ -17,6 +17,7 @@
 
 #include "supervisor/generation.hpp"
 #include "supervisor/pidfd.hpp"
+#include "supervisor/upstream_owner.hpp"
 
 namespace handoff::supervisor {
 
@@ -68,6 +69,10 @@ std::optional<std::vector<ino_t>> system_os::socket_inodes(pid_t pid) {
   }
   ::closedir(d);
   return found;
+}
+
+std::optional<std::vector<ino_t>> system_os::loopback_listeners(int port) {
+  return supervisor::loopback_listeners(port);
 }
 
 std::optional<pid_t> system_os::peek_exited() {

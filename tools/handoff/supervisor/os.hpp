@@ -49,6 +49,12 @@ class os_env {
   virtual std::optional<exit_status> collect(pid_t pid) = 0;
   // The inodes of the sockets process `pid` holds (/proc/PID/fd), nullopt when unknown.
   virtual std::optional<std::vector<ino_t>> socket_inodes(pid_t pid) = 0;
+  // --upstream port: the inodes of the sockets listening where a connect to 127.0.0.1:`port`
+  // goes (upstream_owner.hpp); nullopt when unknown.
+  virtual std::optional<std::vector<ino_t>> loopback_listeners(int port) {
+    (void)port;
+    return std::nullopt;
+  }
   virtual clock::time_point now() = 0;
   // One notification to our own manager (systemd), if any; never fails the caller and never
   // waits (a manager whose queue is full loses it).
@@ -75,6 +81,7 @@ class system_os final : public os_env {
   std::optional<pid_t> peek_exited() override;
   std::optional<exit_status> collect(pid_t pid) override;
   std::optional<std::vector<ino_t>> socket_inodes(pid_t pid) override;
+  std::optional<std::vector<ino_t>> loopback_listeners(int port) override;
   clock::time_point now() override { return clock::now(); }
   void notify_manager(manager_event event, std::string_view status) override;
   bool store_fd(int fd, std::string_view name) override;

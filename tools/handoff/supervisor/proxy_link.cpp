@@ -1,15 +1,20 @@
 #include "supervisor/proxy_link.hpp"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
+#include <string_view>
 
 #include "handoff/http/tls_context.hpp"
 #include "handoff/listeners.hpp"
@@ -57,6 +62,59 @@ std::string port_variable(const std::string& name) {
 
 }  // namespace
 
+namespace {
+
+// A run of 1 to 10 digits at the start of `rest`, taken off it.
+std::optional<unsigned long> take_number(std::string_view& rest) {
+  std::size_t n = 0;
+  while (n < rest.size() && n < 10 && std::isdigit(static_cast<unsigned char>(rest[n])) != 0) ++n;
+  if (n == 0) return std::nullopt;
+  const unsigned long value = std::stoul(std::string(rest.substr(0, n)));
+  rest.remove_prefix(n);
+  return value;
+}
+
+bool take(std::string_view& rest, std::string_view word) {
+  if (rest.substr(0, word.size()) != word) return false;
+  rest.remove_prefix(word.size());
+  return true;
+}
+
+}  // namespace
+
+bool stale_upstream_name(std::string_view file, std::string_view app, pid_t& pid) {
+  // APP.PID.gN.I.sock, as prepare() makes them.
+  std::string_view rest = file;
+  if (!take(rest, app) || !take(rest, ".")) return false;
+  const auto number = take_number(rest);
+  if (!number || *number == 0 || *number > 0x7fffffffUL) return false;
+  if (!take(rest, ".g") || !take_number(rest) || !take(rest, ".") || !take_number(rest) ||
+      rest != ".sock")
+    return false;
+  pid = static_cast<pid_t>(*number);
+  return true;
+}
+
+std::vector<std::string> remove_stale_upstreams(const std::string& dir, const std::string& app) {
+  std::vector<std::string> removed;
+  DIR* d = ::opendir(dir.c_str());
+  if (d == nullptr) return removed;
+  const uid_t me = ::geteuid();
+  while (const dirent* e = ::readdir(d)) {
+    pid_t pid = 0;
+    if (!stale_upstream_name(e->d_name, app, pid)) continue;
+    // Only a supervisor that is gone: its pid names no process (a reused pid keeps the file,
+    // which is the safe mistake). ESRCH alone: EPERM is someone's live process.
+    if (pid == ::getpid() || ::kill(pid, 0) == 0 || errno != ESRCH) continue;
+    const std::string path = dir + "/" + e->d_name;
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode) || st.st_uid != me) continue;
+    if (::unlink(path.c_str()) == 0) removed.push_back(path);
+  }
+  ::closedir(d);
+  return removed;
+}
+
 proxy_link::proxy_link(const run_options& o, const std::vector<public_socket>& sockets,
                        std::string runtime_dir, int ticket_keys, const logger& log)
     : settings_(o.proxy),
@@ -68,6 +126,12 @@ proxy_link::proxy_link(const run_options& o, const std::vector<public_socket>& s
   if (sockets.empty())
     throw std::runtime_error("--proxy: no public socket to accept on (give --listen)");
   prefix_ = runtime_dir_ + "/" + o.name + "." + std::to_string(::getpid());
+  // What a supervisor of this name killed outright (SIGKILL) left behind: nothing else unlinks
+  // them. Ours by the name's pattern, a socket, of our user, of a supervisor pid that is gone.
+  if (o.proxy.upstream == upstream_kind::fds_unix)
+    for (const auto& path : remove_stale_upstreams(runtime_dir_, o.name))
+      log_.log("stale_upstream", "removed " + path + ", left by a supervisor that is gone",
+               {{"path", path}});
   std::vector<unique_fd> copies;
   for (const auto& s : sockets) {
     auto copy = duplicate_fd(s.fd);
@@ -89,6 +153,7 @@ proxy_link::proxy_link(const run_options& o, const std::vector<public_socket>& s
   fo.queue_timeout = o.proxy.queue_timeout;
   fo.upstream_idle_timeout = o.proxy.upstream_idle_timeout;
   fo.upstream_max_connections = o.proxy.upstream_max_connections;
+  fo.max_connections = o.proxy.max_connections.value_or(0);
   auto f = proxy::front::start(std::move(copies), std::move(fo));
   if (!f) throw std::runtime_error(f.error().message());
   front_ = std::move(*f);
@@ -130,10 +195,14 @@ result<void> proxy_link::prepare(int generation) {
       // Our pid is in the name: a file already there is no one else's live socket.
       if (::bind(u.fd.get(), reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0)
         return error::from_errno(errno, "proxy upstream: bind " + u.path);
-      if (::listen(u.fd.get(), SOMAXCONN) != 0) {
+      // 0600 whatever the umask: anyone who can connect here reaches the app past the front
+      // (and its X-Forwarded-For). chmod between bind and listen: no connect(2) succeeds before
+      // listen(), and the kernel checks the file's mode at connect, so no one gets in under the
+      // umask's mode. Not umask(2) around bind: it is process-wide, and the front's thread runs.
+      if (::chmod(u.path.c_str(), 0600) != 0 || ::listen(u.fd.get(), SOMAXCONN) != 0) {
         const int err = errno;
         ::unlink(u.path.c_str());
-        return error::from_errno(err, "proxy upstream: listen " + u.path);
+        return error::from_errno(err, "proxy upstream: chmod and listen " + u.path);
       }
       u.where = proxy::endpoint(&a, sizeof a);
     } else {
@@ -167,6 +236,14 @@ void proxy_link::add_to_spawn(int generation, spawn_options& so) const {
         so.extra_environment.push_back(port_variable(names_[i]) + "=" + std::to_string(u.port));
     }
   }
+}
+
+std::vector<int> proxy_link::upstream_ports(int generation) const {
+  std::vector<int> ports;
+  if (const auto* ups = find(generation))
+    for (const auto& u : *ups)
+      if (!u.fd && u.path.empty()) ports.push_back(u.port);
+  return ports;
 }
 
 std::string proxy_link::probe_address(int generation) const {

@@ -15,6 +15,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "handoff/error.hpp"
@@ -25,6 +26,14 @@
 #include "supervisor/options.hpp"
 
 namespace handoff::supervisor {
+
+// Whether `file` is the name of a generation's unix upstream socket of app `app`
+// (APP.PID.gN.I.sock, as prepare() makes them); `pid`: the supervisor's in the name.
+bool stale_upstream_name(std::string_view file, std::string_view app, pid_t& pid);
+// Removes from `dir` the upstream sockets of `app` whose supervisor is gone (SIGKILLed: nothing
+// else removes them): a name of that pattern, a socket, of our user, whose pid names no
+// process. Returns the paths removed.
+std::vector<std::string> remove_stale_upstreams(const std::string& dir, const std::string& app);
 
 struct public_socket {
   int fd = -1;  // the supervisor's; the front gets its own duplicate
@@ -48,6 +57,8 @@ class proxy_link {
   result<void> prepare(int generation);
   // What its processes get: the private sockets under the public names, or $PORT.
   void add_to_spawn(int generation, spawn_options& so) const;
+  // --upstream port: the generation's ports (none in the other modes).
+  std::vector<int> upstream_ports(int generation) const;
   // The generation's own address for --ready: "unix:PATH" or "127.0.0.1:PORT" (first socket).
   std::string probe_address(int generation) const;
 

@@ -243,6 +243,9 @@ void supervisor_core::exec_image(std::optional<std::uint64_t> id, const probed_b
 }
 
 void supervisor_core::restore() {
+  // Raised already by the image before (limits survive execve): original_soft comes from the
+  // state (load_state).
+  nofile_ = raise_open_files_limit();
   const char* fd_text = std::getenv(env_state_fd);
   const char* self_text = std::getenv(env_self);
   const auto state_fd = parse_decimal<int>(fd_text != nullptr ? fd_text : "", 3);

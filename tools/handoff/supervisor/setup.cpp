@@ -21,6 +21,7 @@
 #include "handoff/socket_info.hpp"
 #include "handoff/ticket_keys.hpp"
 #include "supervisor/core.hpp"
+#include "supervisor/fd_limits.hpp"
 #include "supervisor/notify_socket.hpp"
 
 namespace handoff::supervisor {
@@ -229,6 +230,7 @@ void supervisor_core::open_signal_and_wake_fds() {
 void supervisor_core::setup() {
   check_inherited_fds_open();
   reset_signals();
+  nofile_ = raise_open_files_limit();
   log_.start_nonblocking();
   // Before anything else: spawn() gives each child a clean mask and default dispositions.
   open_signal_and_wake_fds();
@@ -348,6 +350,14 @@ void supervisor_core::setup() {
     if (!ok) throw std::runtime_error("pid file " + o_.pid_file + ": short write");
     pid_file_written_ = true;
   }
+  log_.log("open_files",
+           nofile_.raised()
+               ? fmt::format("open files: soft limit raised from {} to {} (the hard limit); the "
+                             "app gets {}",
+                             nofile_.original_soft, nofile_.soft, nofile_.original_soft)
+               : fmt::format("open files: limit {}", nofile_.soft),
+           {{"limit", static_cast<long long>(nofile_.soft)},
+            {"app_limit", static_cast<long long>(nofile_.original_soft)}});
   if (o_.proxy.kind != proxy_kind::none) start_proxy();
   remember_self();
   log_.log("supervisor",
@@ -357,6 +367,17 @@ void supervisor_core::setup() {
 }
 
 void supervisor_core::start_proxy() {
+  // --max-connections: given, or what the fd limit holds with the reserve kept (fd_limits.hpp).
+  // The same in an image a re-exec starts: its limit is ours.
+  if (!o_.proxy.max_connections) {
+    o_.proxy.max_connections = default_max_connections(nofile_.soft);
+  } else if (fds_needed(*o_.proxy.max_connections) > nofile_.soft && !restored_) {
+    log_.log("open_files",
+             fmt::format("--max-connections {} needs about {} fds, more than the limit of {}: "
+                         "past about {} connections, accepts fail for want of fds and wait",
+                         *o_.proxy.max_connections, fds_needed(*o_.proxy.max_connections),
+                         nofile_.soft, default_max_connections(nofile_.soft)));
+  }
   std::vector<public_socket> pub;
   for (const auto& s : sockets_) pub.push_back({s.fd.get(), s.name});
   const auto slash = o_.control.rfind('/');

@@ -99,6 +99,7 @@ saved_state supervisor_core::saved(std::optional<std::uint64_t> waiter) const {
   saved_state s;
   s.handoff = HANDOFF_VERSION_TEXT;
   s.reexecs = reexecs_;
+  s.nofile_soft = nofile_.original_soft;
   s.self_exe = self_exe_.get();
   s.self_path = self_path_;
   s.waiter = waiter;
@@ -270,6 +271,7 @@ void supervisor_core::load_state(saved_state s) {
     }
   }
   reexecs_ = s.reexecs;
+  if (s.nofile_soft) nofile_.original_soft = std::min<std::uint64_t>(*s.nofile_soft, nofile_.soft);
   self_exe_.reset(s.self_exe);
   self_path_ = std::move(s.self_path);
   reexec_waiter_ = s.waiter;

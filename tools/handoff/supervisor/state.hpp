@@ -210,6 +210,9 @@ struct saved_state {
   int version = 0;  // as read (decode_state); encode_state chooses its own
   std::string handoff;
   int reexecs = 0;
+  // The soft RLIMIT_NOFILE the first image was started with (fd_limits.hpp): the next image
+  // starts with the raised one and cannot know it otherwise. Absent in older builds' states.
+  std::optional<std::uint64_t> nofile_soft;
   int self_exe = -1;
   std::string self_path;
   std::optional<std::uint64_t> waiter;

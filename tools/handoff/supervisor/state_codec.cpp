@@ -55,6 +55,7 @@ json::object write_root(const saved_state& s, int structural_version, writer& w)
   root["version"] = structural_version;  // first, as every version wrote it; set at the end
   root["handoff"] = w.bytes(s.handoff);
   root["reexecs"] = s.reexecs;
+  if (s.nofile_soft) root["nofile_soft"] = *s.nofile_soft;
   root["self_exe"] = s.self_exe;
   root["self_path"] = w.bytes(s.self_path);
   root["waiter"] = s.waiter ? json::value(*s.waiter) : json::value(nullptr);
@@ -419,6 +420,7 @@ saved_state read_root(reader& r, const json::object& o) {
   s.version = r.version();
   s.handoff = o.contains("handoff") ? r.bytes(o, "handoff", p) : std::string();
   s.reexecs = r.number<int>(o, "reexecs", p);
+  if (o.contains("nofile_soft")) s.nofile_soft = r.number<std::uint64_t>(o, "nofile_soft", p);
   s.self_exe = r.fd(o, "self_exe", p);
   s.self_path = r.bytes(o, "self_path", p);
   if (const auto& w = r.field(o, "waiter", p); !w.is_null())

@@ -39,6 +39,13 @@ std::string supervisor_core::status_text(bool as_json) const {
         reloads_failed_, restarts_);
     out += fmt::format("{}, re-executed {} times{}\n", HANDOFF_VERSION_TEXT, reexecs_,
                        last_reexec_.empty() ? "" : "; last reexec: " + escaped_text(last_reexec_));
+    const auto open_fds = open_fd_count();
+    out += fmt::format(
+        "open files: {} of {}{}\n", open_fds ? std::to_string(*open_fds) : std::string("(unknown)"),
+        nofile_.soft,
+        nofile_.raised()
+            ? fmt::format(" (raised from {}, which the app gets)", nofile_.original_soft)
+            : std::string());
     for (const auto& s : sockets_)
       out += fmt::format(
           "socket {}{}{}\n", s.name.empty() ? "" : escaped_text(s.name) + "=",
@@ -72,9 +79,13 @@ std::string supervisor_core::status_text(bool as_json) const {
     if (front)
       out += fmt::format(
           "proxy {}: {} requests, {} answered 502, {} answered 503, {} client connections open "
-          "({} accepted)\n",
+          "({} accepted), at most {}{}\n",
           to_string(o_.proxy.kind), front->requests, front->bad_gateway, front->unavailable,
-          front->client_connections, front->accepted);
+          front->client_connections, front->accepted, front->max_connections,
+          front->limit_reached + front->accept_failures == 0
+              ? std::string()
+              : fmt::format(" (accepting stopped {} times at the bound, {} times out of fds)",
+                            front->limit_reached, front->accept_failures));
     if (stopping_) out += "stopping\n";
     out += "last reload: " +
            (last_reload_.empty() ? std::string("none") : escaped_text(last_reload_)) + "\n";
@@ -93,6 +104,13 @@ std::string supervisor_core::status_text(bool as_json) const {
   root["reloads_failed"] = reloads_failed_;
   root["restarts"] = restarts_;
   root["stopping"] = stopping_;
+  json::object files{
+      {"limit", nofile_.soft}, {"hard_limit", nofile_.hard}, {"app_limit", nofile_.original_soft}};
+  if (const auto open_fds = open_fd_count())
+    files["open"] = *open_fds;
+  else
+    files["open"] = nullptr;
+  root["open_files"] = std::move(files);
   json::array sockets;
   for (const auto& s : sockets_)
     sockets.push_back(json::object{
@@ -137,7 +155,10 @@ std::string supervisor_core::status_text(bool as_json) const {
                                  {"client_connections", front->client_connections},
                                  {"accepted", front->accepted},
                                  {"connect_failures", front->connect_failures},
-                                 {"tls_handshake_failures", front->tls_handshake_failures}};
+                                 {"tls_handshake_failures", front->tls_handshake_failures},
+                                 {"max_connections", front->max_connections},
+                                 {"limit_reached", front->limit_reached},
+                                 {"accept_failures", front->accept_failures}};
   root["last_reload"] = text_of(last_reload_);
   root["last_start_failure"] = text_of(last_start_failure_);
   return json::serialize(root) + "\n";

@@ -104,8 +104,11 @@ clock::time_point supervisor_core::on_timers() {
     }
   }
   check_progress();
+  // A generation waiting for its port to be its own (upstream_owner.hpp) is looked at again.
+  if (const generation* p = pending(); p != nullptr) (void)due.reached(p->upstream_recheck);
   control_.expire(due);
   if (metrics_server_) metrics_server_->expire(due);
+  log_.report_suppressed(due);
   return due.next();
 }
 
