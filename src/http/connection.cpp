@@ -260,6 +260,10 @@ bool starts_with_cr(const read_buffer& b) {
 template <class Stream>
 asio::awaitable<void> basic_connection<Stream>::serve() {
   const auto& opts = srv_.options;
+  // A refusal leaves the loop with its answer here, given after it at one place (a co_await per
+  // refusal would each take room in this frame).
+  auto refusal = bhttp::status::unknown;
+  unsigned version = 11;
   for (;;) {
     error_code ec;
     if (buffer_.size() == 0 || (buffer_.size() == 1 && starts_with_cr(buffer_))) {
@@ -300,7 +304,10 @@ asio::awaitable<void> basic_connection<Stream>::serve() {
       buffer_.commit(n);
     }
     if (starts_with_cr(buffer_)) {
-      if (!skip_empty_lines()) co_return co_await refuse(bhttp::status::bad_request, 11);
+      if (!skip_empty_lines()) {
+        refusal = bhttp::status::bad_request;
+        break;
+      }
       if (buffer_.size() == 0 || (buffer_.size() == 1 && starts_with_cr(buffer_))) continue;
     }
 
@@ -318,18 +325,19 @@ asio::awaitable<void> basic_connection<Stream>::serve() {
     if (ec == asio::error::would_block) co_await read_async<false>(parser, ec);
     if (ec) {
       if (ec == bhttp::error::header_limit || ec == bhttp::error::buffer_overflow) {
-        co_await refuse(bhttp::status::request_header_fields_too_large, 11);
+        refusal = bhttp::status::request_header_fields_too_large;
       } else if (ec == bhttp::error::body_limit) {  // a Content-Length over the limit
-        co_await refuse(bhttp::status::payload_too_large, 11);
+        refusal = bhttp::status::payload_too_large;
       } else if (is_malformed(ec)) {
-        co_await refuse(bhttp::status::bad_request, 11);
+        refusal = bhttp::status::bad_request;
       }
-      co_return;  // closed, timed out, or refused
+      break;  // closed, timed out, or refused
     }
-    const unsigned version = parser.get().version();
+    version = parser.get().version();
     if (const auto verdict = check_request_header(parser.get(), opts.max_header_fields);
         verdict != request_verdict::ok) {
-      co_return co_await refuse(status_of(verdict), version);
+      refusal = status_of(verdict);
+      break;
     }
     empty_lines_ = 0;
 
@@ -359,14 +367,16 @@ asio::awaitable<void> basic_connection<Stream>::serve() {
     if (ec == asio::error::would_block) co_await read_async<true>(parser, ec);
     if (ec) {
       if (ec == bhttp::error::body_limit) {
-        co_await refuse(bhttp::status::payload_too_large, version);
+        refusal = bhttp::status::payload_too_large;
       } else if (is_malformed(ec)) {  // a chunk line or a trailer too long included
-        co_await refuse(bhttp::status::bad_request, version);
+        refusal = bhttp::status::bad_request;
       }
-      co_return;
+      break;
     }
-    if (parser.chunked() && !within_field_limit(parser.get(), opts.max_header_fields))
-      co_return co_await refuse(bhttp::status::request_header_fields_too_large, version);
+    if (parser.chunked() && !within_field_limit(parser.get(), opts.max_header_fields)) {
+      refusal = bhttp::status::request_header_fields_too_large;
+      break;
+    }
 
     // The parser keeps the request until the next one (it is not moved onto this frame).
     const request& req = parser.get();
@@ -415,6 +425,7 @@ asio::awaitable<void> basic_connection<Stream>::serve() {
     busy_ = false;
     if (ec || !keep_alive) co_return;
   }
+  if (refusal != bhttp::status::unknown) co_await refuse(refusal, version);
 }
 
 template class basic_connection<stream_socket>;

@@ -9,7 +9,10 @@
 // (idle, header, body, write) sets deadline_, and the watchdog closes the socket once the
 // deadline passes, which ends whatever read or write was pending. The watchdog sleeps until the
 // deadline or for the shortest timeout, whichever is nearer, and re-checks; only a deadline
-// nearer than that (a drain's grace) cancels the timer.
+// nearer than that (a drain's grace) cancels the timer. A timeout of 0 is off: that phase has no
+// deadline (time_point::max()) and does not count for the tick; with all of them off the
+// watchdog sleeps until a deadline alone. After a refusal the connection lingers (reads and
+// discards, bounded) before it closes: see basic_connection::linger().
 //
 // Plaintext and TLS: the connection is a template on its stream (basic_connection.hpp),
 // instantiated for the plain socket and for an ssl::stream over it, so the plaintext path is the

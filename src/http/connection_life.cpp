@@ -234,8 +234,9 @@ asio::awaitable<void> basic_connection<Stream>::refuse(bhttp::status status, uns
 // body over the limit, a header that never ends). close(2) with unread bytes sends a RST, and a
 // client that is still writing then meets ECONNRESET before it reads the answer. As nginx's
 // lingering close: end our side (FIN), read and discard until the client closes, then close,
-// within linger_time and linger_bytes whatever the client does. TLS: the close_notify
-// exchange of run() plays that part, bounded by tls_shutdown_timeout.
+// within linger_time and linger_bytes whatever the client does. TLS has no lingering read
+// here: run()'s close_notify exchange follows (tls_shutdown_timeout), and a client that is
+// still sending application data then may still meet a reset.
 template <class Stream>
 asio::awaitable<void> basic_connection<Stream>::linger() {
   if constexpr (!is_tls) {

@@ -77,7 +77,7 @@ const char* to_string(server_state state) noexcept;
 // answered, then the connection closes: the server stops reading requests, ends its side
 // (FIN), and reads and discards what the client still sends for up to 2 s (TLS: the
 // close_notify exchange, tls_shutdown_timeout), so that the client reads the answer rather
-// than a reset.
+// than a reset (plaintext; TLS connections have only the close_notify exchange).
 struct server_options {
   unsigned threads = 0;                 // 0: one per core
   milliseconds header_timeout{10'000};  // first byte of a request to the end of its headers; 0: off
@@ -90,13 +90,15 @@ struct server_options {
   // extensions of all the chunks of one request together in max_header_bytes (else 400).
   std::size_t max_header_bytes = std::size_t{16} * 1024;
   // Beyond: 431. The number of header fields (trailer fields included), whatever their size,
-  // as the front's cap (tools/handoff/proxy): a handler that looks fields up, and the
+  // as the front's cap (`handoff run --proxy http`): a handler that looks fields up, and the
   // server's own checks, do work that grows with it.
   std::size_t max_header_fields = 512;
   std::size_t max_body_bytes = std::size_t{1024} * 1024;  // beyond: 413
   std::size_t max_connections = 10'000;  // beyond: new ones wait in the kernel's accept queue
   milliseconds health_delay{0};          // drain step 1: 503 on health while still accepting
-  milliseconds drain_idle_grace{1'000};  // drain step 4: how long an idle connection is kept
+  // Drain step 4: how long an idle connection is kept (a grace, not a timeout: 0 closes idle
+  // connections at once).
+  milliseconds drain_idle_grace{1'000};
   // TCP listeners: the kernel hands over a new connection once its first bytes have arrived
   // (TCP_DEFER_ACCEPT, nginx's `deferred`), so that it is served at once, without a wait in the
   // reactor: a client that opens a connection per request costs about a third less CPU. A

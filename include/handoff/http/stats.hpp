@@ -26,10 +26,14 @@ struct server_stats {
   std::uint64_t requests_in_flight = 0;  // gauge
 
   // Errors, by class. The server's own answers, each followed by closing the connection:
-  std::uint64_t bad_requests = 0;             // 400: bytes that are not HTTP/1.1
+  // 400: bytes that are not HTTP/1.1, ambiguous framing, a bad Host, a chunk line or trailer
+  // over its bound; and 501: a transfer coding the server does not decode.
+  std::uint64_t bad_requests = 0;
   std::uint64_t payload_too_large = 0;        // 413: a body over max_body_bytes
-  std::uint64_t header_fields_too_large = 0;  // 431: headers over max_header_bytes
-  std::uint64_t handler_exceptions = 0;       // 500 (or a cut stream): the handler threw
+  std::uint64_t header_fields_too_large = 0;  // 431: over max_header_bytes or max_header_fields
+  // 500 (or a cut stream): the handler threw, or answered what cannot be sent (a body on a 204
+  // or 304, a 1xx as its final answer).
+  std::uint64_t handler_exceptions = 0;
   // Connections closed because a timeout passed: a request not read within header_timeout or
   // body_timeout (a new connection that sends nothing included), a response not written within
   // write_timeout.
