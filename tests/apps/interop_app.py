@@ -8,6 +8,7 @@
   --notify none            never notifies (uvicorn, Node, puma without the gem)
   --port N                 binds 127.0.0.1:N itself (N from `-- app --port $PORT`), else
                            serves the socket on fd 3 (LISTEN_FDS)
+  --also-port N            binds and serves 127.0.0.1:N too (a second public socket's port)
 
 Every request gets 200 and a JSON body: its pid, its arguments, TCP_NODELAY of its listener
 and of the accepted connection. SIGTERM: exit 0.
@@ -19,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 
 signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
 
@@ -51,7 +53,15 @@ def main():
         listener = socket.create_server(("127.0.0.1", int(port)))
     else:
         listener = socket.socket(fileno=3)
+    also = option("--also-port")
+    if also is not None:
+        second = socket.create_server(("127.0.0.1", int(also)))
+        threading.Thread(target=serve, args=(second,), daemon=True).start()
     notify(option("--notify", "raw"), "READY=1\nSTATUS=serving\n")
+    serve(listener)
+
+
+def serve(listener):
     while True:
         conn, _ = listener.accept()
         with conn:

@@ -138,15 +138,18 @@ class InteropTest(unittest.TestCase):
         self.assertEqual(body["argv"][4:], ["--gen=1", "$HOME", "$PORT"])
 
     def test_a_named_sockets_port_in_the_arguments_is_expanded(self):
-        # Two public sockets: the first one's upstream port is $PORT (the app leaves it alone),
-        # web-1's is $HANDOFF_PORT_WEB_1, which the app binds.
+        # Two public sockets: the first one's upstream port is $PORT, web-1's is
+        # $HANDOFF_PORT_WEB_1; the app binds both (a generation is routed to once every port
+        # it was given has its listener).
         sup = self.start(["-l", "web-1=127.0.0.1:0", "--proxy", "http", "--upstream", "port",
                           "--ready", "delay:200ms"],
-                         [*APP, "--notify", "none", "--port", "${HANDOFF_PORT_WEB_1}"])
+                         [*APP, "--notify", "none", "--port", "$PORT", "--also-port",
+                          "${HANDOFF_PORT_WEB_1}"])
         line = sup.wait_line(r"holding web-1=tcp 127\.0\.0\.1:\d+", 5)
         status, body = get(int(re.search(r"127\.0\.0\.1:(\d+)", line).group(1)))
         self.assertEqual(status, 200)
-        self.assertGreater(int(body["argv"][3]), 0)
+        self.assertGreater(int(body["argv"][5]), 0)
+        self.assertNotEqual(body["argv"][3], body["argv"][5])
 
     def test_port_in_the_arguments_without_upstream_port_is_refused(self):
         env = {k: v for k, v in os.environ.items() if k != "PORT"}
