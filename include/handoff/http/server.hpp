@@ -89,10 +89,11 @@ struct server_options {
   // trailer section, must each fit in max_header_bytes plus 8 KiB (else 400); and the
   // extensions of all the chunks of one request together in max_header_bytes (else 400).
   std::size_t max_header_bytes = std::size_t{16} * 1024;
-  // Beyond: 431. The number of header fields (trailer fields included), whatever their size,
-  // as the front's cap (`handoff run --proxy http`): a handler that looks fields up, and the
-  // server's own checks, do work that grows with it.
-  std::size_t max_header_fields = 512;
+  // Beyond: 431. The number of header fields (trailer fields included), whatever their size:
+  // a handler that looks fields up, and the server's own checks, do work that grows with it.
+  // Twice the cap of `handoff run --proxy http` (512), so that a request a proxy passed, with
+  // the fields it adds (Forwarded, X-Forwarded-*), is never refused here.
+  std::size_t max_header_fields = 1024;
   std::size_t max_body_bytes = std::size_t{1024} * 1024;  // beyond: 413
   std::size_t max_connections = 10'000;  // beyond: new ones wait in the kernel's accept queue
   milliseconds health_delay{0};          // drain step 1: 503 on health while still accepting
