@@ -277,6 +277,23 @@ TEST_F(HttpFraming, FieldsBeyondMaxHeaderFieldsGet431) {
   EXPECT_EQ(r.status, 200);
 }
 
+// The default cap is above the front's (512, `handoff run --proxy http`) plus the fields a
+// proxy adds (Forwarded, X-Forwarded-For, X-Forwarded-Proto): a request a front passed is not
+// refused by the app behind it.
+TEST_F(HttpFraming, TheDefaultFieldCapTakesWhatAFrontPasses) {
+  auto options = limits();
+  options.max_header_bytes = 16 * 1024;
+  options.max_header_fields = server_options{}.max_header_fields;
+  start(options);
+  std::string fields;
+  for (int i = 0; i < 511 + 3; ++i) fields += "a" + std::to_string(i) + ": 1\r\n";
+  raw_connection c(port_);
+  ASSERT_TRUE(c.send_all("GET / HTTP/1.1\r\nHost: x\r\n" + fields + "\r\n"));
+  auto r = c.read_reply(5s);
+  ASSERT_EQ(r.result, outcome::ok) << to_string(r.result);
+  EXPECT_EQ(r.status, 200) << r.head;
+}
+
 // After a refusal the client may still be sending: the server ends its side, discards what
 // comes, and closes when the client does, so a client that writes its whole body before it
 // reads (as many do) gets its answer instead of ECONNRESET on a write.
